@@ -1,0 +1,1 @@
+"""Replicate PostgreSQL tables into any dlt destination from Apache Airflow."""
