@@ -1,0 +1,143 @@
+"""Apply a folded ChangeBatch to the destination: truncate, deletes, kept TOAST values, upserts."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Mapping, Sequence
+
+from airflow_pg_replication.changes import ChangeBatch, RowState
+from airflow_pg_replication.loading import DELETED_AT_COLUMN, LSN_COLUMN, TableDestination, destination_columns
+from airflow_pg_replication.pgoutput import UNCHANGED_TOAST
+from airflow_pg_replication.typemap import PgColumn, arrow_type, text_to_arrow
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ApplyResult:
+    """What one apply wrote."""
+
+    upserts: int = 0
+    deletes: int = 0
+    truncated: bool = False
+    kept_values: int = 0  # cells whose value was kept from the destination (unchanged TOAST, soft deletes)
+
+
+def apply_changes(
+    dest: TableDestination, batch: ChangeBatch, columns: Mapping[str, PgColumn], *, soft_deletes: bool,
+) -> ApplyResult:
+    """Write ``batch`` into ``dest``. Every step is idempotent, so re-applying a batch is harmless.
+
+    ``columns`` maps each replicated column name to its type; it covers every layout in the batch.
+    """
+    result = ApplyResult()
+    key_columns = batch.key_columns or (batch.relation and tuple(c.name for c in batch.relation.columns))
+    if batch.truncate is not None:
+        lsn, at = batch.truncate
+        dest.truncate(soft_at=at if soft_deletes else None, lsn=lsn)
+        result.truncated = True
+    hard_deleted = [(k, r) for k, r in batch.rows.items() if r.deleted and not soft_deletes]
+    if hard_deleted:
+        typed = _typed_keys([k for k, _ in hard_deleted], key_columns, columns)
+        dest.delete_keys(key_columns, typed)
+        result.deletes = len(typed)
+    written = [(k, r) for k, r in batch.rows.items() if not r.deleted or soft_deletes]
+    if not written:
+        return result
+    by_layout: dict[tuple[str, ...], list[tuple[tuple, RowState]]] = {}
+    for key, row in written:
+        by_layout.setdefault(row.layout, []).append((key, row))
+    tables = [
+        _rows_to_table(dest, rows, layout, key_columns, columns, soft_deletes, result)
+        for layout, rows in by_layout.items()
+    ]
+    import pyarrow as pa
+
+    table = tables[0] if len(tables) == 1 else pa.concat_tables(tables, promote_options="default")
+    hint_cols = [columns[n] for n in table.column_names if n in columns]
+    dest.merge([table], destination_columns(hint_cols, soft_deletes=soft_deletes), key_columns)
+    result.upserts = sum(1 for _, r in written if not r.deleted)
+    result.deletes += sum(1 for _, r in written if r.deleted)
+    return result
+
+
+def _typed_keys(keys: Sequence[tuple], key_columns: Sequence[str], columns: Mapping[str, PgColumn]) -> list[tuple]:
+    """Key tuples of text values -> tuples of Python values of the columns' types."""
+    import pyarrow as pa
+
+    per_col = [
+        text_to_arrow(pa.array([k[i] for k in keys], pa.string()), columns[name]).to_pylist()
+        for i, name in enumerate(key_columns)
+    ]
+    return list(zip(*per_col))
+
+
+def _rows_to_table(
+    dest: TableDestination, rows: list[tuple[tuple, RowState]], layout: tuple[str, ...],
+    key_columns: Sequence[str], columns: Mapping[str, PgColumn], soft_deletes: bool, result: ApplyResult,
+) -> pa.Table:
+    """One Arrow table for rows of one column layout; cells to keep are read back from the destination."""
+    import pyarrow as pa
+
+    key_pos = {name: i for i, name in enumerate(key_columns)}
+    width = len(layout)
+    values: list[tuple] = []
+    for key, row in rows:
+        if row.values is not None:
+            values.append(row.values)
+        else:  # a soft delete of a row not seen in this batch: keep everything but the key
+            values.append(tuple(key[key_pos[n]] if n in key_pos else UNCHANGED_TOAST for n in layout))
+    to_fill: dict[int, list[int]] = {}  # column index -> row indexes whose value is kept
+    for r, vals in enumerate(values):
+        if UNCHANGED_TOAST in vals:
+            for c in range(width):
+                if vals[c] is UNCHANGED_TOAST:
+                    to_fill.setdefault(c, []).append(r)
+    text_columns = list(zip(*values)) if values else [()] * width
+    arrays = []
+    for c, name in enumerate(layout):
+        col_text = text_columns[c]
+        if c in to_fill:
+            col_text = [None if v is UNCHANGED_TOAST else v for v in col_text]
+        arrays.append(text_to_arrow(pa.array(col_text, pa.string()), columns[name]))
+    if to_fill:
+        arrays = _fill_kept_values(dest, arrays, layout, key_columns, columns, to_fill, result)
+    names = list(layout)
+    arrays.append(pa.array([row.commit_lsn for _, row in rows], pa.int64()))
+    names.append(LSN_COLUMN)
+    if soft_deletes:
+        arrays.append(pa.array([row.commit_time if row.deleted else None for _, row in rows],
+                               pa.timestamp("us", tz="UTC")))
+        names.append(DELETED_AT_COLUMN)
+    return pa.Table.from_arrays(arrays, names=names)
+
+
+def _fill_kept_values(
+    dest: TableDestination, arrays: list, layout: tuple[str, ...], key_columns: Sequence[str],
+    columns: Mapping[str, PgColumn], to_fill: dict[int, list[int]], result: ApplyResult,
+) -> list:
+    """Replace kept cells (unchanged TOAST) with the destination's current values."""
+    import pyarrow as pa
+
+    key_idx = [layout.index(k) for k in key_columns]
+    keys_py = list(zip(*[arrays[i].to_pylist() for i in key_idx]))
+    need_rows = sorted({r for rs in to_fill.values() for r in rs})
+    fill_names = [layout[c] for c in sorted(to_fill)]
+    current = dest.fetch_rows(key_columns, [keys_py[r] for r in need_rows], fill_names)
+    missing = [keys_py[r] for r in need_rows if keys_py[r] not in current]
+    if missing:
+        log.warning("%d row(s) with unchanged TOAST values are not in the destination (e.g. key %s); "
+                    "their unchanged columns stay NULL until the next full refresh", len(missing), missing[0])
+    out = list(arrays)
+    for c, rows in to_fill.items():
+        vals = out[c].to_pylist()
+        name = layout[c]
+        for r in rows:
+            vals[r] = current.get(keys_py[r], {}).get(name)
+            result.kept_values += 1
+        out[c] = pa.array(vals, arrow_type(columns[name]))
+    return out

@@ -1,0 +1,142 @@
+"""Registry -> one Airflow DAG per table (Contract 3); nothing else."""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+from typing import Any
+
+from airflow.sdk import DAG, Asset, Param
+
+from airflow_pg_replication.registry import Registry, TableConfig, TableError, load_registry_tolerant
+
+log = logging.getLogger(__name__)
+
+START_DATE = datetime.datetime(2024, 1, 1, tzinfo=datetime.timezone.utc)
+
+
+def destination_asset(destination: dict[str, Any], destination_table: str) -> Asset:
+    """The Asset a loading task updates: ``<type>://<dataset>/<table>``, for data-aware scheduling."""
+    kind = destination.get("type", "duckdb")
+    dataset = destination.get("dataset", "replica")
+    return Asset(name=f"{kind}.{dataset}.{destination_table}", uri=f"{kind}://{dataset}/{destination_table}")
+
+
+def build_dags(path_or_registry: str | os.PathLike | Registry, *, only_dag_id: str | None = None) -> dict[str, DAG]:
+    """Build one DAG per registry table: ``{dag_id: DAG}``.
+
+    A broken table entry (file path given) becomes a DAG whose single task fails with the
+    registry error, so the other tables' DAGs still load and the error shows in the UI.
+    During task execution only the DAG being run is built (Airflow's parsing context).
+    """
+    errors: list[TableError] = []
+    if isinstance(path_or_registry, Registry):
+        registry = path_or_registry
+    else:
+        registry, errors = load_registry_tolerant(path_or_registry)
+    wanted = only_dag_id or _parsing_dag_id()
+    dags: dict[str, DAG] = {}
+    for cfg in registry.tables:
+        if wanted and cfg.dag_id != wanted:
+            continue
+        dags[cfg.dag_id] = table_dag(registry, cfg)
+    for err in errors:
+        if err.dag_id and (not wanted or err.dag_id == wanted) and err.dag_id not in dags:
+            log.error("registry entry tables[%d] is broken: %s", err.index, err)
+            dags[err.dag_id] = _broken_table_dag(err)
+        elif not err.dag_id:
+            log.error("registry entry tables[%d] is broken and has no usable table name: %s", err.index, err)
+    return dags
+
+
+def _parsing_dag_id() -> str | None:
+    try:
+        from airflow.sdk import get_parsing_context
+    except ImportError:  # pragma: no cover - older Airflow
+        return None
+    return get_parsing_context().dag_id
+
+
+def table_dag(registry: Registry, cfg: TableConfig) -> DAG:
+    """The DAG of one table, shaped by its mode."""
+    from airflow_pg_replication.operators.cdc_apply import PgCdcApplyOperator
+    from airflow_pg_replication.operators.full_refresh import PgFullRefreshOperator
+
+    destination = registry.destination.as_dict()
+    common: dict[str, Any] = {
+        "table": cfg.qualified_name, "source_conn_id": registry.source.conn_id, "destination": destination,
+        "primary_key": cfg.primary_key, "columns": cfg.columns, "destination_table": cfg.destination_table_name,
+        "slot": cfg.slot, "deletes": cfg.deletes,
+    }
+    asset = destination_asset(destination, cfg.destination_table_name)
+    dag = DAG(
+        dag_id=cfg.dag_id, schedule=cfg.schedule, start_date=START_DATE, catchup=False, max_active_runs=1,
+        tags=["pg_replication", cfg.schema_name, cfg.mode],
+        params={"full_refresh": Param(False, type="boolean", description="Take a new snapshot of the table")},
+        doc_md=f"Replicates `{cfg.qualified_name}` ({cfg.mode}) into `{destination['dataset']}."
+               f"{cfg.destination_table_name}`. Built from the pg_replication table registry.",
+        default_args={"retries": 2, "retry_delay": datetime.timedelta(seconds=30)},
+    )
+    with dag:
+        if cfg.mode == "full_refresh":
+            PgFullRefreshOperator(task_id="full_refresh", mode="full_refresh", outlets=[asset], **common)
+        elif cfg.mode == "incremental":
+            from airflow_pg_replication.operators.incremental import PgIncrementalOperator
+
+            PgIncrementalOperator(task_id="incremental_refresh", cursor_column=cfg.cursor_column,
+                                  cursor_lookback=cfg.cursor_lookback, outlets=[asset], **common)
+        else:
+            _cdc_tasks(registry, cfg, common, asset)
+    return dag
+
+
+def _cdc_tasks(registry: Registry, cfg: TableConfig, common: dict[str, Any], asset: Asset) -> None:
+    from airflow.providers.standard.operators.python import BranchPythonOperator
+
+    from airflow_pg_replication.operators.cdc_apply import PgCdcApplyOperator
+    from airflow_pg_replication.operators.full_refresh import PgFullRefreshOperator
+    from airflow_pg_replication.operators.plan import choose_next_task
+    from airflow_pg_replication.sensors.slot_lag import PgSlotLagSensor
+
+    plan = BranchPythonOperator(
+        task_id="plan", python_callable=choose_next_task,
+        op_kwargs={"table": cfg.qualified_name, "source_conn_id": registry.source.conn_id,
+                   "destination": common["destination"], "slot": cfg.slot,
+                   "destination_table": cfg.destination_table_name, "on_slot_lost": cfg.on_slot_lost},
+    )
+    full = PgFullRefreshOperator(task_id="full_refresh", mode="cdc", outlets=[asset], **common)
+    wait = PgSlotLagSensor(
+        task_id="wait_for_changes", table=cfg.qualified_name, source_conn_id=registry.source.conn_id,
+        slot=cfg.slot, min_lag_bytes=cfg.min_lag_bytes, max_lag_bytes=cfg.max_lag_bytes,
+        poke_interval=cfg.poke_interval, timeout=cfg.wait_timeout, soft_fail=True, mode="reschedule",
+        retries=0,
+    )
+    apply = PgCdcApplyOperator(task_id="apply_changes", max_batch_changes=cfg.max_batch_changes,
+                               max_lag_bytes=cfg.max_lag_bytes, outlets=[asset], **common)
+    plan >> [full, wait]
+    wait >> apply
+    if cfg.verify:
+        from airflow_pg_replication.operators.reconcile import PgReconcileOperator
+
+        verify = PgReconcileOperator(task_id="verify", trigger_rule="none_failed_min_one_success", **common)
+        [full, apply] >> verify
+
+
+def _broken_table_dag(err: TableError) -> DAG:
+    """A stand-in DAG for a broken registry entry: its one task fails with the registry error."""
+    from airflow.providers.standard.operators.python import PythonOperator
+
+    message = str(err)
+
+    def fail() -> None:
+        from airflow_pg_replication.registry import RegistryError
+
+        raise RegistryError(err.errors)
+
+    dag = DAG(dag_id=err.dag_id, schedule=None, start_date=START_DATE, catchup=False,
+              tags=["pg_replication", "registry_error"],
+              doc_md=f"**This table's registry entry is broken:**\n\n```\n{message}\n```")
+    with dag:
+        PythonOperator(task_id="registry_error", python_callable=fail)
+    return dag

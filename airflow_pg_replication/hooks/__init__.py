@@ -1,0 +1,1 @@
+"""Hooks of airflow_pg_replication."""

@@ -1,0 +1,235 @@
+"""PgReplicationHook: source connections, catalog lookups, publications, slots, lag and change reads."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Iterator
+
+from airflow.providers.postgres.hooks.postgres import PostgresHook
+
+from airflow_pg_replication.errors import ReplicationError
+from airflow_pg_replication.source_catalog import SlotInfo, TableInfo, read_slot_info, read_table_info
+
+if TYPE_CHECKING:
+    import psycopg
+
+log = logging.getLogger(__name__)
+
+#: Session settings that make every value's text form the one our type map parses.
+SESSION_OPTIONS = (
+    "-c TimeZone=UTC -c DateStyle=ISO,MDY -c IntervalStyle=iso_8601 "
+    "-c extra_float_digits=3 -c bytea_output=hex -c client_encoding=UTF8"
+)
+
+
+@dataclass(frozen=True)
+class CreatedSlot:
+    """A slot created with an exported snapshot; the snapshot lives while the creating connection does."""
+
+    name: str
+    consistent_lsn: int
+    snapshot_name: str
+
+
+class PgReplicationHook(PostgresHook):
+    """Talks to the source PostgreSQL for replication: slots, publications, lag, snapshots, changes."""
+
+    conn_name_attr = "postgres_conn_id"
+    default_conn_name = "pg_source"
+    conn_type = "postgres"
+    hook_name = "PostgreSQL (logical replication)"
+
+    def __init__(self, *args: Any, postgres_conn_id: str = default_conn_name, **kwargs: Any) -> None:
+        super().__init__(*args, postgres_conn_id=postgres_conn_id, **kwargs)
+        self.postgres_conn_id = postgres_conn_id
+
+    # -- connections -------------------------------------------------------------------------
+
+    def connect_params(self) -> dict[str, Any]:
+        """libpq keyword parameters of the Airflow connection (never logged: may hold a password)."""
+        conn = self.get_connection(self.postgres_conn_id)
+        params: dict[str, Any] = {
+            "host": conn.host or "localhost",
+            "port": conn.port or 5432,
+            "user": conn.login or None,
+            "password": conn.password or None,
+            "dbname": conn.schema or "postgres",
+            "application_name": "airflow_pg_replication",
+        }
+        extra = conn.extra_dejson or {}
+        for key in ("sslmode", "sslrootcert", "sslcert", "sslkey", "connect_timeout"):
+            if key in extra:
+                params[key] = extra[key]
+        return {k: v for k, v in params.items() if v is not None}
+
+    def describe(self) -> str:
+        """Where the source is, for logs and errors: conn id, host, port, database; no credentials."""
+        p = self.connect_params()
+        return f"conn {self.postgres_conn_id!r} ({p['host']}:{p['port']}/{p['dbname']})"
+
+    def connect(self, *, autocommit: bool = True) -> psycopg.Connection:
+        """A psycopg 3 connection with the session settings our text parsing relies on."""
+        import psycopg
+
+        try:
+            return psycopg.connect(**self.connect_params(), options=SESSION_OPTIONS, autocommit=autocommit)
+        except psycopg.OperationalError as exc:
+            raise ReplicationError(f"cannot connect to the source, {self.describe()}: {exc}".strip()) from exc
+
+    def replication_connection(self):
+        """A psycopg2 logical replication connection (the walsender protocol psycopg 3 lacks)."""
+        import psycopg2
+        import psycopg2.extras
+
+        try:
+            return psycopg2.connect(
+                **self.connect_params(),
+                options=SESSION_OPTIONS,
+                connection_factory=psycopg2.extras.LogicalReplicationConnection,
+            )
+        except psycopg2.OperationalError as exc:
+            hint = ""
+            if "replication" in str(exc):
+                hint = " The role needs the REPLICATION attribute (ALTER ROLE ... REPLICATION) and pg_hba.conf must allow it."
+            raise ReplicationError(f"cannot open a replication connection, {self.describe()}: {exc}{hint}") from exc
+
+    # -- checks and catalog ------------------------------------------------------------------
+
+    def check_wal_level(self, conn: psycopg.Connection) -> None:
+        """Fail with the fix when the server cannot do logical decoding."""
+        level = conn.execute("SHOW wal_level").fetchone()[0]
+        if level != "logical":
+            raise ReplicationError(
+                f"the source has wal_level={level}, but change data capture needs wal_level=logical "
+                f"({self.describe()}). Fix: ALTER SYSTEM SET wal_level = logical; then restart PostgreSQL "
+                "(on RDS/Aurora: set rds.logical_replication = 1 in the parameter group; on Cloud SQL: "
+                "cloudsql.logical_decoding = on). Or use mode: full_refresh / incremental for this table."
+            )
+
+    def table_info(self, conn: psycopg.Connection, schema: str, table: str, **kwargs: Any) -> TableInfo:
+        """Columns, key and replica identity of ``schema.table`` (see :func:`read_table_info`)."""
+        return read_table_info(conn, schema, table, source=self.describe(), **kwargs)
+
+    def slot_info(self, conn: psycopg.Connection, slot: str) -> SlotInfo | None:
+        """The slot's state and lag, or None when it does not exist."""
+        return read_slot_info(conn, slot)
+
+    # -- publications and slots --------------------------------------------------------------
+
+    def ensure_publication(self, conn: psycopg.Connection, publication: str, schema: str, table: str) -> None:
+        """Create the table's publication unless it exists (a pre-created one is used as it is)."""
+        from psycopg import sql
+
+        exists = conn.execute("SELECT 1 FROM pg_publication WHERE pubname = %s", (publication,)).fetchone()
+        if exists:
+            in_pub = conn.execute(
+                "SELECT 1 FROM pg_publication_tables WHERE pubname = %s AND schemaname = %s AND tablename = %s",
+                (publication, schema, table),
+            ).fetchone()
+            if not in_pub:
+                raise ReplicationError(
+                    f"publication {publication!r} exists but does not publish {schema}.{table}. Fix: "
+                    f"ALTER PUBLICATION {publication} ADD TABLE {schema}.{table}; or drop the publication."
+                )
+            return
+        stmt = sql.SQL("CREATE PUBLICATION {} FOR TABLE {}.{} WITH (publish_via_partition_root = true)").format(
+            sql.Identifier(publication), sql.Identifier(schema), sql.Identifier(table)
+        )
+        try:
+            conn.execute(stmt)
+        except Exception as exc:  # psycopg.errors.InsufficientPrivilege and friends
+            raise ReplicationError(
+                f"cannot create publication {publication!r} for {schema}.{table}: {exc}. Fix: let the table's "
+                f"owner run: CREATE PUBLICATION {publication} FOR TABLE {schema}.{table} "
+                "WITH (publish_via_partition_root = true);"
+            ) from exc
+        log.info("created publication %s for %s.%s", publication, schema, table)
+
+    def drop_slot(self, conn: psycopg.Connection, slot: str) -> bool:
+        """Drop the slot if it exists (ending a walsender still using it). True when one was dropped."""
+        row = conn.execute(
+            "SELECT active_pid FROM pg_replication_slots WHERE slot_name = %s", (slot,)
+        ).fetchone()
+        if row is None:
+            return False
+        if row[0] is not None:
+            conn.execute("SELECT pg_terminate_backend(%s)", (row[0],))
+        for _ in range(50):
+            try:
+                conn.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
+                log.info("dropped replication slot %s", slot)
+                return True
+            except Exception as exc:  # still active for a moment after the terminate
+                if "is active" not in str(exc):
+                    raise
+                import time
+
+                time.sleep(0.1)
+        raise ReplicationError(f"replication slot {slot!r} stays active; stop its consumer and retry")
+
+    @contextlib.contextmanager
+    def create_slot_with_snapshot(self, slot: str) -> Iterator[CreatedSlot]:
+        """Create a pgoutput slot exporting its snapshot; the snapshot is usable inside the ``with``."""
+        from psycopg2 import sql as sql2
+
+        from airflow_pg_replication.pgoutput import parse_lsn
+
+        rconn = self.replication_connection()
+        try:
+            cur = rconn.cursor()
+            cur.execute(
+                sql2.SQL("CREATE_REPLICATION_SLOT {} LOGICAL pgoutput EXPORT_SNAPSHOT").format(
+                    sql2.Identifier(slot)
+                )
+            )
+            name, consistent_point, snapshot_name, _plugin = cur.fetchone()
+            created = CreatedSlot(name, parse_lsn(consistent_point), snapshot_name)
+            log.info("created slot %s at consistent point %s, snapshot %s", name, consistent_point, snapshot_name)
+            yield created
+        finally:
+            rconn.close()
+
+    def create_slot(self, conn: psycopg.Connection, slot: str) -> int:
+        """Create a pgoutput slot without a snapshot; returns its consistent LSN."""
+        from airflow_pg_replication.pgoutput import parse_lsn
+
+        row = conn.execute("SELECT lsn FROM pg_create_logical_replication_slot(%s, 'pgoutput')", (slot,)).fetchone()
+        return parse_lsn(str(row[0]))
+
+    # -- changes -----------------------------------------------------------------------------
+
+    def current_wal_lsn(self, conn: psycopg.Connection) -> int:
+        """The server's current WAL insert position."""
+        from airflow_pg_replication.pgoutput import parse_lsn
+
+        return parse_lsn(str(conn.execute("SELECT pg_current_wal_lsn()").fetchone()[0]))
+
+    def peek_changes(
+        self, conn: psycopg.Connection, slot: str, publication: str, *, upto_lsn: int, max_changes: int,
+        fetch_size: int = 20_000,
+    ) -> Iterator[tuple[int, bytes]]:
+        """Stream ``(lsn, pgoutput message)`` from the slot up to ``upto_lsn`` without consuming them.
+
+        Whole transactions only: PostgreSQL stops after the transaction in which ``max_changes``
+        messages were reached. Rows arrive through a server-side cursor, ``fetch_size`` at a time.
+        """
+        from airflow_pg_replication.pgoutput import format_lsn
+
+        query = (
+            "SELECT lsn::text, data FROM pg_logical_slot_peek_binary_changes("
+            "%s, %s::pg_lsn, %s, 'proto_version', '1', 'publication_names', %s)"
+        )
+        with conn.transaction():
+            with conn.cursor(name="pg_replication_changes") as cur:
+                cur.itersize = fetch_size
+                cur.execute(query, (slot, format_lsn(upto_lsn), max_changes, publication))
+                for lsn_text, data in cur:
+                    yield lsn_text, data
+
+    def advance_slot(self, conn: psycopg.Connection, slot: str, lsn: int) -> None:
+        """Confirm everything up to ``lsn`` as consumed, so the server may recycle that WAL."""
+        from airflow_pg_replication.pgoutput import format_lsn
+
+        conn.execute("SELECT pg_replication_slot_advance(%s, %s::pg_lsn)", (slot, format_lsn(lsn)))

@@ -1,0 +1,274 @@
+"""dlt loads into the destination: snapshot replace, change merge, and the replication state kept with the data."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, Sequence
+
+from airflow_pg_replication.errors import ReplicationError
+
+if TYPE_CHECKING:
+    import dlt
+    import pyarrow as pa
+
+log = logging.getLogger(__name__)
+
+STATE_TABLE = "_pg_replication_state"
+LSN_COLUMN = "_pg_lsn"
+DELETED_AT_COLUMN = "_pg_deleted_at"
+_DELETE_CHUNK = 1000
+
+
+@dataclass
+class ReplicationState:
+    """Where a table's copy stands; written only after the data it describes is committed."""
+
+    table_name: str  # source schema.table
+    status: str  # snapshotting | ready (snapshot loaded; CDC may apply) | loaded (full/incremental)
+    slot: str | None = None
+    snapshot_lsn: int | None = None  # the slot's consistent point the snapshot was read at
+    applied_lsn: int | None = None  # commit LSN of the last applied transaction
+    cursor_value: str | None = None  # incremental: the high-water mark, as text
+    updated_at: datetime | None = None
+
+    def as_row(self) -> dict[str, Any]:
+        row = dict(self.__dict__)
+        row["updated_at"] = datetime.now(timezone.utc)
+        return row
+
+
+_STATE_COLUMNS = [
+    {"name": "table_name", "data_type": "text", "nullable": False, "primary_key": True},
+    {"name": "status", "data_type": "text", "nullable": False},
+    {"name": "slot", "data_type": "text"},
+    {"name": "snapshot_lsn", "data_type": "bigint"},
+    {"name": "applied_lsn", "data_type": "bigint"},
+    {"name": "cursor_value", "data_type": "text"},
+    {"name": "updated_at", "data_type": "timestamp", "timezone": True},
+]
+
+
+def destination_columns(columns: Sequence[Any], *, soft_deletes: bool) -> list[dict]:
+    """dlt column schema for the source columns plus ``_pg_lsn`` (and ``_pg_deleted_at`` for soft deletes)."""
+    from airflow_pg_replication.typemap import dlt_column_hints
+
+    out = [{**dlt_column_hints(c), "name": c.name} for c in columns]
+    out.append({"name": LSN_COLUMN, "data_type": "bigint"})
+    if soft_deletes:
+        out.append({"name": DELETED_AT_COLUMN, "data_type": "timestamp", "timezone": True})
+    return out
+
+
+def default_duckdb_path() -> str:
+    """``$AIRFLOW_HOME/pg_replication.duckdb``, else ``./pg_replication.duckdb``."""
+    home = os.environ.get("AIRFLOW_HOME")
+    return os.path.abspath(os.path.join(home, "pg_replication.duckdb") if home else "pg_replication.duckdb")
+
+
+def _configure_dlt() -> None:
+    import dlt
+
+    dlt.config["schema.naming"] = "direct"  # keep source names as written (case, $)
+    dlt.config["destination.replace_strategy"] = "insert-from-staging"  # replace swaps in one transaction
+    dlt.config["runtime.dlthub_telemetry"] = False
+
+
+def _dlt_destination(spec: Mapping[str, Any]):
+    from dlt.common.destination import Destination
+
+    kind = spec.get("type") or "duckdb"
+    if spec.get("conn_id"):
+        from airflow.sdk import BaseHook
+
+        credentials: Any = BaseHook.get_connection(spec["conn_id"]).get_uri()
+    else:
+        credentials = spec.get("credentials")
+    if kind == "duckdb":
+        import dlt
+
+        return dlt.destinations.duckdb(credentials or default_duckdb_path())
+    return Destination.from_reference(kind, credentials=credentials)
+
+
+class TableDestination:
+    """One table's place in the destination: its dlt pipeline, its state row, its loads.
+
+    Use as a context manager: a fresh dlt working dir each time (the destination is the truth,
+    nothing local survives a worker), and for DuckDB an exclusive file lock, since one DuckDB
+    file takes one writing process at a time.
+    """
+
+    def __init__(self, destination: Mapping[str, Any] | None, *, table_name: str, destination_table: str,
+                 pipeline_name: str) -> None:
+        self.spec = dict(destination or {})
+        self.spec.setdefault("type", "duckdb")
+        self.spec.setdefault("dataset", "replica")
+        if self.spec["type"] == "duckdb" and not self.spec.get("credentials"):
+            self.spec["credentials"] = default_duckdb_path()
+        self.table_name = table_name
+        self.destination_table = destination_table
+        self.pipeline_name = pipeline_name
+        self.pipeline: dlt.Pipeline | None = None
+        self._stack = contextlib.ExitStack()
+
+    def describe(self) -> str:
+        where = self.spec.get("credentials") if self.spec["type"] == "duckdb" else self.spec["type"]
+        return f"{self.spec['dataset']}.{self.destination_table} in {where}"
+
+    def __enter__(self) -> TableDestination:
+        import dlt
+
+        _configure_dlt()
+        if self.spec["type"] == "duckdb":
+            self._stack.enter_context(_file_lock(str(self.spec["credentials"]) + ".lock"))
+        workdir = tempfile.mkdtemp(prefix="pg_replication_dlt_")
+        self._stack.callback(shutil.rmtree, workdir, True)
+        self.pipeline = dlt.pipeline(
+            pipeline_name=self.pipeline_name, pipelines_dir=workdir,
+            destination=_dlt_destination(self.spec), dataset_name=self.spec["dataset"],
+        )
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.pipeline = None
+        self._stack.close()
+
+    # -- state --------------------------------------------------------------------------------
+
+    def read_state(self) -> ReplicationState | None:
+        """The table's state row, or None when nothing was ever loaded for it."""
+        from dlt.destinations.exceptions import DatabaseUndefinedRelation
+
+        names = [c["name"] for c in _STATE_COLUMNS]
+        try:
+            with self.pipeline.sql_client() as client:
+                cols = ", ".join(client.escape_column_name(n) for n in names)
+                rows = client.execute_sql(
+                    f"SELECT {cols} FROM {client.make_qualified_table_name(STATE_TABLE)} "
+                    f"WHERE {client.escape_column_name('table_name')} = %s",
+                    self.table_name,
+                )
+        except DatabaseUndefinedRelation:
+            return None
+        if not rows:
+            return None
+        return ReplicationState(**dict(zip(names, rows[0])))
+
+    def write_state(self, state: ReplicationState) -> None:
+        """Upsert the table's state row (its own load, after the data's load has committed)."""
+        import dlt
+
+        resource = dlt.resource(
+            [state.as_row()], name=STATE_TABLE, columns=_STATE_COLUMNS, primary_key="table_name",
+            write_disposition={"disposition": "merge", "strategy": "delete-insert"},
+        )
+        self.pipeline.run(resource)
+
+    # -- loads --------------------------------------------------------------------------------
+
+    def replace(self, batches: Iterable[pa.RecordBatch], columns: list[dict], primary_key: Sequence[str]) -> None:
+        """Replace the table's content with ``batches`` (staged, then swapped in one transaction)."""
+        import dlt
+
+        resource = dlt.resource(
+            batches, name=self.destination_table, columns=columns, primary_key=list(primary_key) or None,
+            write_disposition="replace",
+        )
+        self.pipeline.run(resource)
+
+    def merge(self, tables: Iterable[pa.Table], columns: list[dict], primary_key: Sequence[str]) -> None:
+        """Upsert rows by key."""
+        import dlt
+
+        resource = dlt.resource(
+            tables, name=self.destination_table, columns=columns, primary_key=list(primary_key),
+            write_disposition={"disposition": "merge", "strategy": "delete-insert"},
+        )
+        self.pipeline.run(resource)
+
+    def table_exists(self) -> bool:
+        from dlt.destinations.exceptions import DatabaseUndefinedRelation
+
+        try:
+            with self.pipeline.sql_client() as client:
+                client.execute_sql(f"SELECT 1 FROM {client.make_qualified_table_name(self.destination_table)} LIMIT 1")
+            return True
+        except DatabaseUndefinedRelation:
+            return False
+
+    def delete_keys(self, key_columns: Sequence[str], keys: Sequence[tuple]) -> None:
+        """Hard-delete the rows with these keys (typed values), in chunks."""
+        with self.pipeline.sql_client() as client:
+            table = client.make_qualified_table_name(self.destination_table)
+            for start in range(0, len(keys), _DELETE_CHUNK):
+                chunk = keys[start:start + _DELETE_CHUNK]
+                where, params = _key_predicate(client, key_columns, chunk)
+                client.execute_sql(f"DELETE FROM {table} WHERE {where}", *params)
+
+    def truncate(self, *, soft_at: datetime | None = None, lsn: int | None = None) -> None:
+        """Empty the table; with ``soft_at``, mark every live row deleted at that time instead."""
+        with self.pipeline.sql_client() as client:
+            table = client.make_qualified_table_name(self.destination_table)
+            if soft_at is None:
+                client.execute_sql(f"DELETE FROM {table}")
+            else:
+                deleted = client.escape_column_name(DELETED_AT_COLUMN)
+                client.execute_sql(
+                    f"UPDATE {table} SET {deleted} = %s, {client.escape_column_name(LSN_COLUMN)} = %s "
+                    f"WHERE {deleted} IS NULL", soft_at, lsn,
+                )
+
+    def fetch_rows(self, key_columns: Sequence[str], keys: Sequence[tuple], columns: Sequence[str]) -> dict[tuple, dict]:
+        """Current destination values of ``columns`` for these keys: key -> {column: value}."""
+        out: dict[tuple, dict] = {}
+        nkey = len(key_columns)
+        with self.pipeline.sql_client() as client:
+            table = client.make_qualified_table_name(self.destination_table)
+            select = ", ".join(client.escape_column_name(c) for c in [*key_columns, *columns])
+            for start in range(0, len(keys), _DELETE_CHUNK):
+                chunk = keys[start:start + _DELETE_CHUNK]
+                where, params = _key_predicate(client, key_columns, chunk)
+                for row in client.execute_sql(f"SELECT {select} FROM {table} WHERE {where}", *params) or []:
+                    out[tuple(row[:nkey])] = dict(zip(columns, row[nkey:]))
+        return out
+
+
+def _key_predicate(client: Any, key_columns: Sequence[str], keys: Sequence[tuple]) -> tuple[str, list]:
+    """``k IN (...)`` for one key column, an OR of ANDs for a composite key."""
+    names = [client.escape_column_name(c) for c in key_columns]
+    if len(names) == 1:
+        return f"{names[0]} IN ({', '.join(['%s'] * len(keys))})", [k[0] for k in keys]
+    one = "(" + " AND ".join(f"{n} = %s" for n in names) + ")"
+    return " OR ".join([one] * len(keys)), [v for k in keys for v in k]
+
+
+@contextlib.contextmanager
+def _file_lock(path: str, timeout: float = 3600.0) -> Iterator[None]:
+    """Exclusive advisory lock on ``path``; logs while it waits for another writer."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)) or ".", exist_ok=True)
+    with open(path, "a+") as fh:
+        start = time.monotonic()
+        warned = False
+        while True:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if not warned:
+                    log.info("waiting for another writer of the DuckDB file (%s)", path)
+                    warned = True
+                if time.monotonic() - start > timeout:
+                    raise ReplicationError(f"gave up after {timeout:.0f} s waiting for the DuckDB lock {path}")
+                time.sleep(0.2)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)

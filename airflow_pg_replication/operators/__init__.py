@@ -1,0 +1,1 @@
+"""Operators of airflow_pg_replication."""

@@ -1,0 +1,134 @@
+"""PgCdcApplyOperator: apply one bounded batch of a table's changes from its slot, then advance the slot."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Sequence
+
+from airflow_pg_replication.errors import ReplicationError, SlotLostError
+from airflow_pg_replication.operators.base import PgTableOperator
+
+log = logging.getLogger(__name__)
+
+
+class PgCdcApplyOperator(PgTableOperator):
+    """Read up to ``max_batch_changes`` changes (whole transactions) and merge them into the destination.
+
+    The upper LSN is fixed when the run starts, so a run never chases a growing backlog. The
+    destination commits first, then the state row with the last applied commit LSN, and only
+    then does the slot advance: a crash anywhere re-reads the batch, and transactions at or
+    below the stored LSN are skipped, so nothing is lost and nothing is applied twice.
+    """
+
+    template_fields: Sequence[str] = (*PgTableOperator.template_fields, "max_batch_changes")
+
+    def __init__(self, *, max_batch_changes: int = 100_000, max_lag_bytes: int | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.max_batch_changes = max_batch_changes
+        self.max_lag_bytes = max_lag_bytes
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        from airflow_pg_replication.apply import apply_changes
+        from airflow_pg_replication.changes import ChangeFolder
+        from airflow_pg_replication.pgoutput import decode, format_lsn
+        from airflow_pg_replication.source_catalog import require_key
+
+        t = self.target
+        hook = self.source_hook()
+        started = time.monotonic()
+        with hook.connect() as conn, self.table_destination() as dest:
+            hook.check_wal_level(conn)
+            slot = hook.slot_info(conn, t.slot)
+            self._check_slot(slot)
+            state = dest.read_state()
+            if state is None or state.status != "ready" or state.slot != t.slot:
+                raise ReplicationError(
+                    f"{t.qualified_name} has no loaded snapshot for slot {t.slot} in {dest.describe()}"
+                    f" (state: {state.status if state else 'none'}). Run the full_refresh task first "
+                    "(trigger the DAG with full_refresh=true)."
+                )
+            info = hook.table_info(conn, t.schema, t.name, columns=self.columns, primary_key=self.primary_key)
+            require_key(info, mode="cdc")
+            upto = hook.current_wal_lsn(conn)
+            start_lsn = slot.confirmed_flush_lsn
+            folder = ChangeFolder(info.primary_key, applied_lsn=state.applied_lsn,
+                                  relation_names={(t.schema, t.name)})
+            messages = 0
+            for _lsn, data in hook.peek_changes(conn, t.slot, t.publication, upto_lsn=upto,
+                                                max_changes=self.max_batch_changes):
+                messages += 1
+                folder.feed(decode(data))
+            batch = folder.batch
+            cut = messages >= self.max_batch_changes  # PostgreSQL may have stopped early: more is waiting
+            # Where the slot may advance to: all read WAL when the read ran to ``upto``, else the last commit.
+            advance_to = batch.last_end_lsn if cut else max(upto, batch.last_end_lsn or 0)
+            applied = None
+            if batch.empty:
+                why = ("every transaction read was already applied" if batch.skipped
+                       else "no change for this table in the WAL read")
+                log.info("%s: nothing to apply between %s and %s (%s); %d transaction(s) of other tables read",
+                         t.qualified_name, start_lsn, format_lsn(advance_to), why, batch.transactions)
+            else:
+                cols = self._columns_of_batch(conn, folder, info)
+                applied = apply_changes(dest, batch, cols, soft_deletes=self.deletes == "soft")
+                state.applied_lsn = batch.last_commit_lsn
+                dest.write_state(state)
+            if advance_to and (slot.confirmed_flush_lsn is None or advance_to > _lsn_int(slot.confirmed_flush_lsn)):
+                hook.advance_slot(conn, t.slot, advance_to)
+        secs = time.monotonic() - started
+        changes = batch.changes if not batch.empty else 0
+        log.info(
+            "%s: applied %d change(s) in %d transaction(s), LSN %s -> %s%s: %s upserts, %s deletes%s; "
+            "%.1f s (%.0f changes/s)%s",
+            t.qualified_name, changes, batch.transactions - batch.skipped, start_lsn,
+            format_lsn(advance_to) if advance_to else start_lsn,
+            f", {batch.skipped} already applied skipped" if batch.skipped else "",
+            applied.upserts if applied else 0, applied.deletes if applied else 0,
+            ", table truncated" if applied and applied.truncated else "",
+            secs, changes / secs if secs else 0.0,
+            "; more changes are waiting (batch limit reached)" if cut else "",
+        )
+        return {"table": t.qualified_name, "changes": changes, "lsn": format_lsn(advance_to) if advance_to else start_lsn,
+                "transactions": batch.transactions - batch.skipped, "more": cut, "seconds": round(secs, 3)}
+
+    def _check_slot(self, slot: Any) -> None:
+        t = self.target
+        if slot is None:
+            raise SlotLostError(
+                f"replication slot {t.slot} of {t.qualified_name} does not exist: changes since the last run "
+                "cannot be read. Resync: trigger the DAG with full_refresh=true (or run PgFullRefreshOperator)."
+            )
+        if slot.lost:
+            raise SlotLostError(
+                f"replication slot {t.slot} of {t.qualified_name} was invalidated (wal_status=lost): the server "
+                "removed WAL it still needed (max_slot_wal_keep_size). Resync: trigger the DAG with "
+                "full_refresh=true, or set on_slot_lost: resync in the registry."
+            )
+        if not slot.in_this_database:
+            raise ReplicationError(f"replication slot {t.slot} belongs to database {slot.database}, not this one; "
+                                   "set a distinct `slot` name for this table in the registry")
+        if self.max_lag_bytes and slot.lag_bytes and slot.lag_bytes > self.max_lag_bytes:
+            log.warning("%s: slot %s holds %s bytes of WAL, past max_lag_bytes=%s; applying a batch to catch up",
+                        t.qualified_name, t.slot, f"{slot.lag_bytes:,}", f"{self.max_lag_bytes:,}")
+
+    @staticmethod
+    def _columns_of_batch(conn: Any, folder: Any, info: Any) -> dict:
+        """Types of every column the batch's relation messages carried (schema changes included)."""
+        from airflow_pg_replication.source_catalog import resolve_column_types
+        from airflow_pg_replication.typemap import PgColumn
+
+        rels = folder.relations_seen
+        oids = [c.type_oid for rel in rels for c in rel.columns]
+        types = resolve_column_types(conn, oids)
+        cols = {c.name: c for c in info.columns}
+        for rel in rels:
+            for c in rel.columns:
+                cols[c.name] = PgColumn(c.name, types[c.type_oid], c.typmod)
+        return cols
+
+
+def _lsn_int(text: str) -> int:
+    from airflow_pg_replication.pgoutput import parse_lsn
+
+    return parse_lsn(text)

@@ -1,0 +1,61 @@
+"""The `plan` branch of a CDC table's DAG: snapshot first (or again), or wait for changes."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Mapping
+
+from airflow_pg_replication.errors import SlotLostError
+from airflow_pg_replication.operators.base import TableTarget
+
+log = logging.getLogger(__name__)
+
+FULL_REFRESH_TASK = "full_refresh"
+WAIT_TASK = "wait_for_changes"
+
+
+def choose_next_task(
+    *, table: str, source_conn_id: str, destination: Mapping[str, Any] | None, slot: str | None = None,
+    destination_table: str | None = None, on_slot_lost: str = "fail", params: Mapping[str, Any] | None = None,
+    **_context: Any,
+) -> str:
+    """Return the task id to run next, and say why in the log.
+
+    Snapshot when asked (``full_refresh`` param), when the table has no slot, or when the
+    destination holds no snapshot loaded for that slot. An invalidated slot fails with the fix,
+    or with ``on_slot_lost="resync"`` leads to a new snapshot.
+    """
+    from airflow_pg_replication.hooks.replication import PgReplicationHook
+    from airflow_pg_replication.loading import TableDestination
+
+    t = TableTarget.build(table, slot=slot, destination_table=destination_table)
+    if params and params.get("full_refresh"):
+        log.info("%s: full refresh asked for by the run's full_refresh param", t.qualified_name)
+        return FULL_REFRESH_TASK
+    hook = PgReplicationHook(postgres_conn_id=source_conn_id)
+    with hook.connect() as conn:
+        info = hook.slot_info(conn, t.slot)
+    if info is None:
+        log.info("%s: no replication slot %s yet: taking a snapshot", t.qualified_name, t.slot)
+        return FULL_REFRESH_TASK
+    if info.lost:
+        if on_slot_lost == "resync":
+            log.warning("%s: slot %s was invalidated (wal_status=lost); on_slot_lost=resync: taking a new snapshot",
+                        t.qualified_name, t.slot)
+            return FULL_REFRESH_TASK
+        raise SlotLostError(
+            f"replication slot {t.slot} of {t.qualified_name} was invalidated (wal_status=lost): PostgreSQL "
+            "removed WAL it still needed, so changes were lost. Resync: trigger this DAG with "
+            "full_refresh=true (Trigger DAG w/ config), or set on_slot_lost: resync in the registry."
+        )
+    dest = TableDestination(destination, table_name=t.qualified_name, destination_table=t.destination_table,
+                            pipeline_name=t.pipeline_name)
+    with dest:
+        state = dest.read_state()
+    if state is None or state.status != "ready" or state.slot != t.slot:
+        log.info("%s: no snapshot loaded for slot %s in %s (state: %s): taking a snapshot", t.qualified_name,
+                 t.slot, dest.describe(), state.status if state else "none")
+        return FULL_REFRESH_TASK
+    log.info("%s: snapshot loaded, slot %s healthy (lag %s bytes): waiting for changes", t.qualified_name,
+             t.slot, f"{info.lag_bytes or 0:,}")
+    return WAIT_TASK

@@ -1,0 +1,126 @@
+"""Consistent, chunked read of a table as Arrow record batches: COPY … CSV streamed through pyarrow."""
+
+from __future__ import annotations
+
+import io
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Iterator
+
+from airflow_pg_replication.loading import LSN_COLUMN
+from airflow_pg_replication.typemap import arrow_type, text_to_arrow
+
+if TYPE_CHECKING:
+    import psycopg
+    import pyarrow as pa
+    from psycopg import sql
+
+    from airflow_pg_replication.source_catalog import TableInfo
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class CopyProgress:
+    """Running totals of a copy, logged every ``every`` seconds by :meth:`tick`."""
+
+    table: str
+    every: float = 5.0
+    rows: int = 0
+    bytes: int = 0
+    started: float = field(default_factory=time.monotonic)
+    _last: float = field(default_factory=time.monotonic)
+
+    def tick(self, rows: int) -> None:
+        self.rows += rows
+        now = time.monotonic()
+        if now - self._last >= self.every:
+            self._last = now
+            log.info("%s: %s", self.table, self.summary())
+
+    def summary(self) -> str:
+        secs = max(time.monotonic() - self.started, 1e-9)
+        return (f"{self.rows:,} rows, {self.bytes / 1e6:,.1f} MB in {secs:,.1f} s "
+                f"({self.rows / secs:,.0f} rows/s, {self.bytes / 1e6 / secs:,.1f} MB/s)")
+
+
+class _CopyReader(io.RawIOBase):
+    """A file over a psycopg COPY TO STDOUT, so pyarrow's CSV reader can pull from it."""
+
+    def __init__(self, copy: psycopg.Copy, progress: CopyProgress) -> None:
+        self._chunks = iter(copy)
+        self._buf = memoryview(b"")
+        self._progress = progress
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:  # type: ignore[override]
+        while not self._buf:
+            try:
+                chunk = next(self._chunks)
+            except StopIteration:
+                return 0
+            self._buf = memoryview(chunk)
+            self._progress.bytes += len(chunk)
+        n = min(len(b), len(self._buf))
+        b[:n] = self._buf[:n]
+        self._buf = self._buf[n:]
+        return n
+
+
+def begin_snapshot(conn: psycopg.Connection, snapshot_name: str | None) -> None:
+    """Open a read-only repeatable-read transaction, at the exported snapshot when given."""
+    from psycopg import sql
+
+    conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+    if snapshot_name:
+        conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot_name)))
+
+
+def copy_batches(
+    conn: psycopg.Connection, info: TableInfo, *, lsn: int | None, block_bytes: int = 8 << 20,
+    progress: CopyProgress | None = None, where: sql.Composable | None = None,
+) -> Iterator[pa.RecordBatch]:
+    """Yield the table as typed Arrow record batches of about ``block_bytes`` of CSV each.
+
+    Memory is set by ``block_bytes``, not by the table. Every batch gets the ``_pg_lsn``
+    column (``lsn``, the snapshot's LSN). The caller owns the transaction (see :func:`begin_snapshot`).
+    """
+    import pyarrow as pa
+    from pyarrow import csv
+    from psycopg import sql
+
+    progress = progress or CopyProgress(info.qualified_name)
+    names = info.column_names
+    query = sql.SQL("COPY (SELECT {} FROM {}.{}{}) TO STDOUT (FORMAT csv)").format(
+        sql.SQL(", ").join(sql.Identifier(n) for n in names),
+        sql.Identifier(info.schema), sql.Identifier(info.name),
+        sql.SQL(" WHERE ") + where if where is not None else sql.SQL(""),
+    )
+    read_opts = csv.ReadOptions(column_names=names, block_size=block_bytes, use_threads=True)
+    parse_opts = csv.ParseOptions(newlines_in_values=True)
+    convert_opts = csv.ConvertOptions(
+        column_types={n: pa.string() for n in names}, strings_can_be_null=True,
+        quoted_strings_can_be_null=False, null_values=[""],
+    )
+    lsn_type = pa.int64()
+    out_names = [*names, LSN_COLUMN]
+    with conn.cursor().copy(query) as copy:
+        raw = io.BufferedReader(_CopyReader(copy, progress), buffer_size=1 << 20)
+        try:
+            reader = csv.open_csv(raw, read_options=read_opts, parse_options=parse_opts, convert_options=convert_opts)
+        except pa.ArrowInvalid as exc:
+            if "Empty CSV file" not in str(exc):
+                raise
+            # an empty table still yields one empty batch, so the destination table is created
+            schema = pa.schema([(c.name, arrow_type(c)) for c in info.columns] + [(LSN_COLUMN, lsn_type)])
+            yield pa.RecordBatch.from_pylist([], schema=schema)
+            return
+        for batch in reader:
+            arrays = [text_to_arrow(batch.column(i), col) for i, col in enumerate(info.columns)]
+            arrays.append(pa.array([lsn] * batch.num_rows, lsn_type) if lsn is not None
+                          else pa.nulls(batch.num_rows, lsn_type))
+            progress.tick(batch.num_rows)
+            yield pa.RecordBatch.from_arrays(arrays, names=out_names)

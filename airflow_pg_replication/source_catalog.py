@@ -1,0 +1,166 @@
+"""Catalog reads on the source: a table's columns, key and replica identity; a slot's state and lag."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Sequence
+
+from airflow_pg_replication.errors import ReplicationError
+from airflow_pg_replication.typemap import TYPE_CATALOG_SQL, PgColumn, PgType, resolve_types
+
+if TYPE_CHECKING:
+    import psycopg
+
+_COLUMNS_SQL = """
+SELECT c.oid, c.relkind, c.relreplident, a.attname, a.atttypid, a.atttypmod, a.attnotnull,
+       coalesce(a.attnum = ANY (i.indkey), false) AS in_pk
+FROM pg_class c
+JOIN pg_namespace n ON n.oid = c.relnamespace
+JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+LEFT JOIN pg_index i ON i.indrelid = c.oid AND i.indisprimary
+WHERE n.nspname = %s AND c.relname = %s
+ORDER BY a.attnum
+"""
+
+_PK_ORDER_SQL = """
+SELECT a.attname
+FROM pg_index i
+JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord) ON true
+JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+WHERE i.indrelid = %s AND i.indisprimary
+ORDER BY k.ord
+"""
+
+_SLOT_SQL = """
+SELECT s.slot_name, s.plugin, s.slot_type, d.datname, s.active, s.wal_status,
+       s.safe_wal_size, s.restart_lsn::text, s.confirmed_flush_lsn::text,
+       pg_wal_lsn_diff(pg_current_wal_lsn(), s.restart_lsn)::bigint AS retained_bytes,
+       pg_wal_lsn_diff(pg_current_wal_lsn(), s.confirmed_flush_lsn)::bigint AS lag_bytes,
+       current_database() AS this_db
+FROM pg_replication_slots s
+LEFT JOIN pg_database d ON d.oid = s.datoid
+WHERE s.slot_name = %s
+"""
+
+
+@dataclass(frozen=True)
+class TableInfo:
+    """What replication needs to know of a source table."""
+
+    schema: str
+    name: str
+    oid: int
+    relkind: str  # r = table, p = partitioned table
+    replica_identity: str  # d = default (primary key), f = full, n = nothing, i = index
+    columns: tuple[PgColumn, ...]  # the replicated columns, in table order
+    primary_key: tuple[str, ...]  # empty when the table has none and none was configured
+
+    @property
+    def qualified_name(self) -> str:
+        return f"{self.schema}.{self.name}"
+
+    @property
+    def column_names(self) -> list[str]:
+        return [c.name for c in self.columns]
+
+
+@dataclass(frozen=True)
+class SlotInfo:
+    """A replication slot's health and how much WAL it holds back."""
+
+    name: str
+    plugin: str | None
+    database: str | None
+    active: bool
+    wal_status: str | None  # reserved | extended | unreserved | lost
+    safe_wal_size: int | None
+    restart_lsn: str | None
+    confirmed_flush_lsn: str | None
+    retained_bytes: int | None
+    lag_bytes: int | None
+    in_this_database: bool
+
+    @property
+    def lost(self) -> bool:
+        return self.wal_status == "lost" or self.restart_lsn is None
+
+
+def resolve_column_types(conn: psycopg.Connection, type_oids: Sequence[int]) -> dict[int, PgType]:
+    """Resolve type oids (domains, arrays, enums) to the descriptions the type map works from."""
+    rows = conn.execute(TYPE_CATALOG_SQL, (list(set(type_oids)),)).fetchall()
+    return resolve_types(rows)
+
+
+def read_table_info(
+    conn: psycopg.Connection, schema: str, table: str, *, source: str = "the source",
+    columns: Sequence[str] | None = None, primary_key: Sequence[str] | None = None,
+) -> TableInfo:
+    """Read a table's columns and key; a missing table or column is a clear error."""
+    rows = conn.execute(_COLUMNS_SQL, (schema, table)).fetchall()
+    if not rows:
+        raise ReplicationError(
+            f"table {schema}.{table} does not exist in {source} (or this role cannot see it). "
+            "Check the registry's table name (case matters: names are quoted) and GRANT SELECT on it."
+        )
+    oid, relkind, replident = rows[0][0], rows[0][1], rows[0][2]
+    if relkind not in ("r", "p"):
+        raise ReplicationError(f"{schema}.{table} is not a table (relkind {relkind!r}); only tables replicate")
+    by_name = {r[3]: r for r in rows}
+    if columns:
+        missing = [c for c in columns if c not in by_name]
+        if missing:
+            raise ReplicationError(
+                f"column(s) {', '.join(missing)} of the registry's columns list do not exist in {schema}.{table}; "
+                f"its columns are: {', '.join(by_name)}"
+            )
+    wanted = [r for r in rows if not columns or r[3] in columns]
+    types = resolve_column_types(conn, [r[4] for r in wanted])
+    cols = tuple(PgColumn(r[3], types[r[4]], r[5]) for r in wanted)
+    if primary_key:
+        missing = [c for c in primary_key if c not in by_name]
+        if missing:
+            raise ReplicationError(f"primary_key column(s) {', '.join(missing)} do not exist in {schema}.{table}")
+        pk = tuple(primary_key)
+    else:
+        pk = tuple(r[0] for r in conn.execute(_PK_ORDER_SQL, (oid,)).fetchall())
+    if columns and pk:
+        outside = [c for c in pk if c not in columns]
+        if outside:
+            raise ReplicationError(f"the key column(s) {', '.join(outside)} of {schema}.{table} must be in `columns`")
+    return TableInfo(schema, table, oid, relkind, replident, cols, pk)
+
+
+def require_key(info: TableInfo, *, mode: str) -> None:
+    """Merging needs a key: fail with both fixes when the table has none."""
+    if info.primary_key:
+        return
+    if mode == "cdc" and info.replica_identity == "f":
+        return
+    raise ReplicationError(
+        f"{info.qualified_name} has no primary key, so {mode} cannot tell its rows apart. Fix: add a "
+        f"primary_key entry to the table in the registry (columns that identify a row), or add a primary key "
+        f"to the table"
+        + (f", or run ALTER TABLE {info.schema}.{info.name} REPLICA IDENTITY FULL" if mode == "cdc" else "")
+        + "."
+    )
+
+
+def read_slot_info(conn: psycopg.Connection, slot: str) -> SlotInfo | None:
+    """The slot's state, or None when there is no slot of that name."""
+    return _slot_info(conn.execute(_SLOT_SQL, (slot,)).fetchone())
+
+
+async def read_slot_info_async(conn: psycopg.AsyncConnection, slot: str) -> SlotInfo | None:
+    """:func:`read_slot_info` over an async connection (for the triggerer)."""
+    cur = await conn.execute(_SLOT_SQL, (slot,))
+    return _slot_info(await cur.fetchone())
+
+
+def _slot_info(row: tuple | None) -> SlotInfo | None:
+    if row is None:
+        return None
+    return SlotInfo(
+        name=row[0], plugin=row[1], database=row[3], active=bool(row[4]), wal_status=row[5],
+        safe_wal_size=row[6], restart_lsn=row[7], confirmed_flush_lsn=row[8], retained_bytes=row[9],
+        lag_bytes=row[10], in_this_database=row[3] == row[11],
+    )

@@ -1,0 +1,1 @@
+"""Triggers of airflow_pg_replication."""
