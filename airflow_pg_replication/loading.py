@@ -141,6 +141,21 @@ class TableDestination:
         self.pipeline = None
         self._stack.close()
 
+    def _run(self, resource: Any) -> None:
+        """Run the pipeline; an error raised by our own data generator surfaces as itself, not wrapped by dlt."""
+        from dlt.common.exceptions import DltException
+        from dlt.pipeline.exceptions import PipelineStepFailed
+
+        try:
+            self.pipeline.run(resource)
+        except PipelineStepFailed as exc:
+            root: BaseException = exc
+            while root.__cause__ is not None:
+                root = root.__cause__
+            if root is not exc and not isinstance(root, DltException):
+                raise root from exc
+            raise
+
     # -- state --------------------------------------------------------------------------------
 
     def read_state(self) -> ReplicationState | None:
@@ -170,7 +185,7 @@ class TableDestination:
             [state.as_row()], name=STATE_TABLE, columns=_STATE_COLUMNS, primary_key="table_name",
             write_disposition={"disposition": "merge", "strategy": "delete-insert"},
         )
-        self.pipeline.run(resource)
+        self._run(resource)
 
     # -- loads --------------------------------------------------------------------------------
 
@@ -182,7 +197,7 @@ class TableDestination:
             batches, name=self.destination_table, columns=columns, primary_key=list(primary_key) or None,
             write_disposition="replace",
         )
-        self.pipeline.run(resource)
+        self._run(resource)
 
     def merge(self, tables: Iterable[pa.Table], columns: list[dict], primary_key: Sequence[str]) -> None:
         """Upsert rows by key."""
@@ -192,7 +207,7 @@ class TableDestination:
             tables, name=self.destination_table, columns=columns, primary_key=list(primary_key),
             write_disposition={"disposition": "merge", "strategy": "delete-insert"},
         )
-        self.pipeline.run(resource)
+        self._run(resource)
 
     def table_exists(self) -> bool:
         from dlt.destinations.exceptions import DatabaseUndefinedRelation

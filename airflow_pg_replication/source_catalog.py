@@ -130,14 +130,21 @@ def read_table_info(
     return TableInfo(schema, table, oid, relkind, replident, cols, pk)
 
 
+_KEY_NEEDED_BY = {
+    "cdc": "cdc cannot tell its rows apart",
+    "incremental": "incremental mode cannot merge re-read and updated rows by key",
+}
+
+
 def require_key(info: TableInfo, *, mode: str) -> None:
     """Merging needs a key: fail with both fixes when the table has none."""
     if info.primary_key:
         return
     if mode == "cdc" and info.replica_identity == "f":
         return
+    reason = _KEY_NEEDED_BY.get(mode, f"{mode} cannot tell its rows apart")
     raise ReplicationError(
-        f"{info.qualified_name} has no primary key, so {mode} cannot tell its rows apart. Fix: add a "
+        f"{info.qualified_name} has no primary key, so {reason}. Fix: add a "
         f"primary_key entry to the table in the registry (columns that identify a row), or add a primary key "
         f"to the table"
         + (f", or run ALTER TABLE {info.schema}.{info.name} REPLICA IDENTITY FULL" if mode == "cdc" else "")

@@ -161,23 +161,62 @@ def _extract(values: pa.Array, pattern: str, column: str, what: str) -> pa.Array
     return parts
 
 
-def parse_date(values: pa.Array, column: str) -> pa.Array:
-    days = _days(_extract(values, _DATE_RE, column, "date"))
-    days = _infinities(values, days, DATE_INFINITY, DATE_NEG_INFINITY)
+def _fast_or_exact(values: pa.Array, ordinary_re: str, fast: Callable[[pa.Array], pa.Array],
+                   exact: Callable[[pa.Array], pa.Array]) -> pa.Array:
+    """Arrow's C++ parser (``fast``) for ordinary values, ``exact`` (regex + arithmetic) else.
+
+    Arrow's parser is strict, so it either agrees with ``exact`` or fails; rows not matching
+    ``ordinary_re`` (infinity, BC, 5+ digit years, '24:00:00') are converted by ``exact``,
+    which also reports malformed values.
+    """
     try:
-        return pc.cast(days, pa.int32()).cast(pa.date32())
-    except pa.ArrowInvalid as exc:  # pragma: no cover - PostgreSQL dates always fit date32
-        raise TextParseError(column, None, f"date out of range: {exc}") from exc
+        return fast(values)
+    except pa.ArrowInvalid:
+        pass
+    ordinary = pc.fill_null(pc.match_substring_regex(values, ordinary_re), True)
+    try:
+        converted = fast(pc.if_else(ordinary, values, pa.scalar(None, pa.string())))
+    except pa.ArrowInvalid:
+        return exact(values)
+    special = pc.invert(ordinary)
+    return pc.replace_with_mask(converted, special, exact(values.filter(special)))
+
+
+def parse_date(values: pa.Array, column: str) -> pa.Array:
+    return _fast_or_exact(values, r"^\d{4}-\d\d-\d\d$", lambda v: pc.cast(v, pa.date32()),
+                          lambda v: exact_date(v, column))
+
+
+def _fast_time(values: pa.Array) -> pa.Array:
+    stamps = pc.cast(pc.binary_join_element_wise("1970-01-01 ", values, ""), pa.timestamp("us"))
+    return pc.cast(stamps, pa.time64("us"))
 
 
 def parse_time(values: pa.Array, column: str) -> pa.Array:
     """``time`` -> time64[us]; PostgreSQL's '24:00:00' stays 86400000000 us (DuckDB accepts it)."""
-    micros = _micros_of_day(_extract(values, _TIME_RE, column, "time"))
-    return pc.cast(micros, pa.time64("us"))
+    return _fast_or_exact(values, r"^(?:[01]\d|2[0-3]):", _fast_time,
+                          lambda v: exact_time(v, column))
 
 
 def parse_timestamp(values: pa.Array, column: str, *, tz: bool) -> pa.Array:
-    """``timestamp``/``timestamptz`` -> timestamp[us] (UTC if ``tz``), exact, BC and year > 9999."""
+    """``timestamp``/``timestamptz`` -> timestamp[us] (UTC if ``tz``)."""
+    to = pa.timestamp("us", tz="UTC" if tz else None)
+    return _fast_or_exact(values, r"^\d{4}-.*\d$", lambda v: pc.cast(v, to),
+                          lambda v: exact_timestamp(v, column, tz=tz))
+
+
+def exact_date(values: pa.Array, column: str) -> pa.Array:
+    days = _days(_extract(values, _DATE_RE, column, "date"))
+    days = _infinities(values, days, DATE_INFINITY, DATE_NEG_INFINITY)
+    return pc.cast(days, pa.int32()).cast(pa.date32())  # PostgreSQL dates always fit
+
+
+def exact_time(values: pa.Array, column: str) -> pa.Array:
+    return pc.cast(_micros_of_day(_extract(values, _TIME_RE, column, "time")), pa.time64("us"))
+
+
+def exact_timestamp(values: pa.Array, column: str, *, tz: bool) -> pa.Array:
+    """Regex + integer arithmetic: exact for BC, years > 9999 and any ``±hh[:mm[:ss]]``."""
     parts = _extract(values, _TIMESTAMPTZ_RE if tz else _TIMESTAMP_RE, column, "timestamp")
     micros = _micros_of_day(parts)
     if tz:
@@ -195,44 +234,15 @@ def parse_timestamp(values: pa.Array, column: str, *, tz: bool) -> pa.Array:
     return pc.cast(micros, pa.timestamp("us", tz="UTC" if tz else None))
 
 
-_DIMS_RE = re.compile(r"^((?:\[-?\d+:-?\d+\])+)=")
-
-
-def _split_array(text: str, delim: str, token: re.Pattern[str], column: str) -> list[str | None]:
-    """Split one 1-D PostgreSQL array literal into element texts (None = NULL element)."""
-    if text.startswith("["):
-        dims = _DIMS_RE.match(text)
-        if dims is None:
-            raise TextParseError(column, text, "malformed array literal")
-        if dims.group(1).count("[") > 1:
-            raise TextParseError(column, text, "multi-dimensional arrays are not supported")
-        text = text[dims.end():]
-    if len(text) < 2 or text[0] != "{" or text[-1] != "}":
-        raise TextParseError(column, text, "malformed array literal")
-    inner = text[1:-1]
-    if not inner:
-        return []
-    if inner[0] == "{":
-        raise TextParseError(column, text, "multi-dimensional arrays are not supported")
-    if '"' not in inner:
-        return [None if len(e) == 4 and e.upper() == "NULL" else e for e in inner.split(delim)]
-    out: list[str | None] = []
-    pos, end = 0, len(inner)
-    while True:
-        m = token.match(inner, pos)
-        quoted, bare = m.group(1), m.group(2)
-        if quoted is not None:
-            out.append(re.sub(r"\\(.)", r"\1", quoted, flags=re.S) if "\\" in quoted else quoted)
-        elif "{" in bare or "}" in bare:
-            raise TextParseError(column, text, "multi-dimensional arrays are not supported")
-        else:
-            out.append(None if len(bare) == 4 and bare.upper() == "NULL" else bare)
-        pos = m.end()
-        if pos == end:
-            return out
-        if inner[pos] != delim:
-            raise TextParseError(column, text, "malformed array literal")
-        pos += 1
+def _where(mask: pa.Array, values: pa.Array, fn: Callable[[pa.Array], pa.Array]) -> pa.Array:
+    """``fn`` applied only to the ``values`` selected by ``mask`` (false/null: unchanged)."""
+    mask = pc.fill_null(mask, False)
+    selected = pc.sum(mask).as_py() or 0
+    if selected == 0:
+        return values
+    if selected == len(values):
+        return fn(values)
+    return pc.replace_with_mask(values, mask, fn(values.filter(mask)))
 
 
 def parse_array(
@@ -242,14 +252,44 @@ def parse_array(
     column: str,
     delimiter: str = ",",
 ) -> pa.Array:
-    """1-D array literals -> list<element>; elements are parsed in one vectorised call."""
-    token = re.compile(r'"((?:[^"\\]|\\.)*)"|([^"%s]*)' % re.escape(delimiter), re.S)
-    flat: list[str | None] = []
-    offsets = [0]
-    for text in values.to_pylist():
-        if text is not None:
-            flat.extend(_split_array(text, delimiter, token, column))
-        offsets.append(len(flat))
-    elements = parse_elements(pa.array(flat, pa.string()))
+    """1-D array literals -> list<element>, vectorised; elements parsed in one call.
+
+    Literals are validated with one regex, then each element token is terminated with NUL
+    (which PostgreSQL text never contains) and split on NUL (a global regex replace does the
+    terminating for literals with quoted elements); quoted tokens are unquoted and
+    unescaped, unquoted ``NULL`` becomes null.
+    """
+    d = re.escape(delimiter)
+    quoted, bare = r'"(?:[^"\\]|\\.)*"', f'[^"{{}}{d}]+'
+    values = _where(pc.starts_with(values, "["), values,  # drop a lower-bound decoration
+                    lambda v: pc.replace_substring_regex(v, r"^\[-?\d+:-?\d+\]=", ""))
+    element = f"(?:{quoted}|{bare})"
+    ok = pc.match_substring_regex(values, f"^{{(?:{element}(?:{d}{element})*)?}}$")
+    bad = pc.index(pc.and_(pc.is_valid(values), pc.invert(pc.fill_null(ok, True))), True).as_py()
+    if bad >= 0:
+        text = values[bad].as_py()
+        multi = text.startswith(("{{", "[")) or re.match(r'^{[^"]*{', text) is not None
+        raise TextParseError(column, text, "multi-dimensional arrays are not supported"
+                             if multi else "malformed array literal")
+    inner = pc.utf8_slice_codeunits(values, 1, -1)
+    joined = pc.binary_join_element_wise(inner, delimiter, "")
+    plain = pc.replace_substring(joined, delimiter, "\x00")  # enough without quotes
+    tokenize = f"({quoted}|{bare}|){d}"
+    has_quotes = pc.fill_null(pc.match_substring(inner, '"'), False)
+    terminated = _where(has_quotes, plain, lambda _: pc.replace_substring_regex(
+        joined.filter(has_quotes), tokenize, "\\1\x00"))
+    tokens_lists = pc.split_pattern(pc.utf8_slice_codeunits(terminated, 0, -1), "\x00")
+    empty = pc.fill_null(pc.equal(inner, ""), False)  # '{}' splits into [''] but is []
+    in_empty = pc.take(empty, pc.list_parent_indices(tokens_lists))
+    tokens = pc.list_flatten(tokens_lists).filter(pc.invert(in_empty))
+    is_quoted = pc.starts_with(tokens, '"')
+    is_null = pc.equal(pc.ascii_upper(tokens), "NULL")  # unquoted NULL, as array_in
+    texts = pc.if_else(is_null, pa.scalar(None, pa.string()), tokens)
+    texts = _where(is_quoted, texts, lambda v: pc.utf8_slice_codeunits(v, 1, -1))
+    texts = _where(pc.and_(is_quoted, pc.match_substring(texts, "\\")), texts,
+                   lambda v: pc.replace_substring_regex(v, r"(?s)\\(.)", "\\1"))
+    lengths = pc.if_else(empty, 0, pc.fill_null(pc.list_value_length(tokens_lists), 0))
+    offsets = pa.concat_arrays([pa.array([0], pa.int32()),
+                                pc.cast(pc.cumulative_sum(lengths), pa.int32())])
     mask = pc.is_null(values) if values.null_count else None
-    return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), elements, type=to, mask=mask)
+    return pa.ListArray.from_arrays(offsets, parse_elements(texts), type=to, mask=mask)

@@ -1,0 +1,273 @@
+#!/usr/bin/env python3
+"""End-to-end demo: PostgreSQL -> Airflow DAG (snapshot, then CDC) -> DuckDB, and a source/destination check.
+
+Runs everything on this machine, with nothing left behind:
+
+1. starts a throwaway PostgreSQL cluster (wal_level=logical) and fills ``public.customers``;
+2. makes a temporary AIRFLOW_HOME (SQLite), a registry for ``public.customers`` and a DAGs
+   folder holding a copy of ``dags/pg_replication.py``; runs ``airflow db migrate``;
+3. ``airflow dags test pg_replication__public__customers``: the ``plan`` branch takes the snapshot;
+4. inserts, updates and deletes rows on the source;
+5. runs the DAG again: ``plan`` -> ``wait_for_changes`` -> ``apply_changes``;
+6. prints the DuckDB copy and compares it with the source, row for row; exits 1 on any difference.
+
+Usage: ``make demo`` (or ``.venv/bin/python scripts/demo.py [--rows N] [--keep]``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import hashlib
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Sequence
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # run from a checkout without installing, too
+
+DAG_ID = "pg_replication__public__customers"
+DATABASE = "shop"
+COLUMNS = ["customer_id", "first_name", "last_name", "email", "created_at"]
+_T0 = time.monotonic()
+
+
+def say(message: str) -> None:
+    print(f"[{time.monotonic() - _T0:5.1f}s] {message}", flush=True)
+
+
+# -- source ----------------------------------------------------------------------------------------------
+
+def create_customers(dsn: str, rows: int) -> None:
+    import psycopg
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(
+            "CREATE TABLE public.customers (customer_id bigint PRIMARY KEY, first_name text NOT NULL, "
+            "last_name text NOT NULL, email text, created_at timestamptz NOT NULL DEFAULT now())")
+        conn.execute(
+            "INSERT INTO public.customers (customer_id, first_name, last_name, email, created_at) "
+            "SELECT g, 'First' || g, 'Last' || g, 'customer' || g || '@example.com', "
+            "timestamptz '2024-01-01 00:00:00+00' + g * interval '37 minutes' FROM generate_series(1, %s) g",
+            (rows,))
+
+
+def change_customers(dsn: str, rows: int) -> str:
+    """Inserts, updates (one changes a primary key) and deletes in a few transactions; returns a summary."""
+    import psycopg
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        inserted = conn.execute(
+            "INSERT INTO public.customers (customer_id, first_name, last_name, email) "
+            "SELECT g, 'New' || g, 'Customer', NULL FROM generate_series(%s, %s) g", (rows + 1, rows + 50)).rowcount
+        with conn.transaction():
+            updated = conn.execute(
+                "UPDATE public.customers SET email = lower(first_name) || '@example.org', last_name = 'Müller' "
+                "WHERE customer_id % 10 = 0").rowcount
+            updated += conn.execute(
+                "UPDATE public.customers SET customer_id = customer_id + 1000000 WHERE customer_id = 7").rowcount
+        deleted = conn.execute("DELETE FROM public.customers WHERE customer_id % 40 = 3").rowcount
+        conn.execute("INSERT INTO public.customers (customer_id, first_name, last_name) VALUES (-1, 'brief', 'life')")
+        conn.execute("DELETE FROM public.customers WHERE customer_id = -1")
+    return f"{inserted} inserted, {updated} updated, {deleted + 1} deleted, 1 inserted and deleted again"
+
+
+def source_rows(dsn: str) -> list[tuple]:
+    import psycopg
+    from psycopg import sql
+
+    query = sql.SQL("SELECT {} FROM public.customers").format(sql.SQL(", ").join(map(sql.Identifier, COLUMNS)))
+    with psycopg.connect(dsn) as conn:
+        conn.execute("SET TimeZone = 'UTC'")
+        return conn.execute(query).fetchall()
+
+
+# -- destination -----------------------------------------------------------------------------------------
+
+def duckdb_rows(path: Path, columns: Sequence[str], order_by: str | None = None, limit: int | None = None) -> list[tuple]:
+    import duckdb
+
+    cols = ", ".join(f'"{c}"' for c in columns)
+    query = f"SELECT {cols} FROM replica.customers"
+    query += f' ORDER BY "{order_by}"' if order_by else ""
+    query += f" LIMIT {int(limit)}" if limit else ""
+    with duckdb.connect(str(path), read_only=True) as con:
+        con.execute("SET TimeZone = 'UTC'")
+        return con.execute(query).fetchall()
+
+
+def normalize(row: Sequence[Any]) -> tuple:
+    """A comparable, printable form: timestamps as UTC ISO text, decimals as text."""
+    out = []
+    for value in row:
+        if isinstance(value, dt.datetime):
+            value = (value.astimezone(dt.timezone.utc) if value.tzinfo else value.replace(tzinfo=dt.timezone.utc))
+            value = value.isoformat()
+        elif isinstance(value, Decimal):
+            value = str(value)
+        out.append(value)
+    return tuple(out)
+
+
+def digest(rows: Sequence[tuple]) -> str:
+    """Order-independent hash of a set of rows."""
+    h = hashlib.sha256()
+    for row in sorted(repr(r) for r in rows):
+        h.update(row.encode())
+        h.update(b"\n")
+    return h.hexdigest()[:16]
+
+
+def print_table(rows: Sequence[tuple], columns: Sequence[str]) -> None:
+    text = [[("NULL" if v is None else str(v)) for v in r] for r in rows]
+    widths = [max(len(c), *(len(r[i]) for r in text)) for i, c in enumerate(columns)]
+    print("    " + "  ".join(c.ljust(w) for c, w in zip(columns, widths)))
+    for r in text:
+        print("    " + "  ".join(v.ljust(w) for v, w in zip(r, widths)))
+
+
+# -- Airflow ---------------------------------------------------------------------------------------------
+
+REGISTRY_TEMPLATE = """\
+# Demo registry: one CDC table, run by hand (schedule: null), quick sensor pokes.
+source:
+  conn_id: pg_source
+destination:
+  type: duckdb
+  credentials: {duckdb}
+  dataset: replica
+defaults:
+  mode: cdc
+  schedule: null
+  poke_interval: 2
+  wait_timeout: 60
+tables:
+  - table: public.customers
+    primary_key: [customer_id]
+"""
+
+
+class Airflow:
+    """The ``airflow`` CLI against a private AIRFLOW_HOME (SQLite metadata DB)."""
+
+    def __init__(self, home: Path, dags: Path, registry: Path, conn_uri: str) -> None:
+        self.home = home
+        self.env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")},
+            "AIRFLOW_HOME": str(home),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(dags),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "PG_REPLICATION_REGISTRY": str(registry),
+            "AIRFLOW_CONN_PG_SOURCE": conn_uri,
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+        }
+
+    def run(self, *args: str, log_name: str) -> None:
+        log = self.home / f"{log_name}.log"
+        cmd = [sys.executable, "-m", "airflow", *args]
+        with open(log, "w") as out:
+            proc = subprocess.run(cmd, env=self.env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                  cwd=self.home, timeout=600)
+        if proc.returncode != 0:
+            tail = "\n".join(log.read_text(errors="replace").splitlines()[-60:])
+            raise SystemExit(f"`airflow {' '.join(args)}` failed (exit {proc.returncode}); last lines:\n{tail}")
+
+    def last_run_tasks(self, dag_id: str) -> tuple[str, dict[str, str]]:
+        """State of the latest run of ``dag_id`` and of each of its tasks, from the metadata DB."""
+        with sqlite3.connect(self.home / "airflow.db") as db:
+            run_id, state = db.execute("SELECT run_id, state FROM dag_run WHERE dag_id = ? ORDER BY id DESC LIMIT 1",
+                                       (dag_id,)).fetchone()
+            tasks = dict(db.execute("SELECT task_id, state FROM task_instance WHERE dag_id = ? AND run_id = ?",
+                                    (dag_id, run_id)).fetchall())
+        return state, tasks
+
+
+def run_dag(airflow: Airflow, label: str, expect_ran: list[str], expect_skipped: list[str]) -> None:
+    started = time.monotonic()
+    airflow.run("dags", "test", DAG_ID, log_name=label)
+    state, tasks = airflow.last_run_tasks(DAG_ID)
+    order = ["plan", "full_refresh", "wait_for_changes", "apply_changes", "verify"]
+    shown = ", ".join(f"{t}={tasks[t]}" for t in sorted(tasks, key=lambda t: order.index(t) if t in order else 99))
+    say(f"  run {state} in {time.monotonic() - started:.1f}s: {shown}")
+    wrong = [t for t in expect_ran if tasks.get(t) != "success"] + [t for t in expect_skipped if tasks.get(t) != "skipped"]
+    if state != "success" or wrong:
+        raise SystemExit(f"unexpected task states in {label} (expected {expect_ran} success, {expect_skipped} "
+                         f"skipped); see the log {airflow.home / (label + '.log')}")
+
+
+# -- main ------------------------------------------------------------------------------------------------
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=1000, help="rows in public.customers (default 1000)")
+    parser.add_argument("--keep", action="store_true", help="keep the demo dir (AIRFLOW_HOME, logs, DuckDB file)")
+    args = parser.parse_args()
+
+    from airflow_pg_replication.throwaway_cluster import ThrowawayCluster
+
+    workdir = Path(tempfile.mkdtemp(prefix="pg-replication-demo-"))
+    cluster = ThrowawayCluster()
+    ok = False
+    try:
+        say(f"demo dir {workdir}")
+        cluster.start()
+        dsn = cluster.create_database(DATABASE)
+        say(f"PostgreSQL started (binaries {cluster.bindir}, port {cluster.port}, wal_level=logical)")
+        create_customers(dsn, args.rows)
+        say(f"source: created public.customers with {args.rows} rows in database {DATABASE!r}")
+
+        home, dags = workdir / "airflow", workdir / "dags"
+        home.mkdir()
+        dags.mkdir()
+        shutil.copy(REPO / "dags" / "pg_replication.py", dags / "pg_replication.py")
+        duck = workdir / "warehouse.duckdb"
+        registry = workdir / "tables.yaml"
+        registry.write_text(REGISTRY_TEMPLATE.format(duckdb=duck))
+        airflow = Airflow(home, dags, registry, cluster.conn_uri(DATABASE))
+        say("airflow db migrate (SQLite metadata DB in the demo dir) ...")
+        airflow.run("db", "migrate", log_name="db-migrate")
+
+        say(f"run 1: airflow dags test {DAG_ID}  (expect plan -> full_refresh)")
+        run_dag(airflow, "run-1", ["plan", "full_refresh"], ["wait_for_changes", "apply_changes"])
+
+        say(f"source: {change_customers(dsn, args.rows)}")
+
+        say(f"run 2: airflow dags test {DAG_ID}  (expect plan -> wait_for_changes -> apply_changes)")
+        run_dag(airflow, "run-2", ["plan", "wait_for_changes", "apply_changes"], ["full_refresh"])
+
+        say(f"DuckDB {duck.name}: replica.customers, first rows:")
+        print_table([normalize(r) for r in duckdb_rows(duck, [*COLUMNS, "_pg_lsn"], "customer_id", 5)],
+                    [*COLUMNS, "_pg_lsn"])
+        src = sorted(normalize(r) for r in source_rows(dsn))
+        dst = sorted(normalize(r) for r in duckdb_rows(duck, COLUMNS))
+        say(f"compare on {', '.join(COLUMNS)}:")
+        print(f"    source      (PostgreSQL): {len(src):6d} rows, hash {digest(src)}")
+        print(f"    destination (DuckDB)    : {len(dst):6d} rows, hash {digest(dst)}")
+        if src != dst:
+            only_src, only_dst = sorted(set(src) - set(dst)), sorted(set(dst) - set(src))
+            print(f"    {len(only_src)} row(s) only in the source, e.g. {only_src[:3]}")
+            print(f"    {len(only_dst)} row(s) only in the destination, e.g. {only_dst[:3]}")
+            print("MISMATCH: the destination differs from the source")
+            return 1
+        ok = True
+        print(f"MATCH: {len(src)} rows, destination equals source row for row")
+        return 0
+    finally:
+        cluster.stop()
+        if args.keep:
+            say(f"kept {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+        say("cleaned up (cluster stopped" + (", demo dir removed)" if not args.keep else ")") +
+            ("" if ok else "; demo FAILED"))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
