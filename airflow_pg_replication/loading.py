@@ -56,6 +56,16 @@ _STATE_COLUMNS = [
 ]
 
 
+def _STATE_SCHEMA() -> pa.Schema:
+    import pyarrow as pa
+
+    return pa.schema([
+        ("table_name", pa.string()), ("status", pa.string()), ("slot", pa.string()),
+        ("snapshot_lsn", pa.int64()), ("applied_lsn", pa.int64()), ("cursor_value", pa.string()),
+        ("updated_at", pa.timestamp("us", tz="UTC")),
+    ])
+
+
 def destination_columns(columns: Sequence[Any], *, soft_deletes: bool) -> list[dict]:
     """dlt column schema for the source columns plus ``_pg_lsn`` (and ``_pg_deleted_at`` for soft deletes)."""
     from airflow_pg_replication.typemap import dlt_column_hints
@@ -74,6 +84,8 @@ def default_duckdb_path() -> str:
 
 
 def _configure_dlt() -> None:
+    # We hand dlt its credentials; probing Airflow Variables for dlt secrets costs seconds per run.
+    os.environ.setdefault("PROVIDERS__ENABLE_AIRFLOW_SECRETS", "false")
     import dlt
 
     dlt.config["schema.naming"] = "direct"  # keep source names as written (case, $)
@@ -178,11 +190,37 @@ class TableDestination:
         return ReplicationState(**dict(zip(names, rows[0])))
 
     def write_state(self, state: ReplicationState) -> None:
-        """Upsert the table's state row (its own load, after the data's load has committed)."""
-        import dlt
+        """Upsert the table's state row, in one destination transaction, after the data's load committed.
 
+        The state table is created by dlt on first use; later writes are one small SQL transaction.
+        """
+        import dlt
+        from dlt.destinations.exceptions import DatabaseUndefinedRelation
+
+        row = state.as_row()
+        try:
+            with self.pipeline.sql_client() as client:
+                table = client.make_qualified_table_name(STATE_TABLE)
+                names = list(row)
+                with client.begin_transaction():
+                    client.execute_sql(
+                        " ".join(["DELETE FROM", table, "WHERE", client.escape_column_name("table_name"), "= %s"]),
+                        state.table_name,
+                    )
+                    client.execute_sql(
+                        " ".join(["INSERT INTO", table, "(", ", ".join(map(client.escape_column_name, names)),
+                                  ") VALUES (", ", ".join(["%s"] * len(names)), ")"]),
+                        *row.values(),
+                    )
+            return
+        except DatabaseUndefinedRelation:
+            pass  # first state write in this dataset: let dlt create the table
+        import pyarrow as pa
+
+        # an Arrow row, so dlt adds none of its _dlt_* columns and plain SQL can write the table later
+        table = pa.Table.from_pylist([row], schema=_STATE_SCHEMA())
         resource = dlt.resource(
-            [state.as_row()], name=STATE_TABLE, columns=_STATE_COLUMNS, primary_key="table_name",
+            [table], name=STATE_TABLE, columns=_STATE_COLUMNS, primary_key="table_name",
             write_disposition={"disposition": "merge", "strategy": "delete-insert"},
         )
         self._run(resource)

@@ -74,9 +74,16 @@ def begin_snapshot(conn: psycopg.Connection, snapshot_name: str | None) -> None:
     """Open a read-only repeatable-read transaction, at the exported snapshot when given."""
     from psycopg import sql
 
-    conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-    if snapshot_name:
+    import psycopg
+
+    if conn.autocommit or conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+        raise ValueError("begin_snapshot needs an idle connection with autocommit off")
+    conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+    conn.read_only = True
+    if snapshot_name:  # must be the transaction's first statement
         conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot_name)))
+    else:
+        conn.execute("SELECT 1")  # start the transaction: its snapshot is taken now
 
 
 def copy_batches(

@@ -55,15 +55,17 @@ def _check(values: pa.Array, ok: pa.Array, column: str, reason: str) -> None:
         raise TextParseError(column, values[idx].as_py(), reason)
 
 
-def _cast(values: pa.Array, to: pa.DataType, column: str) -> pa.Array:
+def _cast(values: pa.Array, to: pa.DataType, column: str, originals: pa.Array | None = None
+          ) -> pa.Array:
     try:
         return pc.cast(values, to)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-        for value in values.to_pylist():  # error path only: find the culprit
+        originals = values if originals is None else originals
+        for value, original in zip(values.to_pylist(), originals.to_pylist()):  # error path
             try:
                 pc.cast(pa.array([value], pa.string()), to)
             except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-                raise TextParseError(column, value, f"not a valid {to}") from exc
+                raise TextParseError(column, original, f"not a valid {to}") from exc
         raise TextParseError(column, None, str(exc)) from exc
 
 
@@ -93,14 +95,15 @@ def parse_decimal(values: pa.Array, to: pa.DataType, column: str) -> pa.Array:
     frac = pc.utf8_rtrim(pc.struct_field(parts, "frac"), characters="0")
     max_int = to.precision - to.scale
     _check(values, pc.less_equal(pc.utf8_length(digits), max_int), column,
-           f"more than {max_int} integer digits do not fit {to}; declare numeric(p,s) on the column")
+           f"more than {max_int} integer digits do not fit {to};"
+           " declare numeric(p,s) on the column")
     _check(values, pc.less_equal(pc.utf8_length(frac), to.scale), column,
            f"more than {to.scale} fractional digits do not fit {to} exactly;"
            " declare numeric(p,s) on the column")
     digits = pc.if_else(pc.equal(digits, ""), "0", digits)
-    frac = pc.if_else(pc.equal(frac, ""), "0", frac)
-    text = pc.binary_join_element_wise(pc.struct_field(parts, "sign"), digits, ".", frac, "")
-    return _cast(text, to, column)
+    frac = pc.if_else(pc.equal(frac, ""), "", pc.binary_join_element_wise(".", frac, ""))
+    text = pc.binary_join_element_wise(pc.struct_field(parts, "sign"), digits, frac, "")
+    return _cast(text, to, column, values)
 
 
 def parse_bytea(values: pa.Array, column: str) -> pa.Array:
@@ -193,7 +196,7 @@ def _fast_time(values: pa.Array) -> pa.Array:
 
 
 def parse_time(values: pa.Array, column: str) -> pa.Array:
-    """``time`` -> time64[us]; PostgreSQL's '24:00:00' stays 86400000000 us (DuckDB accepts it)."""
+    """``time`` -> time64[us]; PostgreSQL's '24:00:00' becomes 23:59:59.999999."""
     return _fast_or_exact(values, r"^(?:[01]\d|2[0-3]):", _fast_time,
                           lambda v: exact_time(v, column))
 
@@ -212,7 +215,10 @@ def exact_date(values: pa.Array, column: str) -> pa.Array:
 
 
 def exact_time(values: pa.Array, column: str) -> pa.Array:
-    return pc.cast(_micros_of_day(_extract(values, _TIME_RE, column, "time")), pa.time64("us"))
+    micros = _micros_of_day(_extract(values, _TIME_RE, column, "time"))
+    _check(values, pc.less_equal(micros, _US_PER_DAY), column, "time beyond 24:00:00")
+    # Arrow's time64 ends before 24:00:00: PostgreSQL's '24:00:00' becomes 23:59:59.999999
+    return pc.cast(pc.min_element_wise(micros, _US_PER_DAY - 1), pa.time64("us"))
 
 
 def exact_timestamp(values: pa.Array, column: str, *, tz: bool) -> pa.Array:
@@ -227,8 +233,8 @@ def exact_timestamp(values: pa.Array, column: str, *, tz: bool) -> pa.Array:
     try:
         micros = pc.add_checked(pc.multiply_checked(_days(parts), _US_PER_DAY), micros)
     except pa.ArrowInvalid as exc:
-        overflow = pc.greater(pc.abs(_days(parts)), 106_751_990)  # ~ +/-292k years from 1970
-        _check(values, pc.invert(overflow), column, "beyond the Arrow timestamp[us] range")
+        fits = pc.less_equal(pc.abs(_days(parts)), 106_751_990)  # ~ +/-292k years from 1970
+        _check(values, pc.fill_null(fits, True), column, "beyond the Arrow timestamp[us] range")
         raise TextParseError(column, None, str(exc)) from exc
     micros = _infinities(values, micros, TIMESTAMP_INFINITY, TIMESTAMP_NEG_INFINITY)
     return pc.cast(micros, pa.timestamp("us", tz="UTC" if tz else None))
@@ -264,7 +270,7 @@ def parse_array(
     values = _where(pc.starts_with(values, "["), values,  # drop a lower-bound decoration
                     lambda v: pc.replace_substring_regex(v, r"^\[-?\d+:-?\d+\]=", ""))
     element = f"(?:{quoted}|{bare})"
-    ok = pc.match_substring_regex(values, f"^{{(?:{element}(?:{d}{element})*)?}}$")
+    ok = pc.match_substring_regex(values, f"(?s)^{{(?:{element}(?:{d}{element})*)?}}$")
     bad = pc.index(pc.and_(pc.is_valid(values), pc.invert(pc.fill_null(ok, True))), True).as_py()
     if bad >= 0:
         text = values[bad].as_py()
@@ -274,10 +280,10 @@ def parse_array(
     inner = pc.utf8_slice_codeunits(values, 1, -1)
     joined = pc.binary_join_element_wise(inner, delimiter, "")
     plain = pc.replace_substring(joined, delimiter, "\x00")  # enough without quotes
-    tokenize = f"({quoted}|{bare}|){d}"
+    tokenize = f"(?s)({quoted}|{bare}|){d}"
     has_quotes = pc.fill_null(pc.match_substring(inner, '"'), False)
     terminated = _where(has_quotes, plain, lambda _: pc.replace_substring_regex(
-        joined.filter(has_quotes), tokenize, "\\1\x00"))
+        joined.filter(has_quotes), tokenize, "\\1\x00"))  # ignores plain's own (wrong) text
     tokens_lists = pc.split_pattern(pc.utf8_slice_codeunits(terminated, 0, -1), "\x00")
     empty = pc.fill_null(pc.equal(inner, ""), False)  # '{}' splits into [''] but is []
     in_empty = pc.take(empty, pc.list_parent_indices(tokens_lists))

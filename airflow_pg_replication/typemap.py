@@ -13,21 +13,23 @@ Rules
   (e.g. ``numeric(10,2)``) applies when the column's own typmod is -1.
 * ``int2/int4/int8/oid`` -> int16/int32/int64/int64; ``float4/float8`` -> float32/float64,
   keeping ``NaN`` and ``±Infinity`` as IEEE NaN/±inf; ``bool`` -> bool.
-* ``numeric(p,s)`` -> ``decimal128(p,s)`` (``decimal256`` when p > 38; DuckDB stops at 38).
+* ``numeric(p,s)`` -> ``decimal128(p,s)`` (``decimal256`` when p > 38, which DuckDB, limited
+  to DECIMAL(38), refuses at load).
   A negative scale (PG 15+) becomes ``(p-s, 0)``, a scale above the precision ``(s, s)``.
   Unbounded ``numeric`` -> ``decimal128(38, 9)``, dlt's default decimal. Conversion is
   exact or fails: a value with more integer or (non-zero) fractional digits than the type
   holds, and numeric ``NaN``/``±Infinity`` (no decimal equivalent), raise
   :class:`TextParseError` naming column and value; declare ``numeric(p,s)`` or ``float8``.
-* ``date`` -> date32, ``time`` -> time64[us] ('24:00:00' is kept as 86400000000 us, which
-  DuckDB accepts), ``timestamp`` -> timestamp[us], ``timestamptz`` -> timestamp[us, UTC]
-  (any ``±hh[:mm[:ss]]`` offset is applied). BC dates and years > 9999 are converted
-  exactly (proleptic Gregorian, as PostgreSQL); timestamps after ~294246 AD do not fit
-  Arrow's int64 microseconds and raise.
+* ``date`` -> date32; ``time`` -> time64[us] ('24:00:00', outside Arrow's time64 range,
+  becomes 23:59:59.999999); ``timestamp`` -> timestamp[us]; ``timestamptz`` ->
+  timestamp[us, UTC] (any ``±hh[:mm[:ss]]`` offset is applied). BC dates and years > 9999
+  are converted exactly (proleptic Gregorian, as PostgreSQL); timestamps after
+  294247-01-10 (the end of Arrow's int64 microseconds) raise :class:`TextParseError`.
 * ``infinity``/``-infinity`` dates and timestamps map to the sentinels DuckDB uses for its
   own ±infinity: ±(2**63-1) us and ±(2**31-1) days, so they load into DuckDB as
-  ``infinity``/``-infinity``. They are outside Python's ``datetime`` range:
-  ``to_pylist()`` on them raises; compare via ``.cast(pa.int64())``.
+  ``infinity``/``-infinity``. They are outside Python's ``datetime`` range, so
+  ``to_pylist()`` on them raises; inspect them with ``.view(pa.int64())`` (dates:
+  ``pa.int32()``). Other destinations may reject them loudly; none gets a wrong date.
 * ``interval`` -> string in ISO 8601 (``P1Y2M3DT4H5M6.789S``): dlt has no interval type
   and Arrow's month_day_nano interval cannot be written to parquet.
 * ``uuid`` -> string (canonical lower-case form; dlt has no uuid type).
@@ -37,9 +39,11 @@ Rules
 * Enums, ``text``, ``varchar``, ``name``, ``timetz``, ``inet``, ``cidr``, ``macaddr``,
   ``xml``, ``money``, ranges, composites, extension types (``citext``, ...) and any other
   type -> string, unchanged.
-* Arrays -> ``list_(element type)`` with elements converted by the same rules; in DuckDB
-  dlt stores them as JSON. Only 1-D values are supported: non-default lower bounds
-  (``[0:1]={1,2}``) are dropped, multi-dimensional values raise :class:`TextParseError`.
+* Arrays -> ``list_(element type)`` with elements converted by the same rules (``json[]``
+  elements stay JSON text strings) and dlt ``data_type: json``; DuckDB stores them as JSON
+  arrays. Only 1-D values are supported: non-default lower bounds (``[0:1]={1,2}``) are
+  dropped, multi-dimensional values raise :class:`TextParseError`.
+* dlt hints carry ``nullable`` from :class:`PgColumn` (default True: CDC cannot know).
 """
 
 from __future__ import annotations
@@ -54,14 +58,15 @@ from airflow_pg_replication import textparse
 from airflow_pg_replication.textparse import TextParseError
 
 __all__ = [
-    "TYPE_CATALOG_SQL", "PgColumn", "PgType", "TextParseError", "arrow_type",
-    "dlt_column_hints", "numeric_precision_scale", "resolve_types", "text_to_arrow",
-    "text_to_table",
+    "TYPE_CATALOG_SQL", "UNBOUNDED_NUMERIC", "PgColumn", "PgType", "TextParseError",
+    "arrow_type", "dlt_column_hints", "numeric_precision_scale", "resolve_types",
+    "text_to_arrow", "text_to_table",
 ]
 
-# Parameter: the requested type oids as ``int[]``. Returns one row for each requested type
-# AND for every type it refers to (domain base types, array element types, recursively), so
-# that :func:`resolve_types` can resolve domains and arrays to their ultimate base types:
+# Parameter: the requested type oids as ``int[]`` (psycopg: a list of ints). Returns one row
+# for each requested type AND for every type it refers to (domain base types, array element
+# types, recursively), so that :func:`resolve_types` can resolve domains and arrays to their
+# ultimate base types:
 #   oid          int8  the type's oid
 #   nspname      text  its schema
 #   typname      text  its name

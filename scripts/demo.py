@@ -55,7 +55,7 @@ def create_customers(dsn: str, rows: int) -> None:
         conn.execute(
             "INSERT INTO public.customers (customer_id, first_name, last_name, email, created_at) "
             "SELECT g, 'First' || g, 'Last' || g, 'customer' || g || '@example.com', "
-            "timestamptz '2024-01-01 00:00:00+00' + g * interval '37 minutes' FROM generate_series(1, %s) g",
+            "timestamptz '2024-01-01 00:00:00+00' + g * interval '37 minutes' FROM generate_series(1, %s::int) g",
             (rows,))
 
 
@@ -66,7 +66,7 @@ def change_customers(dsn: str, rows: int) -> str:
     with psycopg.connect(dsn, autocommit=True) as conn:
         inserted = conn.execute(
             "INSERT INTO public.customers (customer_id, first_name, last_name, email) "
-            "SELECT g, 'New' || g, 'Customer', NULL FROM generate_series(%s, %s) g", (rows + 1, rows + 50)).rowcount
+            "SELECT g, 'New' || g, 'Customer', NULL FROM generate_series(%s::int, %s::int) g", (rows + 1, rows + 50)).rowcount
         with conn.transaction():
             updated = conn.execute(
                 "UPDATE public.customers SET email = lower(first_name) || '@example.org', last_name = 'Müller' "

@@ -40,6 +40,14 @@ class TableTarget:
         return naming.dag_id(self.schema, self.name)
 
 
+#: Registry keys an operator accepts and ignores when they are not its own, so that a table's whole
+#: registry entry can be passed to any operator (``PgFullRefreshOperator(**table_knobs)``).
+REGISTRY_KNOBS = frozenset({
+    "mode", "schedule", "max_batch_changes", "min_lag_bytes", "wait_timeout", "max_lag_bytes", "on_slot_lost",
+    "verify", "poke_interval", "cursor_column", "cursor_lookback",
+})
+
+
 class PgTableOperator(BaseOperator):
     """Base of the table operators: takes the registry's per-table knobs as keyword arguments."""
 
@@ -59,7 +67,7 @@ class PgTableOperator(BaseOperator):
         deletes: str = "hard",
         **kwargs: Any,
     ) -> None:
-        super().__init__(**kwargs)
+        super().__init__(**{k: v for k, v in kwargs.items() if k not in REGISTRY_KNOBS})
         self.table = table
         self.source_conn_id = source_conn_id
         self.destination = dict(destination or {})

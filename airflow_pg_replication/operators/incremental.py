@@ -5,14 +5,13 @@ from __future__ import annotations
 import datetime
 import logging
 import time
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping
 
 from airflow_pg_replication import naming
 from airflow_pg_replication.errors import ReplicationError
 from airflow_pg_replication.operators.base import PgTableOperator
 
 if TYPE_CHECKING:
-    import psycopg
     from psycopg import sql
 
     from airflow_pg_replication.loading import TableDestination
@@ -67,8 +66,6 @@ class PgIncrementalOperator(PgTableOperator):
     * **Rows whose cursor is NULL** are copied by the first (full) run only; later runs never
       see them or their changes. Each run logs a warning with their count.
     """
-
-    template_fields: Sequence[str] = PgTableOperator.template_fields
 
     def __init__(
         self, *, cursor_column: str, cursor_lookback: str | None = None, chunk_bytes: int = 8 << 20, **kwargs: Any,

@@ -56,7 +56,8 @@ def test_empty_table_then_inserts_then_increments(pg_db, duck):
                        ["public.events"])
     assert state == [("loaded", "2024-01-01 00:20:00+00")]
 
-    pg_db.execute("INSERT INTO events VALUES (21, 'p21', '2024-01-01 00:21:00+00'), (22, 'p22', '2024-01-01 00:22:00+00')")
+    pg_db.execute("INSERT INTO events VALUES (21, 'p21', '2024-01-01 00:21:00+00'), "
+                  "(22, 'p22', '2024-01-01 00:22:00+00')")
     out = inc.execute({})
     assert not out["full_copy"]
     assert out["cursor_from"] == "2024-01-01 00:20:00+00" and out["cursor_to"] == "2024-01-01 00:22:00+00"
@@ -100,7 +101,7 @@ def test_late_commit_missed_without_lookback_caught_with_it(pg_db, duck):
     make_events(pg_db, rows=3)
     plain, with_lookback = op(duck), op(duck, cursor_lookback="5 minutes")
     plain.execute({})
-    with pg_db.connect(autocommit=False) as slow:
+    with psycopg.connect(pg_db.dsn) as slow:  # not autocommit: one open transaction
         # a transaction that stamps its row at its start (now()) but commits late
         slow.execute("INSERT INTO events (id, payload, updated_at) VALUES (100, 'late', now())")
         pg_db.execute("SELECT pg_sleep(0.05)")
@@ -108,7 +109,8 @@ def test_late_commit_missed_without_lookback_caught_with_it(pg_db, duck):
         out = plain.execute({})  # reads 101, moves the mark past 100's timestamp
         assert 101 in dest_ids(duck) and out["rows"] == 2  # 101 and the row at the old mark
         slow.commit()
-    assert pg_db.query("SELECT a.updated_at < b.updated_at FROM events a, events b WHERE a.id = 100 AND b.id = 101")[0][0]
+    assert pg_db.query("SELECT a.updated_at < b.updated_at FROM events a, events b "
+                       "WHERE a.id = 100 AND b.id = 101")[0][0]
     mark = out["cursor_to"]
     out = plain.execute({})
     assert 100 not in dest_ids(duck)  # without a lookback, the late row is missed (documented)
@@ -161,7 +163,8 @@ def test_bigint_cursor_rejects_a_time_lookback(pg_db, duck):
     pg_db.execute("CREATE TABLE items (id int PRIMARY KEY, version bigint NOT NULL)")
     pg_db.execute("INSERT INTO items VALUES (1, 1)")
     inc = op(duck, table="public.items", cursor_column="version", cursor_lookback="5 minutes")
-    with pytest.raises(ReplicationError, match=r"cursor_lookback '5 minutes' is a time interval.*items\.version is int8"):
+    with pytest.raises(ReplicationError,
+                       match=r"cursor_lookback '5 minutes' is a time interval.*items\.version is int8"):
         inc.execute({})
 
 
