@@ -71,6 +71,9 @@ def destination_columns(columns: Sequence[Any], *, soft_deletes: bool) -> list[d
     from airflow_pg_replication.typemap import dlt_column_hints
 
     out = [{**dlt_column_hints(c), "name": c.name} for c in columns]
+    for col in out:  # explicit, so a widened int4 -> int8 column overrides dlt's stored precision
+        if col.get("data_type") == "bigint" and col.get("precision") is None:
+            col["precision"] = 64
     out.append({"name": LSN_COLUMN, "data_type": "bigint"})
     if soft_deletes:
         out.append({"name": DELETED_AT_COLUMN, "data_type": "timestamp", "timezone": True})
@@ -238,14 +241,53 @@ class TableDestination:
         self._run(resource)
 
     def merge(self, tables: Iterable[pa.Table], columns: list[dict], primary_key: Sequence[str]) -> None:
-        """Upsert rows by key."""
+        """Upsert rows by key; columns whose source type was widened are widened in the destination first."""
         import dlt
 
+        self.widen_columns(columns)
         resource = dlt.resource(
             tables, name=self.destination_table, columns=columns, primary_key=list(primary_key),
             write_disposition={"disposition": "merge", "strategy": "delete-insert"},
         )
         self._run(resource)
+
+    def widen_columns(self, columns: list[dict]) -> list[str]:
+        """ALTER destination columns whose source type grew (int -> bigint, numeric precision, ...).
+
+        dlt keeps a column's first type; without this, a widened source column would fail to load.
+        Returns the widened column names.
+        """
+        self.pipeline.sync_destination()
+        schema = self.pipeline.default_schema
+        table = schema.tables.get(self.destination_table)
+        if not table:
+            return []
+        changed = []
+        for col in columns:
+            old = table["columns"].get(col["name"])
+            if old and any(old.get(k) != col.get(k) for k in ("data_type", "precision", "scale", "timezone")
+                           if col.get(k) is not None or k in ("precision", "scale")):
+                changed.append(col)
+        if not changed:
+            return []
+        with self.pipeline.destination_client() as job_client:
+            prepared = schema.tables[self.destination_table]
+            mapper = job_client.capabilities.get_type_mapper()
+            with self.pipeline.sql_client() as client:
+                target = client.make_qualified_table_name(self.destination_table)
+                for col in changed:
+                    old = table["columns"][col["name"]]
+                    merged = {**{k: v for k, v in old.items() if k not in ("precision", "scale")}, **col}
+                    dest_type = mapper.to_destination_type(merged, prepared)
+                    log.info("%s: column %s changed type in the source: %s -> %s", self.describe(), col["name"],
+                             _type_text(table["columns"][col["name"]]), dest_type)
+                    client.execute_sql(" ".join(["ALTER TABLE", target, "ALTER COLUMN",
+                                                 client.escape_column_name(col["name"]), "TYPE", dest_type]))
+                    table["columns"][col["name"]] = merged
+                with client.with_staging_dataset():  # dlt re-creates its staging table with the new types
+                    client.execute_sql(" ".join(["DROP TABLE IF EXISTS",
+                                                 client.make_qualified_table_name(self.destination_table)]))
+        return [c["name"] for c in changed]
 
     def table_exists(self) -> bool:
         from dlt.destinations.exceptions import DatabaseUndefinedRelation
@@ -292,6 +334,11 @@ class TableDestination:
                 for row in client.execute_sql(f"SELECT {select} FROM {table} WHERE {where}", *params) or []:
                     out[tuple(row[:nkey])] = dict(zip(columns, row[nkey:]))
         return out
+
+
+def _type_text(col: dict) -> str:
+    extra = ",".join(str(col[k]) for k in ("precision", "scale") if col.get(k) is not None)
+    return f"{col.get('data_type')}({extra})" if extra else str(col.get("data_type"))
 
 
 def _key_predicate(client: Any, key_columns: Sequence[str], keys: Sequence[tuple]) -> tuple[str, list]:

@@ -15,5 +15,4 @@ from airflow_pg_replication import build_dags
 
 REGISTRY = os.environ.get("PG_REPLICATION_REGISTRY") or str(Path(__file__).with_name("tables.yaml"))
 
-for _dag_id, _dag in build_dags(REGISTRY).items():
-    globals()[_dag_id] = _dag
+globals().update(build_dags(REGISTRY))  # {dag_id: DAG}: Airflow finds DAGs among module globals

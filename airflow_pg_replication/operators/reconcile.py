@@ -401,17 +401,22 @@ def _num(v: Any) -> str:
     return "0" if d == 0 else str(d.normalize())
 
 
-def _tree(v: Any) -> Any:
-    """A parsed JSON value in a canonical, hashable form: keys sorted, numbers normalised."""
-    if v is None or isinstance(v, (bool, str)):
-        return v
-    if isinstance(v, (int, float, Decimal)):
-        return ("n", _num(v))
-    if isinstance(v, dict):
-        return ("{", tuple(sorted(((str(k), _tree(x)) for k, x in v.items()), key=lambda kv: kv[0])))
-    if isinstance(v, (list, tuple)):
-        return ("[", tuple(_tree(x) for x in v))
-    return str(v)
+def _json_number(o: Any) -> Any:
+    if isinstance(o, Decimal):
+        if o.is_finite() and o == o.to_integral_value():
+            return int(o)  # 1.0 and 1 are the same JSON number
+        return "\x00n" + _num(o)  # marked, so a number never equals a string
+    raise TypeError(f"not JSON: {type(o).__name__}")
+
+
+def _json(v: Any) -> str:
+    """A JSON value (text, or already parsed) in canonical text: keys sorted, numbers exact and normalised."""
+    if isinstance(v, (bytes, bytearray, memoryview)):
+        v = bytes(v).decode()
+    if not isinstance(v, str):  # parsed by the driver: go through text, so numbers are treated alike
+        v = json.dumps(v, default=str)
+    return json.dumps(json.loads(v, parse_float=Decimal), sort_keys=True, separators=(",", ":"),
+                      ensure_ascii=False, default=_json_number)
 
 
 class _Canon:
@@ -452,6 +457,8 @@ class _Canon:
 
         if self.kind == "temporal":
             return self._temporal_column(arr)
+        if self.kind == "decimal":
+            return self._decimal_column(arr)
         if self.kind in ("int", "float", "bool", "text") and _same_family(arr.type, self.target):
             return arr.to_pylist()
         if self.kind == "list" and pa.types.is_list(arr.type):
@@ -468,6 +475,19 @@ class _Canon:
             offsets, valid = arr.offsets.to_pylist(), arr.is_valid().to_pylist()
             return [("[", tuple(flat[offsets[i]:offsets[i + 1]])) if valid[i] else None for i in range(len(arr))]
         return [None if v is None else self.value(v) for v in arr.to_pylist()]
+
+    def _decimal_column(self, arr: Any) -> list:
+        """Decimals as the column's decimal type rendered as text (same scale on both sides)."""
+        import pyarrow as pa
+
+        try:
+            if not pa.types.is_decimal(arr.type):  # e.g. a destination that returns floats or strings
+                arr = pa.array([None if v is None else Decimal(str(v)) for v in arr.to_pylist()], self.target)
+            elif arr.type != self.target:
+                arr = arr.cast(self.target)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ArithmeticError):
+            return [None if v is None else _num(v) for v in arr.to_pylist()]  # cannot hold it: will differ
+        return arr.cast(pa.string()).to_pylist()
 
     def _temporal_column(self, arr: Any) -> list:
         import pyarrow as pa
@@ -504,13 +524,13 @@ class _Canon:
         if k == "temporal":
             return self._temporal_value(v)
         if k == "json":
-            if isinstance(v, (bytes, bytearray, memoryview)):
-                v = bytes(v).decode()
-            return _tree(json.loads(v, parse_float=Decimal) if isinstance(v, str) else v)
+            return _json(v)
         if k == "list":
             if isinstance(v, (bytes, bytearray, memoryview)):
                 v = bytes(v).decode()
             items = json.loads(v, parse_float=Decimal) if isinstance(v, str) else v
+            if self.element.kind in ("int", "text", "bool"):
+                return ("[", tuple(items))
             return ("[", tuple(self.element.value(x) for x in items))
         return v if isinstance(v, str) else str(v)
 
