@@ -134,10 +134,22 @@ def _fill_kept_values(
                     "their unchanged columns stay NULL until the next full refresh", len(missing), missing[0])
     out = list(arrays)
     for c, rows in to_fill.items():
-        vals = out[c].to_pylist()
         name = layout[c]
+        typ = arrow_type(columns[name])
+        vals = out[c].to_pylist()
         for r in rows:
-            vals[r] = current.get(keys_py[r], {}).get(name)
+            vals[r] = _as_arrow_value(current.get(keys_py[r], {}).get(name), typ)
             result.kept_values += 1
-        out[c] = pa.array(vals, arrow_type(columns[name]))
+        out[c] = pa.array(vals, typ)
     return out
+
+
+def _as_arrow_value(value: object, typ: pa.DataType) -> object:
+    """A value read back from the destination, shaped for ``typ`` (lists may come back as JSON text)."""
+    import pyarrow as pa
+
+    if isinstance(value, str) and (pa.types.is_list(typ) or pa.types.is_large_list(typ)):
+        import json
+
+        return json.loads(value)
+    return value

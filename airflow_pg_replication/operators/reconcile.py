@@ -2,8 +2,8 @@
 
 How the comparison works
 ------------------------
-* The source is read in one ``REPEATABLE READ, READ ONLY`` transaction; the LSN read as its
-  first statement (``pg_current_wal_lsn()``) is the LSN the comparison is "at".
+* The source is read in one ``REPEATABLE READ, READ ONLY`` transaction; ``pg_current_wal_lsn()``
+  read in it right after its snapshot is taken is the LSN the comparison is "at".
 * The key space is split into ``ranges`` ranges of about equal row counts: the source's keys at
   every ``ceil(rows / ranges)``-th position in key order are the bounds (works for any key:
   single or composite, integer, text, timestamp, ...). Text-like key columns are ordered with
@@ -60,7 +60,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
 from datetime import time as dtime
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from airflow_pg_replication.errors import ReplicationError, SlotLostError
 from airflow_pg_replication.operators.base import PgTableOperator
@@ -140,7 +140,7 @@ class PgReconcileOperator(PgTableOperator):
             applied = max(state.applied_lsn or 0, state.snapshot_lsn or 0)
             with hook.connect(autocommit=False) as snap:
                 begin_snapshot(snap, None)
-                lsn = hook.current_wal_lsn(snap)  # first statement: the snapshot is taken right before it
+                lsn = hook.current_wal_lsn(snap)  # read after the snapshot was taken: it covers all it sees
                 if cdc:
                     self._check_pending(hook, conn, info, applied, lsn)
                 keys = _KeySpace(info, _nullable_key_columns(conn, info))
@@ -152,7 +152,9 @@ class PgReconcileOperator(PgTableOperator):
                 results = self._compare(snap, dest, info, keys, plan)
                 snap.rollback()
             after = dest.read_state()
-        if after is None or after.status != state.status or (after.applied_lsn or 0) != (state.applied_lsn or 0):
+        moved = after is None or any(getattr(after, f) != getattr(state, f)
+                                     for f in ("status", "applied_lsn", "snapshot_lsn", "cursor_value"))
+        if moved:
             self._behind(f"{t.qualified_name}: the destination changed while it was compared (applied LSN "
                          f"{_fmt_lsn(state.applied_lsn)} -> {_fmt_lsn(after.applied_lsn if after else None)}); "
                          "the result is ambiguous: run the reconciliation again")
@@ -415,8 +417,11 @@ def _json(v: Any) -> str:
         v = bytes(v).decode()
     if not isinstance(v, str):  # parsed by the driver: go through text, so numbers are treated alike
         v = json.dumps(v, default=str)
-    return json.dumps(json.loads(v, parse_float=Decimal), sort_keys=True, separators=(",", ":"),
-                      ensure_ascii=False, default=_json_number)
+    return _JSON_OUT.encode(_JSON_IN.decode(v))
+
+
+_JSON_IN = json.JSONDecoder(parse_float=Decimal)
+_JSON_OUT = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=_json_number)
 
 
 class _Canon:
@@ -528,7 +533,7 @@ class _Canon:
         if k == "list":
             if isinstance(v, (bytes, bytearray, memoryview)):
                 v = bytes(v).decode()
-            items = json.loads(v, parse_float=Decimal) if isinstance(v, str) else v
+            items = _JSON_IN.decode(v) if isinstance(v, str) else v
             if self.element.kind in ("int", "text", "bool"):
                 return ("[", tuple(items))
             return ("[", tuple(self.element.value(x) for x in items))
@@ -614,12 +619,7 @@ class _Side:
             self.digest = (self.digest + h) & _MASK
             if self.keys is None:
                 continue
-            if key_idx:
-                key = tuple(row[i] for i in key_idx)
-                shown: Callable[[], Any] = lambda: _display_key([row[i] for i in key_idx], [canon[i] for i in key_idx])
-            else:  # no key: a row is identified by its content
-                key = h
-                shown = lambda: _display_key(list(row), canon)
+            key = tuple(row[i] for i in key_idx) if key_idx else h  # no key: a row is identified by its content
             entry = self.keys.get(key)
             if entry is not None:
                 entry[2] += 1
@@ -627,7 +627,8 @@ class _Side:
             if len(self.keys) >= self.limit:
                 self.keys = None
                 continue
-            self.keys[key] = [h, shown(), 1]
+            shown = _display_key(list(key), [canon[i] for i in key_idx]) if key_idx else _display_key(list(row), canon)
+            self.keys[key] = [h, shown, 1]
 
 
 def _display_key(values: list, canon: list[_Canon]) -> Any:

@@ -200,3 +200,20 @@ def test_transaction_larger_than_batch(pg_db, duck):
     assert first["changes"] == 200_000 and first["transactions"] == 1  # applied whole
     apply.execute({})
     same(pg_db, duck, "public.big", "big", ["id", "v"], ["id"])
+
+
+def test_kept_values_of_array_and_json_columns(pg_db, duck):
+    pg_db.execute("CREATE TABLE tagged (id int PRIMARY KEY, tags text[], nums int[], attrs jsonb, body text)")
+    pg_db.execute(f"INSERT INTO tagged SELECT g, ARRAY['a b', 'c\"d'], ARRAY[g, NULL], '{{\"k\": [1, null]}}', "
+                  f"{BIG} FROM generate_series(1, 5) g")
+    full, apply = run_ops(duck, "tagged", deletes="soft")
+    full.execute({})
+    pg_db.execute("UPDATE tagged SET tags = '{}' WHERE id = 1")  # body: unchanged TOAST
+    pg_db.execute("DELETE FROM tagged WHERE id = 2")  # soft delete keeps every value
+    apply.execute({})
+    cols = ["id", "body"]
+    live = duck.query("SELECT id, body FROM replica.tagged WHERE _pg_deleted_at IS NULL ORDER BY id")
+    assert live == source_rows(pg_db, "public.tagged", cols, ["id"])
+    kept = duck.query("SELECT tags, nums, attrs, body IS NOT NULL FROM replica.tagged WHERE id = 2")[0]
+    other = duck.query("SELECT tags, attrs FROM replica.tagged WHERE id = 3")[0]
+    assert (kept[0], kept[2]) == other and str(kept[1]).replace(" ", "") == "[2,null]" and kept[3]
