@@ -72,6 +72,7 @@ class ChangeFolder:
         self._names = relation_names
         self._relations: dict[int, Relation] = {}
         self.relations_seen: list[Relation] = []  # every relation message of the table, in order
+        self.flushed_parts = 0  # parts handed over by take_rows()
         self._key_idx: dict[int, list[int]] = {}
         self._layout: dict[int, tuple[str, ...]] = {}
         self._skip = False
@@ -96,6 +97,19 @@ class ChangeFolder:
         self._layout[rel.oid] = names
         self._key_idx[rel.oid] = [names.index(k) for k in key_cols]
         self.batch.relation = rel
+
+    def take_rows(self) -> ChangeBatch:
+        """Hand over the rows folded so far (and a pending truncate) and start afresh.
+
+        Applying the handed-over parts in order gives the same final state as one big batch, so a
+        transaction larger than memory is applied in bounded parts; the counters stay here.
+        """
+        part = ChangeBatch(self.batch.key_columns, rows=self.batch.rows, truncate=self.batch.truncate,
+                           relation=self.batch.relation, changes=self.batch.changes)
+        self.batch.rows = {}
+        self.batch.truncate = None
+        self.flushed_parts += 1
+        return part
 
     def _key(self, oid: int, values: tuple) -> tuple:
         return tuple(values[i] for i in self._key_idx[oid])

@@ -23,9 +23,11 @@ class PgCdcApplyOperator(PgTableOperator):
 
     template_fields: Sequence[str] = (*PgTableOperator.template_fields, "max_batch_changes")
 
-    def __init__(self, *, max_batch_changes: int = 100_000, max_lag_bytes: int | None = None, **kwargs: Any) -> None:
+    def __init__(self, *, max_batch_changes: int = 100_000, max_lag_bytes: int | None = None,
+                 max_rows_in_memory: int = 200_000, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.max_batch_changes = max_batch_changes
+        self.max_rows_in_memory = max_rows_in_memory
         self.max_lag_bytes = max_lag_bytes
 
     def execute(self, context: Any) -> dict[str, Any]:
@@ -55,29 +57,39 @@ class PgCdcApplyOperator(PgTableOperator):
             folder = ChangeFolder(info.primary_key, applied_lsn=state.applied_lsn,
                                   relation_names={(t.schema, t.name)})
             messages = 0
+            applied = None
+            soft = self.deletes == "soft"
             for _lsn, data in hook.peek_changes(conn, t.slot, t.publication, upto_lsn=upto,
                                                 max_changes=self.max_batch_changes):
                 messages += 1
                 folder.feed(decode(data))
+                if len(folder.batch.rows) >= self.max_rows_in_memory:
+                    # A huge transaction: apply what is folded so far, in order, and go on. Nothing is
+                    # recorded or advanced until the whole batch is in, so a crash replays it from the start.
+                    part = folder.take_rows()
+                    log.info("%s: applying part %d of a large batch (%d rows) to bound memory",
+                             t.qualified_name, folder.flushed_parts, len(part.rows))
+                    applied = _add(applied, apply_changes(dest, part, self._columns_of_batch(conn, folder, info),
+                                                          soft_deletes=soft))
             batch = folder.batch
             cut = messages >= self.max_batch_changes  # PostgreSQL may have stopped early: more is waiting
             # Where the slot may advance to: all read WAL when the read ran to ``upto``, else the last commit.
             advance_to = batch.last_end_lsn if cut else max(upto, batch.last_end_lsn or 0)
-            applied = None
-            if batch.empty:
+            if batch.empty and not folder.flushed_parts:
                 why = ("every transaction read was already applied" if batch.skipped
                        else "no change for this table in the WAL read")
                 log.info("%s: nothing to apply between %s and %s (%s); %d transaction(s) of other tables read",
                          t.qualified_name, start_lsn, format_lsn(advance_to), why, batch.transactions)
             else:
-                cols = self._columns_of_batch(conn, folder, info)
-                applied = apply_changes(dest, batch, cols, soft_deletes=self.deletes == "soft")
+                if not batch.empty:
+                    cols = self._columns_of_batch(conn, folder, info)
+                    applied = _add(applied, apply_changes(dest, batch, cols, soft_deletes=soft))
                 state.applied_lsn = batch.last_commit_lsn
                 dest.write_state(state)
             if advance_to and (slot.confirmed_flush_lsn is None or advance_to > _lsn_int(slot.confirmed_flush_lsn)):
                 hook.advance_slot(conn, t.slot, advance_to)
         secs = time.monotonic() - started
-        changes = batch.changes if not batch.empty else 0
+        changes = batch.changes
         log.info(
             "%s: applied %d change(s) in %d transaction(s), LSN %s -> %s%s: %s upserts, %s deletes%s; "
             "%.1f s (%.0f changes/s)%s",
@@ -126,6 +138,17 @@ class PgCdcApplyOperator(PgTableOperator):
             for c in rel.columns:
                 cols[c.name] = PgColumn(c.name, types[c.type_oid], c.typmod)
         return cols
+
+
+def _add(total: Any, part: Any) -> Any:
+    """Sum two ApplyResults (either may be None)."""
+    if total is None:
+        return part
+    total.upserts += part.upserts
+    total.deletes += part.deletes
+    total.truncated = total.truncated or part.truncated
+    total.kept_values += part.kept_values
+    return total
 
 
 def _lsn_int(text: str) -> int:
