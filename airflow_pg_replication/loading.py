@@ -9,11 +9,13 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, Sequence
 
+from airflow_pg_replication import destination_sql
+from airflow_pg_replication.destination_sql import compose
 from airflow_pg_replication.errors import ReplicationError
+from airflow_pg_replication.replication_state import ReplicationState, read_state, write_state
 
 if TYPE_CHECKING:
     import dlt
@@ -21,49 +23,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-STATE_TABLE = "_pg_replication_state"
 LSN_COLUMN = "_pg_lsn"
 DELETED_AT_COLUMN = "_pg_deleted_at"
-_DELETE_CHUNK = 1000
-
-
-@dataclass
-class ReplicationState:
-    """Where a table's copy stands; written only after the data it describes is committed."""
-
-    table_name: str  # source schema.table
-    status: str  # snapshotting | ready (snapshot loaded; CDC may apply) | loaded (full/incremental)
-    slot: str | None = None
-    snapshot_lsn: int | None = None  # the slot's consistent point the snapshot was read at
-    applied_lsn: int | None = None  # commit LSN of the last applied transaction
-    cursor_value: str | None = None  # incremental: the high-water mark, as text
-    updated_at: datetime | None = None
-
-    def as_row(self) -> dict[str, Any]:
-        row = dict(self.__dict__)
-        row["updated_at"] = datetime.now(timezone.utc)
-        return row
-
-
-_STATE_COLUMNS = [
-    {"name": "table_name", "data_type": "text", "nullable": False, "primary_key": True},
-    {"name": "status", "data_type": "text", "nullable": False},
-    {"name": "slot", "data_type": "text"},
-    {"name": "snapshot_lsn", "data_type": "bigint"},
-    {"name": "applied_lsn", "data_type": "bigint"},
-    {"name": "cursor_value", "data_type": "text"},
-    {"name": "updated_at", "data_type": "timestamp", "timezone": True},
-]
-
-
-def _STATE_SCHEMA() -> pa.Schema:
-    import pyarrow as pa
-
-    return pa.schema([
-        ("table_name", pa.string()), ("status", pa.string()), ("slot", pa.string()),
-        ("snapshot_lsn", pa.int64()), ("applied_lsn", pa.int64()), ("cursor_value", pa.string()),
-        ("updated_at", pa.timestamp("us", tz="UTC")),
-    ])
 
 
 def destination_columns(columns: Sequence[Any], *, soft_deletes: bool) -> list[dict]:
@@ -171,62 +132,15 @@ class TableDestination:
                 raise root from exc
             raise
 
-    # -- state --------------------------------------------------------------------------------
+    # -- state (see replication_state) ----------------------------------------------------------
 
     def read_state(self) -> ReplicationState | None:
         """The table's state row, or None when nothing was ever loaded for it."""
-        from dlt.destinations.exceptions import DatabaseUndefinedRelation
-
-        names = [c["name"] for c in _STATE_COLUMNS]
-        try:
-            with self.pipeline.sql_client() as client:
-                cols = ", ".join(client.escape_column_name(n) for n in names)
-                rows = client.execute_sql(
-                    f"SELECT {cols} FROM {client.make_qualified_table_name(STATE_TABLE)} "
-                    f"WHERE {client.escape_column_name('table_name')} = %s",
-                    self.table_name,
-                )
-        except DatabaseUndefinedRelation:
-            return None
-        if not rows:
-            return None
-        return ReplicationState(**dict(zip(names, rows[0])))
+        return read_state(self.pipeline, self.table_name)
 
     def write_state(self, state: ReplicationState) -> None:
-        """Upsert the table's state row, in one destination transaction, after the data's load committed.
-
-        The state table is created by dlt on first use; later writes are one small SQL transaction.
-        """
-        import dlt
-        from dlt.destinations.exceptions import DatabaseUndefinedRelation
-
-        row = state.as_row()
-        try:
-            with self.pipeline.sql_client() as client:
-                table = client.make_qualified_table_name(STATE_TABLE)
-                names = list(row)
-                with client.begin_transaction():
-                    client.execute_sql(
-                        " ".join(["DELETE FROM", table, "WHERE", client.escape_column_name("table_name"), "= %s"]),
-                        state.table_name,
-                    )
-                    client.execute_sql(
-                        " ".join(["INSERT INTO", table, "(", ", ".join(map(client.escape_column_name, names)),
-                                  ") VALUES (", ", ".join(["%s"] * len(names)), ")"]),
-                        *row.values(),
-                    )
-            return
-        except DatabaseUndefinedRelation:
-            pass  # first state write in this dataset: let dlt create the table
-        import pyarrow as pa
-
-        # an Arrow row, so dlt adds none of its _dlt_* columns and plain SQL can write the table later
-        table = pa.Table.from_pylist([row], schema=_STATE_SCHEMA())
-        resource = dlt.resource(
-            [table], name=STATE_TABLE, columns=_STATE_COLUMNS, primary_key="table_name",
-            write_disposition={"disposition": "merge", "strategy": "delete-insert"},
-        )
-        self._run(resource)
+        """Record ``state``; call it only after the data it describes has committed."""
+        write_state(self.pipeline, state, run=self._run)
 
     # -- loads --------------------------------------------------------------------------------
 
@@ -258,6 +172,8 @@ class TableDestination:
         Returns the widened column names.
         """
         self.pipeline.sync_destination()
+        if not self.pipeline.default_schema_name:  # nothing loaded yet: nothing to widen
+            return []
         schema = self.pipeline.default_schema
         table = schema.tables.get(self.destination_table)
         if not table:
@@ -281,73 +197,39 @@ class TableDestination:
                     dest_type = mapper.to_destination_type(merged, prepared)
                     log.info("%s: column %s changed type in the source: %s -> %s", self.describe(), col["name"],
                              _type_text(table["columns"][col["name"]]), dest_type)
-                    client.execute_sql(" ".join(["ALTER TABLE", target, "ALTER COLUMN",
-                                                 client.escape_column_name(col["name"]), "TYPE", dest_type]))
+                    client.execute_sql(compose("ALTER TABLE", target, "ALTER COLUMN",
+                                               client.escape_column_name(col["name"]), "TYPE", dest_type))
                     table["columns"][col["name"]] = merged
                 with client.with_staging_dataset():  # dlt re-creates its staging table with the new types
-                    client.execute_sql(" ".join(["DROP TABLE IF EXISTS",
-                                                 client.make_qualified_table_name(self.destination_table)]))
+                    client.execute_sql(compose("DROP TABLE IF EXISTS",
+                                               client.make_qualified_table_name(self.destination_table)))
         return [c["name"] for c in changed]
 
-    def table_exists(self) -> bool:
-        from dlt.destinations.exceptions import DatabaseUndefinedRelation
-
-        try:
-            with self.pipeline.sql_client() as client:
-                client.execute_sql(f"SELECT 1 FROM {client.make_qualified_table_name(self.destination_table)} LIMIT 1")
-            return True
-        except DatabaseUndefinedRelation:
-            return False
+    def has_rows(self) -> bool:
+        """True when the destination table exists and holds at least one row."""
+        with self.pipeline.sql_client() as client:
+            return destination_sql.has_rows(client, self.destination_table)
 
     def delete_keys(self, key_columns: Sequence[str], keys: Sequence[tuple]) -> None:
         """Hard-delete the rows with these keys (typed values), in chunks."""
         with self.pipeline.sql_client() as client:
-            table = client.make_qualified_table_name(self.destination_table)
-            for start in range(0, len(keys), _DELETE_CHUNK):
-                chunk = keys[start:start + _DELETE_CHUNK]
-                where, params = _key_predicate(client, key_columns, chunk)
-                client.execute_sql(f"DELETE FROM {table} WHERE {where}", *params)
+            destination_sql.delete_keys(client, self.destination_table, key_columns, keys)
 
     def truncate(self, *, soft_at: datetime | None = None, lsn: int | None = None) -> None:
         """Empty the table; with ``soft_at``, mark every live row deleted at that time instead."""
         with self.pipeline.sql_client() as client:
-            table = client.make_qualified_table_name(self.destination_table)
-            if soft_at is None:
-                client.execute_sql(f"DELETE FROM {table}")
-            else:
-                deleted = client.escape_column_name(DELETED_AT_COLUMN)
-                client.execute_sql(
-                    f"UPDATE {table} SET {deleted} = %s, {client.escape_column_name(LSN_COLUMN)} = %s "
-                    f"WHERE {deleted} IS NULL", soft_at, lsn,
-                )
+            destination_sql.truncate(client, self.destination_table, soft_at=soft_at, lsn=lsn,
+                                     deleted_column=DELETED_AT_COLUMN, lsn_column=LSN_COLUMN)
 
     def fetch_rows(self, key_columns: Sequence[str], keys: Sequence[tuple], columns: Sequence[str]) -> dict[tuple, dict]:
         """Current destination values of ``columns`` for these keys: key -> {column: value}."""
-        out: dict[tuple, dict] = {}
-        nkey = len(key_columns)
         with self.pipeline.sql_client() as client:
-            table = client.make_qualified_table_name(self.destination_table)
-            select = ", ".join(client.escape_column_name(c) for c in [*key_columns, *columns])
-            for start in range(0, len(keys), _DELETE_CHUNK):
-                chunk = keys[start:start + _DELETE_CHUNK]
-                where, params = _key_predicate(client, key_columns, chunk)
-                for row in client.execute_sql(f"SELECT {select} FROM {table} WHERE {where}", *params) or []:
-                    out[tuple(row[:nkey])] = dict(zip(columns, row[nkey:]))
-        return out
+            return destination_sql.fetch_rows(client, self.destination_table, key_columns, keys, columns)
 
 
 def _type_text(col: dict) -> str:
     extra = ",".join(str(col[k]) for k in ("precision", "scale") if col.get(k) is not None)
     return f"{col.get('data_type')}({extra})" if extra else str(col.get("data_type"))
-
-
-def _key_predicate(client: Any, key_columns: Sequence[str], keys: Sequence[tuple]) -> tuple[str, list]:
-    """``k IN (...)`` for one key column, an OR of ANDs for a composite key."""
-    names = [client.escape_column_name(c) for c in key_columns]
-    if len(names) == 1:
-        return f"{names[0]} IN ({', '.join(['%s'] * len(keys))})", [k[0] for k in keys]
-    one = "(" + " AND ".join(f"{n} = %s" for n in names) + ")"
-    return " OR ".join([one] * len(keys)), [v for k in keys for v in k]
 
 
 @contextlib.contextmanager

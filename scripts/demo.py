@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """End-to-end demo: PostgreSQL -> Airflow DAG (snapshot, then CDC) -> DuckDB, and a source/destination check.
 
-Runs everything on this machine, with nothing left behind:
+Runs everything on this machine and removes what it made (after a failure it keeps the demo dir, for its logs):
 
 1. starts a throwaway PostgreSQL cluster (wal_level=logical) and fills ``public.customers``;
 2. makes a temporary AIRFLOW_HOME (SQLite), a registry for ``public.customers`` and a DAGs
@@ -92,11 +92,12 @@ def source_rows(dsn: str) -> list[tuple]:
 # -- destination -----------------------------------------------------------------------------------------
 
 def duckdb_rows(path: Path, columns: Sequence[str], order_by: str | None = None, limit: int | None = None) -> list[tuple]:
+    """Rows of replica.customers; ``order_by`` is SQL over the demo's fixed column names."""
     import duckdb
 
     cols = ", ".join(f'"{c}"' for c in columns)
     query = f"SELECT {cols} FROM replica.customers"
-    query += f' ORDER BY "{order_by}"' if order_by else ""
+    query += f" ORDER BY {order_by}" if order_by else ""
     query += f" LIMIT {int(limit)}" if limit else ""
     with duckdb.connect(str(path), read_only=True) as con:
         con.execute("SET TimeZone = 'UTC'")
@@ -154,6 +155,11 @@ tables:
 """
 
 
+def log_tail(path: Path, lines: int = 60) -> str:
+    text = [line for line in path.read_text(errors="replace").splitlines() if "No tasks to run" not in line]
+    return "\n".join(text[-lines:])
+
+
 class Airflow:
     """The ``airflow`` CLI against a private AIRFLOW_HOME (SQLite metadata DB)."""
 
@@ -176,8 +182,8 @@ class Airflow:
             proc = subprocess.run(cmd, env=self.env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                   cwd=self.home, timeout=600)
         if proc.returncode != 0:
-            tail = "\n".join(log.read_text(errors="replace").splitlines()[-60:])
-            raise SystemExit(f"`airflow {' '.join(args)}` failed (exit {proc.returncode}); last lines:\n{tail}")
+            raise SystemExit(f"`airflow {' '.join(args)}` failed (exit {proc.returncode}); last lines of {log}:\n"
+                             f"{log_tail(log)}")
 
     def last_run_tasks(self, dag_id: str) -> tuple[str, dict[str, str]]:
         """State of the latest run of ``dag_id`` and of each of its tasks, from the metadata DB."""
@@ -198,8 +204,9 @@ def run_dag(airflow: Airflow, label: str, expect_ran: list[str], expect_skipped:
     say(f"  run {state} in {time.monotonic() - started:.1f}s: {shown}")
     wrong = [t for t in expect_ran if tasks.get(t) != "success"] + [t for t in expect_skipped if tasks.get(t) != "skipped"]
     if state != "success" or wrong:
+        log = airflow.home / f"{label}.log"
         raise SystemExit(f"unexpected task states in {label} (expected {expect_ran} success, {expect_skipped} "
-                         f"skipped); see the log {airflow.home / (label + '.log')}")
+                         f"skipped); last lines of {log}:\n{log_tail(log)}")
 
 
 # -- main ------------------------------------------------------------------------------------------------
@@ -214,7 +221,7 @@ def main() -> int:
 
     workdir = Path(tempfile.mkdtemp(prefix="pg-replication-demo-"))
     cluster = ThrowawayCluster()
-    ok = False
+    ok, verdict = False, ""
     try:
         say(f"demo dir {workdir}")
         cluster.start()
@@ -242,9 +249,11 @@ def main() -> int:
         say(f"run 2: airflow dags test {DAG_ID}  (expect plan -> wait_for_changes -> apply_changes)")
         run_dag(airflow, "run-2", ["plan", "wait_for_changes", "apply_changes"], ["full_refresh"])
 
-        say(f"DuckDB {duck.name}: replica.customers, first rows:")
-        print_table([normalize(r) for r in duckdb_rows(duck, [*COLUMNS, "_pg_lsn"], "customer_id", 5)],
-                    [*COLUMNS, "_pg_lsn"])
+        shown = [*COLUMNS, "_pg_lsn"]
+        say(f"DuckDB {duck.name}: replica.customers, first rows (_pg_lsn: the snapshot's LSN, or a later commit's):")
+        print_table([normalize(r) for r in duckdb_rows(duck, shown, "customer_id", 5)], shown)
+        say("rows last written by CDC (highest _pg_lsn):")
+        print_table([normalize(r) for r in duckdb_rows(duck, shown, "_pg_lsn DESC, customer_id", 3)], shown)
         src = sorted(normalize(r) for r in source_rows(dsn))
         dst = sorted(normalize(r) for r in duckdb_rows(duck, COLUMNS))
         say(f"compare on {', '.join(COLUMNS)}:")
@@ -254,19 +263,19 @@ def main() -> int:
             only_src, only_dst = sorted(set(src) - set(dst)), sorted(set(dst) - set(src))
             print(f"    {len(only_src)} row(s) only in the source, e.g. {only_src[:3]}")
             print(f"    {len(only_dst)} row(s) only in the destination, e.g. {only_dst[:3]}")
-            print("MISMATCH: the destination differs from the source")
-            return 1
-        ok = True
-        print(f"MATCH: {len(src)} rows, destination equals source row for row")
-        return 0
+            verdict = "MISMATCH: the destination differs from the source"
+        else:
+            ok = True
+            verdict = f"MATCH: {len(src)} rows, destination equals source row for row"
     finally:
         cluster.stop()
-        if args.keep:
-            say(f"kept {workdir}")
+        if args.keep or not ok:
+            say(f"cleaned up: cluster stopped; kept {workdir} (logs, DuckDB file); remove it when done")
         else:
             shutil.rmtree(workdir, ignore_errors=True)
-        say("cleaned up (cluster stopped" + (", demo dir removed)" if not args.keep else ")") +
-            ("" if ok else "; demo FAILED"))
+            say("cleaned up: cluster stopped, demo dir removed")
+    print(verdict or "FAILED", flush=True)
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ class PgFullRefreshOperator(PgTableOperator):
 
     def execute(self, context: Any) -> dict[str, Any]:
         from airflow_pg_replication.loading import destination_columns
-        from airflow_pg_replication.loading import ReplicationState
+        from airflow_pg_replication.replication_state import ReplicationState
         from airflow_pg_replication.pgoutput import format_lsn
         from airflow_pg_replication.snapshot import CopyProgress, begin_snapshot, copy_batches
         from airflow_pg_replication.source_catalog import require_key

@@ -120,7 +120,8 @@ class PgIncrementalOperator(PgTableOperator):
     def execute(self, context: Any) -> dict[str, Any]:
         from psycopg import sql
 
-        from airflow_pg_replication.loading import ReplicationState, destination_columns
+        from airflow_pg_replication.loading import destination_columns
+        from airflow_pg_replication.replication_state import ReplicationState
         from airflow_pg_replication.pgoutput import format_lsn
         from airflow_pg_replication.snapshot import CopyProgress, begin_snapshot, copy_batches
         from airflow_pg_replication.source_catalog import require_key
@@ -206,19 +207,6 @@ def _previous_mark(state: Any, dest: TableDestination, forced: bool) -> tuple[st
         return None, "first run: no replication state"
     if state.status != "loaded" or state.cursor_value is None:
         return None, f"no high-water mark in the state (status {state.status})"
-    if not _has_rows(dest):
+    if not dest.has_rows():
         return None, f"the destination table is missing or empty (mark was {state.cursor_value})"
     return state.cursor_value, None
-
-
-def _has_rows(dest: TableDestination) -> bool:
-    """True when the destination table exists and holds at least one row."""
-    from dlt.destinations.exceptions import DatabaseUndefinedRelation
-
-    try:
-        with dest.pipeline.sql_client() as client:
-            rows = client.execute_sql(
-                f"SELECT 1 FROM {client.make_qualified_table_name(dest.destination_table)} LIMIT 1")
-    except DatabaseUndefinedRelation:
-        return False
-    return bool(rows)

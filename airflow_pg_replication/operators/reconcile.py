@@ -62,6 +62,7 @@ from datetime import time as dtime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Sequence
 
+from airflow_pg_replication.destination_sql import compose
 from airflow_pg_replication.errors import ReplicationError, SlotLostError
 from airflow_pg_replication.operators.base import PgTableOperator
 
@@ -226,7 +227,7 @@ class PgReconcileOperator(PgTableOperator):
         with dest.pipeline.sql_client() as client:
             table = client.make_qualified_table_name(t.destination_table)
             try:
-                with client.execute_query(f"SELECT * FROM {table} LIMIT 0") as cur:
+                with client.execute_query(compose("SELECT * FROM", table, "LIMIT 0")) as cur:
                     have = [d[0] for d in cur.description]
             except DatabaseUndefinedRelation:
                 raise ReplicationError(f"{t.qualified_name}: destination table {dest.describe()} does not exist; "
@@ -237,7 +238,7 @@ class PgReconcileOperator(PgTableOperator):
                     f"{t.qualified_name}: column(s) {', '.join(missing)} of the source are not in {dest.describe()} "
                     "(added after the last snapshot?); run full_refresh, or apply the changes that add them")
             select = ", ".join(client.escape_column_name(c) for c in info.column_names)
-            live = f"{client.escape_column_name(DELETED_AT_COLUMN)} IS NULL" if DELETED_AT_COLUMN in have else None
+            live = compose(client.escape_column_name(DELETED_AT_COLUMN), "IS NULL") if DELETED_AT_COLUMN in have else None
             for i, rng in enumerate(plan.ranges):
                 started = time.monotonic()
                 src = _Side(self.detail_rows)
@@ -248,7 +249,7 @@ class PgReconcileOperator(PgTableOperator):
                 dst = _Side(self.detail_rows)
                 where, params = keys.dest_predicate(client, rng)
                 conds = [c for c in (where, live) if c]
-                query = f"SELECT {select} FROM {table}" + (f" WHERE {' AND '.join(conds)}" if conds else "")
+                query = compose("SELECT", select, "FROM", table, *(["WHERE", " AND ".join(conds)] if conds else []))
                 with client.execute_query(query, *params) as cur, warnings.catch_warnings():
                     warnings.filterwarnings("ignore", message="Arrow output on a DB-API result")  # duckdb, harmless
                     for tbl in cur.iter_arrow(self.chunk_rows):
