@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Mapping, Sequence
 
 from airflow_pg_replication.changes import ChangeBatch, RowState
 from airflow_pg_replication.loading import DELETED_AT_COLUMN, LSN_COLUMN, TableDestination, destination_columns
+from airflow_pg_replication.replication_state import ReplicationState
 from airflow_pg_replication.pgoutput import UNCHANGED_TOAST
 from airflow_pg_replication.typemap import PgColumn, arrow_type, text_to_arrow
 
@@ -29,25 +30,25 @@ class ApplyResult:
 
 def apply_changes(
     dest: TableDestination, batch: ChangeBatch, columns: Mapping[str, PgColumn], *, soft_deletes: bool,
+    state: ReplicationState | None = None,
 ) -> ApplyResult:
-    """Write ``batch`` into ``dest``. Every step is idempotent, so re-applying a batch is harmless.
+    """Write ``batch`` into ``dest`` and then ``state``. Every step is idempotent, so re-applying is harmless.
 
     ``columns`` maps each replicated column name to its type; it covers every layout in the batch.
     """
+    import pyarrow as pa
+
     result = ApplyResult()
-    key_columns = batch.key_columns or (batch.relation and tuple(c.name for c in batch.relation.columns))
+    key_columns = batch.key_columns or tuple(c.name for c in batch.relation.columns)
+    truncate = None
     if batch.truncate is not None:
         lsn, at = batch.truncate
-        dest.truncate(soft_at=at if soft_deletes else None, lsn=lsn)
+        truncate = (at, lsn, soft_deletes)
         result.truncated = True
-    hard_deleted = [(k, r) for k, r in batch.rows.items() if r.deleted and not soft_deletes]
-    if hard_deleted:
-        typed = _typed_keys([k for k, _ in hard_deleted], key_columns, columns)
-        dest.delete_keys(key_columns, typed)
-        result.deletes = len(typed)
+    hard_deleted = [k for k, r in batch.rows.items() if r.deleted and not soft_deletes]
+    delete_keys = _typed_keys(hard_deleted, key_columns, columns) if hard_deleted else None
+    result.deletes = len(hard_deleted)
     written = [(k, r) for k, r in batch.rows.items() if not r.deleted or soft_deletes]
-    if not written:
-        return result
     by_layout: dict[tuple[str, ...], list[tuple[tuple, RowState]]] = {}
     for key, row in written:
         by_layout.setdefault(row.layout, []).append((key, row))
@@ -55,25 +56,25 @@ def apply_changes(
         _rows_to_table(dest, rows, layout, key_columns, columns, soft_deletes, result)
         for layout, rows in by_layout.items()
     ]
-    import pyarrow as pa
-
-    table = tables[0] if len(tables) == 1 else pa.concat_tables(tables, promote_options="default")
-    hint_cols = [columns[n] for n in table.column_names if n in columns]
-    dest.merge([table], destination_columns(hint_cols, soft_deletes=soft_deletes), key_columns)
+    upserts = None
+    if tables:
+        upserts = tables[0] if len(tables) == 1 else pa.concat_tables(tables, promote_options="default")
+    hint_cols = [columns[n] for n in (upserts.column_names if upserts is not None else []) if n in columns]
+    dest.apply_batch(upserts=upserts, delete_keys=delete_keys, truncate=truncate, key_columns=key_columns,
+                     columns=destination_columns(hint_cols, soft_deletes=soft_deletes), state=state)
     result.upserts = sum(1 for _, r in written if not r.deleted)
     result.deletes += sum(1 for _, r in written if r.deleted)
     return result
 
 
-def _typed_keys(keys: Sequence[tuple], key_columns: Sequence[str], columns: Mapping[str, PgColumn]) -> list[tuple]:
-    """Key tuples of text values -> tuples of Python values of the columns' types."""
+def _typed_keys(keys: Sequence[tuple], key_columns: Sequence[str], columns: Mapping[str, PgColumn]) -> pa.Table:
+    """Key tuples of text values -> an Arrow table of the key columns, typed."""
     import pyarrow as pa
 
-    per_col = [
-        text_to_arrow(pa.array([k[i] for k in keys], pa.string()), columns[name]).to_pylist()
+    return pa.table({
+        name: text_to_arrow(pa.array([k[i] for k in keys], pa.string()), columns[name])
         for i, name in enumerate(key_columns)
-    ]
-    return list(zip(*per_col))
+    })
 
 
 def _rows_to_table(

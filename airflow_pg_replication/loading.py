@@ -15,7 +15,14 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, Sequence
 from airflow_pg_replication import destination_sql
 from airflow_pg_replication.destination_sql import compose
 from airflow_pg_replication.errors import ReplicationError
-from airflow_pg_replication.replication_state import ReplicationState, read_state, write_state
+from airflow_pg_replication.duckdb_native import NativeDuckDb
+from airflow_pg_replication.replication_state import (
+    STATE_TABLE,
+    ReplicationState,
+    read_state,
+    state_statements,
+    write_state,
+)
 
 if TYPE_CHECKING:
     import dlt
@@ -144,15 +151,86 @@ class TableDestination:
 
     # -- loads --------------------------------------------------------------------------------
 
-    def replace(self, batches: Iterable[pa.RecordBatch], columns: list[dict], primary_key: Sequence[str]) -> None:
-        """Replace the table's content with ``batches`` (staged, then swapped in one transaction)."""
+    def replace(self, batches: Iterable[pa.RecordBatch], columns: list[dict], primary_key: Sequence[str], *,
+                schema: pa.Schema, state: ReplicationState | None = None) -> None:
+        """Replace the table's content with ``batches`` and, when given, record ``state`` after it.
+
+        DuckDB: dlt creates or evolves the table (with no rows), then the rows stream in and the
+        state row is written in one transaction. Elsewhere dlt stages and swaps the table.
+        """
         import dlt
 
+        if self.is_duckdb:
+            if not self._fits(schema):
+                self.merge([schema.empty_table()], columns, primary_key)  # dlt creates / evolves the table
+            if self._fits(schema):
+                with self.pipeline.sql_client() as client:
+                    after, later = self._native_state(client, state)
+                    NativeDuckDb(client, self.destination_table).replace(batches, schema, after)
+                if later is not None:
+                    self.write_state(later)
+                return
         resource = dlt.resource(
             batches, name=self.destination_table, columns=columns, primary_key=list(primary_key) or None,
             write_disposition="replace",
         )
         self._run(resource)
+        if state is not None:
+            self.write_state(state)
+
+    def apply_batch(self, *, upserts: pa.Table | None, delete_keys: pa.Table | None,
+                    truncate: tuple[datetime, int, bool] | None, columns: list[dict], key_columns: Sequence[str],
+                    state: ReplicationState | None) -> None:
+        """Apply one folded batch: truncate (at, lsn, soft), hard deletes by key, upserts; then ``state``.
+
+        Every step is idempotent. DuckDB, when the table already has the batch's shape: one
+        transaction for all of it. Otherwise: the steps in order, dlt for the upserts (which also
+        adds new columns and widens changed ones), and the state last.
+        """
+        if self.is_duckdb and (upserts is None or upserts.num_rows == 0 or self._fits(upserts.schema)):
+            with self.pipeline.sql_client() as client:
+                trunc = self._truncate_statement(client, truncate) if truncate is not None else None
+                after, later = self._native_state(client, state)
+                NativeDuckDb(client, self.destination_table).merge(upserts, key_columns, delete_keys, trunc, after)
+            if later is not None:
+                self.write_state(later)
+            return
+        if truncate is not None:
+            at, lsn, soft = truncate
+            self.truncate(soft_at=at if soft else None, lsn=lsn)
+        if delete_keys is not None and delete_keys.num_rows:
+            self.delete_keys(key_columns, list(zip(*[c.to_pylist() for c in delete_keys.columns])))
+        if upserts is not None and upserts.num_rows:
+            self.merge([upserts], columns, key_columns)
+        if state is not None:
+            self.write_state(state)
+
+    @property
+    def is_duckdb(self) -> bool:
+        return self.spec["type"] == "duckdb"
+
+    def _fits(self, schema: pa.Schema) -> bool:
+        with self.pipeline.sql_client() as client:
+            return NativeDuckDb(client, self.destination_table).fits(schema)
+
+    @staticmethod
+    def _native_state(client: Any, state: ReplicationState | None) -> tuple[list[tuple], ReplicationState | None]:
+        """State statements for the data's own transaction, or the state to write right after it
+        (the first time, when dlt must create the state table)."""
+        if state is None:
+            return [], None
+        if not destination_sql.has_rows(client, STATE_TABLE):
+            return [], state
+        return state_statements(client, state, placeholder="?"), None
+
+    def _truncate_statement(self, client: Any, truncate: tuple[datetime, int, bool]) -> tuple:
+        at, lsn, soft = truncate
+        table = client.make_qualified_table_name(self.destination_table)
+        if not soft:
+            return (compose("DELETE FROM", table),)
+        deleted = client.escape_column_name(DELETED_AT_COLUMN)
+        return (compose("UPDATE", table, "SET", deleted, "= ?,", client.escape_column_name(LSN_COLUMN),
+                        "= ? WHERE", deleted, "IS NULL"), [at, lsn])
 
     def merge(self, tables: Iterable[pa.Table], columns: list[dict], primary_key: Sequence[str]) -> None:
         """Upsert rows by key; columns whose source type was widened are widened in the destination first."""
@@ -160,7 +238,7 @@ class TableDestination:
 
         self.widen_columns(columns)
         resource = dlt.resource(
-            tables, name=self.destination_table, columns=columns, primary_key=list(primary_key),
+            tables, name=self.destination_table, columns=columns, primary_key=list(primary_key) or None,
             write_disposition={"disposition": "merge", "strategy": "delete-insert"},
         )
         self._run(resource)

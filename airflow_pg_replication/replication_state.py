@@ -73,6 +73,19 @@ def read_state(pipeline: dlt.Pipeline, table_name: str) -> ReplicationState | No
     return ReplicationState(**dict(zip(names, rows[0]))) if rows else None
 
 
+def state_statements(client: Any, state: ReplicationState, *, placeholder: str = "%s") -> list[tuple]:
+    """The statements that upsert ``state``'s row, for a caller's own transaction: [(sql, params)]."""
+    row = state.as_row()
+    table = client.make_qualified_table_name(STATE_TABLE)
+    names = ", ".join(map(client.escape_column_name, row))
+    return [
+        (compose("DELETE FROM", table, "WHERE", client.escape_column_name("table_name"), "=", placeholder),
+         [state.table_name]),
+        (compose("INSERT INTO", table, "(", names, ") VALUES (", ", ".join([placeholder] * len(row)), ")"),
+         list(row.values())),
+    ]
+
+
 def write_state(pipeline: dlt.Pipeline, state: ReplicationState, *, run: Callable[[Any], None]) -> None:
     """Upsert the table's state row in one destination transaction.
 
@@ -81,21 +94,18 @@ def write_state(pipeline: dlt.Pipeline, state: ReplicationState, *, run: Callabl
     """
     from dlt.destinations.exceptions import DatabaseUndefinedRelation
 
-    row = state.as_row()
     try:
         with pipeline.sql_client() as client:
-            table = client.make_qualified_table_name(STATE_TABLE)
             with client.begin_transaction():
-                client.execute_sql(compose("DELETE FROM", table, "WHERE", client.escape_column_name("table_name"),
-                                           "= %s"), state.table_name)
-                client.execute_sql(compose("INSERT INTO", table, "(", ", ".join(map(client.escape_column_name, row)),
-                                           ") VALUES (", ", ".join(["%s"] * len(row)), ")"), *row.values())
+                for stmt, params in state_statements(client, state):
+                    client.execute_sql(stmt, *params)
         return
     except DatabaseUndefinedRelation:
         pass  # first state write in this dataset: let dlt create the table
     import dlt
     import pyarrow as pa
 
+    row = state.as_row()
     # an Arrow row, so dlt adds none of its _dlt_* columns and plain SQL can write the table later
     table = pa.Table.from_pylist([row], schema=_state_schema())
     run(dlt.resource([table], name=STATE_TABLE, columns=_STATE_COLUMNS, primary_key="table_name",

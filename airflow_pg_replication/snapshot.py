@@ -86,6 +86,13 @@ def begin_snapshot(conn: psycopg.Connection, snapshot_name: str | None) -> None:
         conn.execute("SELECT 1")  # start the transaction: its snapshot is taken now
 
 
+def snapshot_schema(info: TableInfo) -> pa.Schema:
+    """The Arrow schema of :func:`copy_batches`' batches: the table's columns, then ``_pg_lsn``."""
+    import pyarrow as pa
+
+    return pa.schema([(c.name, arrow_type(c)) for c in info.columns] + [(LSN_COLUMN, pa.int64())])
+
+
 def copy_batches(
     conn: psycopg.Connection, info: TableInfo, *, lsn: int | None, block_bytes: int = 8 << 20,
     progress: CopyProgress | None = None, where: sql.Composable | None = None,
@@ -122,8 +129,7 @@ def copy_batches(
             if "Empty CSV file" not in str(exc):
                 raise
             # an empty table still yields one empty batch, so the destination table is created
-            schema = pa.schema([(c.name, arrow_type(c)) for c in info.columns] + [(LSN_COLUMN, lsn_type)])
-            yield pa.RecordBatch.from_pylist([], schema=schema)
+            yield pa.RecordBatch.from_pylist([], schema=snapshot_schema(info))
             return
         for batch in reader:
             arrays = [text_to_arrow(batch.column(i), col) for i, col in enumerate(info.columns)]

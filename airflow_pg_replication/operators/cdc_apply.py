@@ -81,11 +81,12 @@ class PgCdcApplyOperator(PgTableOperator):
                 log.info("%s: nothing to apply between %s and %s (%s); %d transaction(s) of other tables read",
                          t.qualified_name, start_lsn, format_lsn(advance_to), why, batch.transactions)
             else:
-                if not batch.empty:
-                    cols = self._columns_of_batch(conn, folder, info)
-                    applied = _add(applied, apply_changes(dest, batch, cols, soft_deletes=soft))
                 state.applied_lsn = batch.last_commit_lsn
-                dest.write_state(state)
+                if batch.empty:  # all of it went out in parts: only the state is left to record
+                    dest.write_state(state)
+                else:  # the state commits with the data where the destination allows (DuckDB), else after it
+                    cols = self._columns_of_batch(conn, folder, info)
+                    applied = _add(applied, apply_changes(dest, batch, cols, soft_deletes=soft, state=state))
             if advance_to and (slot.confirmed_flush_lsn is None or advance_to > _lsn_int(slot.confirmed_flush_lsn)):
                 hook.advance_slot(conn, t.slot, advance_to)
         secs = time.monotonic() - started

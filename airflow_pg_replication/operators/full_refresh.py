@@ -34,7 +34,7 @@ class PgFullRefreshOperator(PgTableOperator):
         from airflow_pg_replication.loading import destination_columns
         from airflow_pg_replication.replication_state import ReplicationState
         from airflow_pg_replication.pgoutput import format_lsn
-        from airflow_pg_replication.snapshot import CopyProgress, begin_snapshot, copy_batches
+        from airflow_pg_replication.snapshot import CopyProgress, begin_snapshot, copy_batches, snapshot_schema
         from airflow_pg_replication.source_catalog import require_key
 
         t = self.target
@@ -57,18 +57,19 @@ class PgFullRefreshOperator(PgTableOperator):
                     with hook.create_slot_with_snapshot(t.slot) as created:
                         lsn = created.consistent_lsn
                         begin_snapshot(copy_conn, created.snapshot_name)
+                        state = ReplicationState(t.qualified_name, "ready", slot=t.slot, snapshot_lsn=lsn)
                         dest.replace(copy_batches(copy_conn, info, lsn=lsn, block_bytes=self.chunk_bytes,
-                                                  progress=progress), hints, info.primary_key)
+                                                  progress=progress), hints, info.primary_key,
+                                     schema=snapshot_schema(info), state=state)
                         copy_conn.rollback()
-                    state = ReplicationState(t.qualified_name, "ready", slot=t.slot, snapshot_lsn=lsn)
                 else:
                     begin_snapshot(copy_conn, None)
                     lsn = hook.current_wal_lsn(copy_conn)
-                    dest.replace(copy_batches(copy_conn, info, lsn=lsn, block_bytes=self.chunk_bytes,
-                                              progress=progress), hints, info.primary_key)
-                    copy_conn.rollback()
                     state = ReplicationState(t.qualified_name, "loaded", snapshot_lsn=lsn)
-                dest.write_state(state)
+                    dest.replace(copy_batches(copy_conn, info, lsn=lsn, block_bytes=self.chunk_bytes,
+                                              progress=progress), hints, info.primary_key,
+                                 schema=snapshot_schema(info), state=state)
+                    copy_conn.rollback()
         secs = time.monotonic() - started
         log.info("%s: full refresh done at LSN %s: %s; total %.1f s", t.qualified_name, format_lsn(lsn),
                  progress.summary(), secs)

@@ -123,7 +123,7 @@ class PgIncrementalOperator(PgTableOperator):
         from airflow_pg_replication.loading import destination_columns
         from airflow_pg_replication.replication_state import ReplicationState
         from airflow_pg_replication.pgoutput import format_lsn
-        from airflow_pg_replication.snapshot import CopyProgress, begin_snapshot, copy_batches
+        from airflow_pg_replication.snapshot import snapshot_schema, CopyProgress, begin_snapshot, copy_batches
         from airflow_pg_replication.source_catalog import require_key
 
         t = self.target
@@ -167,7 +167,7 @@ class PgIncrementalOperator(PgTableOperator):
             batches = copy_batches(copy_conn, info, lsn=lsn, block_bytes=self.chunk_bytes, progress=progress,
                                    where=where)
             if forced:
-                dest.replace(batches, hints, info.primary_key)
+                dest.replace(batches, hints, info.primary_key, schema=snapshot_schema(info))
             else:
                 dest.merge(batches, hints, info.primary_key)
             copy_conn.rollback()

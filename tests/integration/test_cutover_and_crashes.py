@@ -110,24 +110,39 @@ def test_cdc_crash_after_load_before_slot_advance(pg_db, duck, monkeypatch):
     assert duck.query("SELECT count(*), count(DISTINCT customer_id) FROM replica.customers") == [(91, 91)]
 
 
-def test_cdc_crash_after_load_before_state_write(pg_db, duck, monkeypatch):
+@pytest.mark.parametrize("path", ["duckdb_one_transaction", "generic_dlt_steps"])
+def test_cdc_crash_when_recording_state(pg_db, duck, monkeypatch, path):
+    """DuckDB commits data and state together (a crash rolls both back); the generic path loads the data,
+    then records the state, so a crash between them re-applies the batch: idempotent either way."""
+    import airflow_pg_replication.loading as loading
+
     make_customers(pg_db, rows=50)
     full, apply = ops(duck)
     full.execute({})
+    before = duck.rows("customers", COLS, ["customer_id"])
     pg_db.execute("DELETE FROM customers WHERE customer_id <= 5")
     pg_db.execute("UPDATE customers SET customer_id = customer_id + 1000 WHERE customer_id > 45")
-    real_write = TableDestination.write_state
+    if path == "generic_dlt_steps":
+        monkeypatch.setattr(TableDestination, "is_duckdb", property(lambda self: False))
+    real_statements, real_write = loading.state_statements, TableDestination.write_state
 
-    def crash(self, state):
-        raise RuntimeError("worker died before recording the applied LSN")
+    def crash(*args, **kwargs):
+        raise RuntimeError("worker died while recording the applied LSN")
 
+    monkeypatch.setattr(loading, "state_statements", crash)
     monkeypatch.setattr(TableDestination, "write_state", crash)
     with pytest.raises(RuntimeError, match="worker died"):
         apply.execute({})
+    if path == "duckdb_one_transaction":
+        assert duck.rows("customers", COLS, ["customer_id"]) == before  # rolled back with the state
+    else:
+        assert_same(pg_db, duck)  # the data committed, the state did not
+    monkeypatch.setattr(loading, "state_statements", real_statements)
     monkeypatch.setattr(TableDestination, "write_state", real_write)
-    res = apply.execute({})  # re-reads and re-applies the whole batch: idempotent
+    res = apply.execute({})  # re-reads the whole batch
     assert res["changes"] == 10
     assert_same(pg_db, duck)
+    assert apply.execute({})["changes"] == 0
 
 
 def test_full_refresh_crash_mid_copy_then_rerun(pg_db, duck, monkeypatch):

@@ -20,11 +20,20 @@ import pytest
 from airflow_pg_replication import build_dags
 from airflow_pg_replication.registry import RegistryError
 from tests.integration.conftest import source_rows
-from tests.integration.test_cdc_end_to_end import COLS, make_customers
 
 REPO = Path(__file__).resolve().parents[2]
 DAG_FILE = REPO / "dags" / "pg_replication.py"
 DAG_ID = "pg_replication__public__customers"
+COLS = ["customer_id", "first_name", "last_name", "email", "created_at"]
+
+
+def make_customers(pg_db, rows: int) -> None:
+    pg_db.execute(
+        "CREATE TABLE customers (customer_id bigint PRIMARY KEY, first_name text NOT NULL, "
+        "last_name text NOT NULL, email text, created_at timestamptz NOT NULL DEFAULT now())")
+    pg_db.execute(
+        "INSERT INTO customers SELECT g, 'first' || g, 'last' || g, 'c' || g || '@example.com', "
+        "timestamptz '2024-01-01 00:00:00+00' + g * interval '1 hour' FROM generate_series(1, %s::int) g", (rows,))
 
 
 @dataclass

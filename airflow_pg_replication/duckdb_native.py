@@ -1,0 +1,134 @@
+"""DuckDB fast path: Arrow straight into the file, the data and the state row in one transaction.
+
+dlt still creates and evolves tables (and loads every other destination); this path is used
+only when the destination already has every incoming column with the type the batch carries,
+so dlt's stored schema stays true. One transaction per batch also makes a load and its state
+row commit together: a crash leaves either both or neither.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
+
+from airflow_pg_replication.destination_sql import compose
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+
+def duckdb_type(typ: pa.DataType) -> str | None:
+    """The DuckDB column type dlt creates for an Arrow type (None: no fast path for it)."""
+    import pyarrow as pa
+
+    if pa.types.is_list(typ) or pa.types.is_large_list(typ):
+        return "JSON"
+    simple = {
+        pa.int16(): "SMALLINT", pa.int32(): "INTEGER", pa.int64(): "BIGINT", pa.float32(): "FLOAT",
+        pa.float64(): "DOUBLE", pa.bool_(): "BOOLEAN", pa.binary(): "BLOB", pa.date32(): "DATE",
+        pa.time64("us"): "TIME",
+    }
+    if typ in simple:
+        return simple[typ]
+    if pa.types.is_string(typ) or pa.types.is_large_string(typ):
+        return "VARCHAR"  # or JSON: both take text
+    if pa.types.is_decimal(typ):
+        return f"DECIMAL({typ.precision},{typ.scale})"
+    if pa.types.is_timestamp(typ):
+        return "TIMESTAMP WITH TIME ZONE" if typ.tz else "TIMESTAMP"
+    return None
+
+
+class NativeDuckDb:
+    """Writes into one table of a DuckDB file through dlt's own connection to it."""
+
+    def __init__(self, client: Any, table_name: str) -> None:
+        self.client = client
+        self.con = client.native_connection
+        self.table_name = table_name
+        self.table = client.make_qualified_table_name(table_name)
+
+    def columns(self) -> dict[str, str]:
+        """The destination table's columns and DuckDB types ({} when it does not exist)."""
+        rows = self.con.execute(
+            "SELECT column_name, data_type FROM information_schema.columns "
+            "WHERE table_schema = ? AND table_name = ?", [self.client.dataset_name, self.table_name],
+        ).fetchall()
+        return dict(rows)
+
+    def fits(self, schema: pa.Schema) -> bool:
+        """True when every column of ``schema`` exists with the type dlt would have given it."""
+        have = self.columns()
+        for field in schema:
+            want, got = duckdb_type(field.type), have.get(field.name)
+            if want is None or got is None:
+                return False
+            if got != want and not (want == "VARCHAR" and got == "JSON"):
+                return False
+        return True
+
+    def replace(self, batches: Iterable[pa.RecordBatch], schema: pa.Schema, after: Sequence[tuple]) -> None:
+        """Swap the table's content for ``batches`` in one transaction, with ``after`` statements."""
+        import pyarrow as pa
+
+        failure: list[BaseException] = []
+
+        def source() -> Iterable[pa.RecordBatch]:  # remembers the producer's own error: DuckDB wraps it
+            try:
+                yield from batches
+            except BaseException as exc:
+                failure.append(exc)
+                raise
+
+        reader = pa.RecordBatchReader.from_batches(schema, source())
+        try:
+            self._transaction(lambda: (self.con.execute(compose("DELETE FROM", self.table)),
+                                       self._load("pg_replication_src", reader, schema.names)), after)
+        except Exception:
+            if failure:
+                raise failure[0] from None
+            raise
+
+    def merge(self, upserts: pa.Table | None, key_columns: Sequence[str], delete_keys: pa.Table | None,
+              truncate: tuple[str, Sequence[Any]] | None, after: Sequence[tuple]) -> None:
+        """In one transaction: truncate, delete keys, delete-then-insert the upserts, then ``after``."""
+
+        def work() -> None:
+            if truncate is not None:
+                self.con.execute(*truncate)
+            for keys in (delete_keys, upserts):
+                if keys is not None and keys.num_rows:
+                    match = " AND ".join(compose("t." + self.client.escape_column_name(k), "=",
+                                                 "k." + self.client.escape_column_name(k)) for k in key_columns)
+                    self._run_with("pg_replication_keys", keys.select(list(key_columns)), compose(
+                        "DELETE FROM", self.table, "AS t WHERE EXISTS (SELECT 1 FROM pg_replication_keys AS k WHERE",
+                        match, ")"))
+            if upserts is not None and upserts.num_rows:
+                self._load("pg_replication_src", upserts, upserts.column_names)
+
+        self._transaction(work, after)
+
+    def _load(self, name: str, data: Any, names: Sequence[str]) -> None:
+        cols = ", ".join(self.client.escape_column_name(n) for n in names)
+        self._run_with(name, data, compose("INSERT INTO", self.table, "(", cols, ") SELECT", cols, "FROM", name))
+
+    def _run_with(self, name: str, data: Any, statement: str) -> None:
+        """Run ``statement`` with the Arrow ``data`` visible as the view ``name``."""
+        self.con.register(name, data)
+        try:
+            self.con.execute(statement)
+        finally:
+            try:
+                self.con.unregister(name)
+            except Exception:  # an aborted transaction refuses it; the rollback comes next
+                pass
+
+    def _transaction(self, work: Any, after: Sequence[tuple]) -> None:
+        self.con.execute("BEGIN TRANSACTION")
+        try:
+            work()
+            for stmt in after:
+                self.con.execute(*stmt)
+            self.con.execute("COMMIT")
+        except BaseException:
+            self.con.execute("ROLLBACK")
+            raise
