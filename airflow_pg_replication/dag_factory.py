@@ -50,6 +50,24 @@ def build_dags(path_or_registry: str | os.PathLike | Registry, *, only_dag_id: s
     return dags
 
 
+def registry_path(dag_folder: str | os.PathLike) -> str:
+    """The registry a DAG file reads: ``$PG_REPLICATION_REGISTRY``, else ``tables.yaml`` beside the file."""
+    return os.environ.get("PG_REPLICATION_REGISTRY") or os.path.join(dag_folder, "tables.yaml")
+
+
+def raise_registry_errors(path: str | os.PathLike) -> None:
+    """Raise one error naming every broken table entry, so Airflow lists it among its import errors.
+
+    Meant for a DAG file of its own (``dags/pg_replication_registry_errors.py``): the DAG file
+    that builds the tables stays importable, so the other tables' DAGs keep loading.
+    """
+    from airflow_pg_replication.registry import RegistryError
+
+    _, errors = load_registry_tolerant(path)
+    if errors:
+        raise RegistryError([issue for err in errors for issue in err.errors])
+
+
 def _parsing_dag_id() -> str | None:
     try:
         from airflow.sdk import get_parsing_context

@@ -202,3 +202,36 @@ def test_broken_dag_run_fails_with_registry_error(airflow_env: AirflowEnv, tmp_p
     assert state == "failed" and tasks == {"registry_error": "failed"}
     output = proc.stdout + proc.stderr
     assert "RegistryError" in output and "cursor_column" in output, _tail(proc)
+
+
+def test_broken_entry_is_an_airflow_import_error_and_good_dags_load(tmp_path: Path) -> None:
+    """Airflow's DagBag over dags/: the broken entry is listed among import errors (file, line, key),
+    and every good table's DAG still loads."""
+    registry = write_registry(tmp_path / "tables.yaml", tmp_path / "w.duckdb", BROKEN_REGISTRY)
+    dags = tmp_path / "dags"
+    dags.mkdir()
+    for name in ("pg_replication.py", "pg_replication_registry_errors.py"):
+        shutil.copy(REPO / "dags" / name, dags / name)
+    code = textwrap.dedent(f"""\
+        import json
+        try:
+            from airflow.dag_processing.dagbag import DagBag
+        except ImportError:
+            from airflow.models.dagbag import DagBag
+        bag = DagBag(dag_folder={str(dags)!r})
+        print(json.dumps({{"dags": sorted(bag.dag_ids), "errors": {{k.split("/")[-1]: v for k, v in bag.import_errors.items()}}}}))
+        """)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW__")}
+    env.update(PG_REPLICATION_REGISTRY=str(registry), AIRFLOW_HOME=str(tmp_path / "home"),
+               AIRFLOW__CORE__LOAD_EXAMPLES="False",
+               PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=180,
+                          stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    import json
+
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert "pg_replication__public__customers" in out["dags"]
+    assert list(out["errors"]) == ["pg_replication_registry_errors.py"]
+    error = out["errors"]["pg_replication_registry_errors.py"]
+    assert "tables[1]" in error and "cursor_column" in error and f"{registry}:" in error
