@@ -149,6 +149,7 @@ defaults:
   schedule: null
   poke_interval: 2
   wait_timeout: 60
+  verify: true      # a final task compares source and destination (row hashes by key range)
 tables:
   - table: public.customers
     primary_key: [customer_id]
@@ -241,13 +242,13 @@ def main() -> int:
         say("airflow db migrate (SQLite metadata DB in the demo dir) ...")
         airflow.run("db", "migrate", log_name="db-migrate")
 
-        say(f"run 1: airflow dags test {DAG_ID}  (expect plan -> full_refresh)")
-        run_dag(airflow, "run-1", ["plan", "full_refresh"], ["wait_for_changes", "apply_changes"])
+        say(f"run 1: airflow dags test {DAG_ID}  (expect plan -> full_refresh -> verify)")
+        run_dag(airflow, "run-1", ["plan", "full_refresh", "verify"], ["wait_for_changes", "apply_changes"])
 
         say(f"source: {change_customers(dsn, args.rows)}")
 
-        say(f"run 2: airflow dags test {DAG_ID}  (expect plan -> wait_for_changes -> apply_changes)")
-        run_dag(airflow, "run-2", ["plan", "wait_for_changes", "apply_changes"], ["full_refresh"])
+        say(f"run 2: airflow dags test {DAG_ID}  (expect plan -> wait_for_changes -> apply_changes -> verify)")
+        run_dag(airflow, "run-2", ["plan", "wait_for_changes", "apply_changes", "verify"], ["full_refresh"])
 
         shown = [*COLUMNS, "_pg_lsn"]
         say(f"DuckDB {duck.name}: replica.customers, first rows (_pg_lsn: the snapshot's LSN, or a later commit's):")
