@@ -15,6 +15,8 @@ from airflow_pg_replication.typemap import PgColumn, arrow_type, text_to_arrow
 if TYPE_CHECKING:
     import pyarrow as pa
 
+    from airflow_pg_replication.columnar_fold import ColumnarBatch
+
 log = logging.getLogger(__name__)
 
 
@@ -105,16 +107,79 @@ def _rows_to_table(
         if c in to_fill:
             col_text = [None if v is UNCHANGED_TOAST else v for v in col_text]
         arrays.append(text_to_arrow(pa.array(col_text, pa.string()), columns[name]))
-    if to_fill:
-        arrays = _fill_kept_values(dest, arrays, layout, key_columns, columns, to_fill, result)
-    names = list(layout)
-    arrays.append(pa.array([row.commit_lsn for _, row in rows], pa.int64()))
-    names.append(LSN_COLUMN)
+    deleted_at = None
     if soft_deletes:
-        arrays.append(pa.array([row.commit_time if row.deleted else None for _, row in rows],
-                               pa.timestamp("us", tz="UTC")))
+        deleted_at = pa.array([row.commit_time if row.deleted else None for _, row in rows],
+                              pa.timestamp("us", tz="UTC"))
+    return _finish_table(dest, arrays, layout, key_columns, columns, to_fill,
+                         pa.array([row.commit_lsn for _, row in rows], pa.int64()), deleted_at, result)
+
+
+def _finish_table(
+    dest: TableDestination, arrays: list, layout: Sequence[str], key_columns: Sequence[str],
+    columns: Mapping[str, PgColumn], to_fill: dict[int, list[int]], lsn: pa.Array, deleted_at: pa.Array | None,
+    result: ApplyResult,
+) -> pa.Table:
+    """Typed columns + kept values read back from the destination + ``_pg_lsn`` (+ ``_pg_deleted_at``)."""
+    import pyarrow as pa
+
+    if to_fill:
+        arrays = _fill_kept_values(dest, arrays, tuple(layout), key_columns, columns, to_fill, result)
+    names = [*layout, LSN_COLUMN]
+    arrays = [*arrays, lsn]
+    if deleted_at is not None:
         names.append(DELETED_AT_COLUMN)
+        arrays.append(deleted_at)
     return pa.Table.from_arrays(arrays, names=names)
+
+
+def apply_columnar(
+    dest: TableDestination, batch: ColumnarBatch, columns: Mapping[str, PgColumn], *, soft_deletes: bool,
+    state: ReplicationState | None = None,
+) -> ApplyResult:
+    """:func:`apply_changes` for a batch folded column-wise (:mod:`columnar_fold`): same outcome, in bulk."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    result = ApplyResult()
+    key_columns = batch.key_columns
+    layout = tuple(c.name for c in batch.relation.columns)
+    deleted = batch.deleted.to_numpy(zero_copy_only=False)
+    delete_keys = None
+    if soft_deletes:
+        keep = np.ones(len(deleted), dtype=bool)
+    else:
+        keep = ~deleted
+        if deleted.any():
+            gone = pa.array(deleted)
+            delete_keys = pa.table({k: text_to_arrow(batch.values[k].filter(gone), columns[k]) for k in key_columns})
+            result.deletes = delete_keys.num_rows
+    mask = pa.array(keep)
+    unknown = ~batch.known.to_numpy(zero_copy_only=False)[keep]  # soft deletes of rows not seen: keep all
+    to_fill: dict[int, list[int]] = {}
+    arrays = []
+    for c, name in enumerate(layout):
+        arrays.append(text_to_arrow(batch.values[name].filter(mask), columns[name]))
+        kept = np.zeros(int(keep.sum()), dtype=bool)
+        if name in batch.unchanged:
+            kept |= batch.unchanged[name].to_numpy(zero_copy_only=False)[keep]
+        if name not in key_columns:
+            kept |= unknown
+        if kept.any():
+            to_fill[c] = np.flatnonzero(kept).tolist()
+    deleted_at = None
+    if soft_deletes:
+        deleted_at = pc.if_else(batch.deleted, batch.commit_time, pa.nulls(len(batch), batch.commit_time.type))
+    upserts = _finish_table(dest, arrays, layout, key_columns, columns, to_fill, batch.commit_lsn.filter(mask),
+                            deleted_at, result) if keep.any() else None
+    hint_cols = [columns[n] for n in layout]
+    dest.apply_batch(upserts=upserts, delete_keys=delete_keys, truncate=None, key_columns=key_columns,
+                     columns=destination_columns(hint_cols, soft_deletes=soft_deletes), state=state)
+    result.upserts = int((~deleted).sum())
+    if soft_deletes:
+        result.deletes = int(deleted.sum())
+    return result
 
 
 def _fill_kept_values(

@@ -31,8 +31,9 @@ class PgCdcApplyOperator(PgTableOperator):
         self.max_lag_bytes = max_lag_bytes
 
     def execute(self, context: Any) -> dict[str, Any]:
-        from airflow_pg_replication.apply import apply_changes
+        from airflow_pg_replication.apply import apply_changes, apply_columnar
         from airflow_pg_replication.changes import ChangeFolder
+        from airflow_pg_replication.columnar_fold import fold_columnar
         from airflow_pg_replication.pgoutput import decode, format_lsn
         from airflow_pg_replication.source_catalog import require_key
 
@@ -54,43 +55,69 @@ class PgCdcApplyOperator(PgTableOperator):
             require_key(info, mode="cdc")
             upto = hook.current_wal_lsn(conn)
             start_lsn = slot.confirmed_flush_lsn
-            folder = ChangeFolder(info.primary_key, applied_lsn=state.applied_lsn,
-                                  relation_names={(t.schema, t.name)})
-            messages = 0
-            applied = None
+            names = {(t.schema, t.name)}
             soft = self.deletes == "soft"
+            read_started = time.monotonic()
+            raw: list[bytes] = []  # the batch's messages, folded column-wise at the end ...
+            folder = None  # ... or message by message, past max_rows_in_memory or for an unusual batch
+            applied = None
+            messages = 0
             for _lsn, data in hook.peek_changes(conn, t.slot, t.publication, upto_lsn=upto,
                                                 max_changes=self.max_batch_changes):
                 messages += 1
-                folder.feed(decode(data))
+                if folder is None:
+                    raw.append(data)
+                    if len(raw) < self.max_rows_in_memory:
+                        continue
+                    folder = ChangeFolder(info.primary_key, applied_lsn=state.applied_lsn, relation_names=names)
+                    for msg in raw:
+                        folder.feed(decode(msg))
+                    raw = []
+                else:
+                    folder.feed(decode(data))
                 if len(folder.batch.rows) >= self.max_rows_in_memory:
                     # A huge transaction: apply what is folded so far, in order, and go on. Nothing is
                     # recorded or advanced until the whole batch is in, so a crash replays it from the start.
                     part = folder.take_rows()
                     log.info("%s: applying part %d of a large batch (%d rows) to bound memory",
                              t.qualified_name, folder.flushed_parts, len(part.rows))
-                    applied = _add(applied, apply_changes(dest, part, self._columns_of_batch(conn, folder, info),
+                    applied = _add(applied, apply_changes(dest, part, self._columns_of_relations(conn, folder.relations_seen, info),
                                                           soft_deletes=soft))
-            batch = folder.batch
+            columnar = None
+            if folder is None and info.primary_key:
+                columnar = fold_columnar(raw, info.primary_key, applied_lsn=state.applied_lsn, relation_names=names)
+            if folder is None and columnar is None:
+                folder = ChangeFolder(info.primary_key, applied_lsn=state.applied_lsn, relation_names=names)
+                for msg in raw:
+                    folder.feed(decode(msg))
+            del raw
+            batch = columnar if columnar is not None else folder.batch
+            read_secs = time.monotonic() - read_started
             cut = messages >= self.max_batch_changes  # PostgreSQL may have stopped early: more is waiting
             # Where the slot may advance to: all read WAL when the read ran to ``upto``, else the last commit.
             advance_to = batch.last_end_lsn if cut else max(upto, batch.last_end_lsn or 0)
-            if batch.empty and not folder.flushed_parts:
+            nothing = len(columnar) == 0 if columnar is not None else batch.empty and not folder.flushed_parts
+            if nothing:
                 why = ("every transaction read was already applied" if batch.skipped
                        else "no change for this table in the WAL read")
                 log.info("%s: nothing to apply between %s and %s (%s); %d transaction(s) of other tables read",
                          t.qualified_name, start_lsn, format_lsn(advance_to), why, batch.transactions)
             else:
+                log.info("%s: read %d message(s), %d change(s) in %.1f s (%s fold)", t.qualified_name, messages,
+                         batch.changes, read_secs, "column-wise" if columnar is not None else "per-message")
                 state.applied_lsn = batch.last_commit_lsn
-                if batch.empty:  # all of it went out in parts: only the state is left to record
+                if columnar is not None:  # the state commits with the data where the destination allows (DuckDB)
+                    cols = self._columns_of_relations(conn, [columnar.relation], info)
+                    applied = apply_columnar(dest, columnar, cols, soft_deletes=soft, state=state)
+                elif batch.empty:  # all of it went out in parts: only the state is left to record
                     dest.write_state(state)
-                else:  # the state commits with the data where the destination allows (DuckDB), else after it
-                    cols = self._columns_of_batch(conn, folder, info)
+                else:
+                    cols = self._columns_of_relations(conn, folder.relations_seen, info)
                     applied = _add(applied, apply_changes(dest, batch, cols, soft_deletes=soft, state=state))
             if advance_to and (slot.confirmed_flush_lsn is None or advance_to > _lsn_int(slot.confirmed_flush_lsn)):
                 hook.advance_slot(conn, t.slot, advance_to)
         secs = time.monotonic() - started
-        changes = batch.changes
+        changes = batch.changes if not nothing else 0
         log.info(
             "%s: applied %d change(s) in %d transaction(s), LSN %s -> %s%s: %s upserts, %s deletes%s; "
             "%.1f s (%.0f changes/s)%s",
@@ -126,12 +153,11 @@ class PgCdcApplyOperator(PgTableOperator):
                         t.qualified_name, t.slot, f"{slot.lag_bytes:,}", f"{self.max_lag_bytes:,}")
 
     @staticmethod
-    def _columns_of_batch(conn: Any, folder: Any, info: Any) -> dict:
+    def _columns_of_relations(conn: Any, rels: Sequence[Any], info: Any) -> dict:
         """Types of every column the batch's relation messages carried (schema changes included)."""
         from airflow_pg_replication.source_catalog import resolve_column_types
         from airflow_pg_replication.typemap import PgColumn
 
-        rels = folder.relations_seen
         oids = [c.type_oid for rel in rels for c in rel.columns]
         types = resolve_column_types(conn, oids)
         cols = {c.name: c for c in info.columns}
