@@ -67,26 +67,20 @@ class NativeDuckDb:
         return True
 
     def replace(self, batches: Iterable[pa.RecordBatch], schema: pa.Schema, after: Sequence[tuple]) -> None:
-        """Swap the table's content for ``batches`` in one transaction, with ``after`` statements."""
+        """Swap the table's content for ``batches`` in one transaction, with ``after`` statements.
+
+        Batches are pushed one INSERT each from this thread; DuckDB never calls back into Python
+        (an error raised inside a generator DuckDB pulls from can hang its scan).
+        """
         import pyarrow as pa
 
-        failure: list[BaseException] = []
+        def work() -> None:
+            self.con.execute(compose("DELETE FROM", self.table))
+            for batch in batches:
+                if batch.num_rows:
+                    self._load("pg_replication_src", pa.Table.from_batches([batch], schema=schema), schema.names)
 
-        def source() -> Iterable[pa.RecordBatch]:  # remembers the producer's own error: DuckDB wraps it
-            try:
-                yield from batches
-            except BaseException as exc:
-                failure.append(exc)
-                raise
-
-        reader = pa.RecordBatchReader.from_batches(schema, source())
-        try:
-            self._transaction(lambda: (self.con.execute(compose("DELETE FROM", self.table)),
-                                       self._load("pg_replication_src", reader, schema.names)), after)
-        except Exception:
-            if failure:
-                raise failure[0] from None
-            raise
+        self._transaction(work, after)
 
     def merge(self, upserts: pa.Table | None, key_columns: Sequence[str], delete_keys: pa.Table | None,
               truncate: tuple[str, Sequence[Any]] | None, after: Sequence[tuple]) -> None:
