@@ -46,6 +46,8 @@ class NativeDuckDb:
         self.con = client.native_connection
         self.table_name = table_name
         self.table = client.make_qualified_table_name(table_name)
+        # past this DuckDB spills to its temp directory, so a big load keeps the task's memory bounded
+        self.con.execute("SET memory_limit = '256MB'")
 
     def columns(self) -> dict[str, str]:
         """The destination table's columns and DuckDB types ({} when it does not exist)."""
@@ -67,20 +69,33 @@ class NativeDuckDb:
         return True
 
     def replace(self, batches: Iterable[pa.RecordBatch], schema: pa.Schema, after: Sequence[tuple]) -> None:
-        """Swap the table's content for ``batches`` in one transaction, with ``after`` statements.
+        """Swap the table's content for ``batches``, then run ``after``, readers seeing old or new only.
 
-        Batches are pushed one INSERT each from this thread; DuckDB never calls back into Python
-        (an error raised inside a generator DuckDB pulls from can hang its scan).
+        Batches land in a staging table, one short transaction each, so memory stays bounded
+        (DuckDB holds an open transaction's Arrow input until it commits); one transaction then
+        swaps the staged rows in and runs ``after``. Batches are pushed from this thread: DuckDB
+        never calls back into Python.
         """
         import pyarrow as pa
 
-        def work() -> None:
-            self.con.execute(compose("DELETE FROM", self.table))
+        staging_schema = self.client.escape_column_name(self.client.dataset_name + "_staging")
+        staging = staging_schema + "." + self.client.escape_column_name(self.table_name + "__pg_replace")
+        self.con.execute(compose("CREATE SCHEMA IF NOT EXISTS", staging_schema))
+        self.con.execute(compose("CREATE OR REPLACE TABLE", staging, "AS SELECT * FROM", self.table, "LIMIT 0"))
+        try:
             for batch in batches:
                 if batch.num_rows:
-                    self._load("pg_replication_src", pa.Table.from_batches([batch], schema=schema), schema.names)
+                    self._run_with("pg_replication_src", pa.Table.from_batches([batch], schema=schema),
+                                   self._insert_statement(staging, "pg_replication_src", schema.names))
+            self._transaction(lambda: (self.con.execute(compose("DELETE FROM", self.table)),
+                                       self.con.execute(self._insert_statement(self.table, staging, schema.names))),
+                              after)
+        finally:
+            self.con.execute(compose("DROP TABLE IF EXISTS", staging))
 
-        self._transaction(work, after)
+    def _insert_statement(self, target: str, source: str, names: Sequence[str]) -> str:
+        cols = ", ".join(self.client.escape_column_name(n) for n in names)
+        return compose("INSERT INTO", target, "(", cols, ") SELECT", cols, "FROM", source)
 
     def merge(self, upserts: pa.Table | None, key_columns: Sequence[str], delete_keys: pa.Table | None,
               truncate: tuple[str, Sequence[Any]] | None, after: Sequence[tuple]) -> None:
@@ -102,8 +117,7 @@ class NativeDuckDb:
         self._transaction(work, after)
 
     def _load(self, name: str, data: Any, names: Sequence[str]) -> None:
-        cols = ", ".join(self.client.escape_column_name(n) for n in names)
-        self._run_with(name, data, compose("INSERT INTO", self.table, "(", cols, ") SELECT", cols, "FROM", name))
+        self._run_with(name, data, self._insert_statement(self.table, name, names))
 
     def _run_with(self, name: str, data: Any, statement: str) -> None:
         """Run ``statement`` with the Arrow ``data`` visible as the view ``name``."""
