@@ -78,6 +78,14 @@ class NativeDuckDb:
         """
         import pyarrow as pa
 
+        if not self.con.execute(compose("SELECT count(*) FROM (SELECT 1 FROM", self.table, "LIMIT 1)")).fetchone()[0]:
+            # nothing to keep visible meanwhile: load in place, one short transaction a batch, state last
+            for batch in batches:
+                if batch.num_rows:
+                    self._transaction(lambda b=batch: self._load("pg_replication_src", pa.Table.from_batches(
+                        [b], schema=schema), schema.names), ())
+            self._transaction(lambda: None, after)
+            return
         staging_schema = self.client.escape_column_name(self.client.dataset_name + "_staging")
         staging = staging_schema + "." + self.client.escape_column_name(self.table_name + "__pg_replace")
         self.con.execute(compose("CREATE SCHEMA IF NOT EXISTS", staging_schema))

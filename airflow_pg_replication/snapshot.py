@@ -6,7 +6,7 @@ import io
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Iterable, Iterator, TypeVar
 
 from airflow_pg_replication.loading import LSN_COLUMN
 from airflow_pg_replication.typemap import arrow_type, text_to_arrow
@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from airflow_pg_replication.source_catalog import TableInfo
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass
@@ -68,6 +69,48 @@ class _CopyReader(io.RawIOBase):
         b[:n] = self._buf[:n]
         self._buf = self._buf[n:]
         return n
+
+
+def prefetched(items: Iterable[T], depth: int = 2) -> Iterator[T]:
+    """Yield ``items`` while a thread reads up to ``depth`` ahead, so reading overlaps loading.
+
+    The producer's error is raised in the consumer; a consumer that stops early stops the producer.
+    """
+    import queue
+    import threading
+
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        q.put((item, None), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put((done, None))
+        except BaseException as exc:  # handed to the consumer
+            q.put((done, exc))
+
+    thread = threading.Thread(target=produce, name="pg_replication_prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item, exc = q.get()
+            if item is done:
+                if exc is not None:
+                    raise exc
+                return
+            yield item
+    finally:
+        stop.set()
+        thread.join()
 
 
 def begin_snapshot(conn: psycopg.Connection, snapshot_name: str | None) -> None:

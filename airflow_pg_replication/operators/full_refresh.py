@@ -34,7 +34,13 @@ class PgFullRefreshOperator(PgTableOperator):
         from airflow_pg_replication.loading import destination_columns
         from airflow_pg_replication.replication_state import ReplicationState
         from airflow_pg_replication.pgoutput import format_lsn
-        from airflow_pg_replication.snapshot import CopyProgress, begin_snapshot, copy_batches, snapshot_schema
+        from airflow_pg_replication.snapshot import (
+            CopyProgress,
+            begin_snapshot,
+            copy_batches,
+            prefetched,
+            snapshot_schema,
+        )
         from airflow_pg_replication.source_catalog import require_key
 
         t = self.target
@@ -58,16 +64,16 @@ class PgFullRefreshOperator(PgTableOperator):
                         lsn = created.consistent_lsn
                         begin_snapshot(copy_conn, created.snapshot_name)
                         state = ReplicationState(t.qualified_name, "ready", slot=t.slot, snapshot_lsn=lsn)
-                        dest.replace(copy_batches(copy_conn, info, lsn=lsn, block_bytes=self.chunk_bytes,
-                                                  progress=progress), hints, info.primary_key,
+                        dest.replace(prefetched(copy_batches(copy_conn, info, lsn=lsn, block_bytes=self.chunk_bytes,
+                                                             progress=progress)), hints, info.primary_key,
                                      schema=snapshot_schema(info), state=state)
                         copy_conn.rollback()
                 else:
                     begin_snapshot(copy_conn, None)
                     lsn = hook.current_wal_lsn(copy_conn)
                     state = ReplicationState(t.qualified_name, "loaded", snapshot_lsn=lsn)
-                    dest.replace(copy_batches(copy_conn, info, lsn=lsn, block_bytes=self.chunk_bytes,
-                                              progress=progress), hints, info.primary_key,
+                    dest.replace(prefetched(copy_batches(copy_conn, info, lsn=lsn, block_bytes=self.chunk_bytes,
+                                                         progress=progress)), hints, info.primary_key,
                                  schema=snapshot_schema(info), state=state)
                     copy_conn.rollback()
         secs = time.monotonic() - started
