@@ -83,12 +83,20 @@ def parse_bool(values: pa.Array, column: str) -> pa.Array:
     return pc.equal(values, "t")
 
 
-def parse_decimal(values: pa.Array, to: pa.DataType, column: str) -> pa.Array:
-    """Exact decimal conversion; raises instead of rounding, overflowing or dropping NaN."""
+def parse_decimal(values: pa.Array, to: pa.DataType, column: str, *, fits: bool = False) -> pa.Array:
+    """Exact decimal conversion; raises instead of rounding, overflowing or dropping NaN.
+
+    ``fits``: the column's declared numeric(p,s) is ``to`` itself, so PostgreSQL already holds every
+    value to it and a plain cast is exact (only NaN needs catching).
+    """
     special = pc.is_in(values, pa.array(["NaN", "Infinity", "-Infinity"]))
     _check(values, pc.invert(special), column,
            "numeric NaN/Infinity has no decimal representation; declare the column float8"
            " or keep such values out of replicated tables")
+    if fits:  # cheap guard: no value with more digits than the type holds (Arrow's cast wraps past 38)
+        most = pc.max(pc.count_substring_regex(values, "[0-9]")).as_py()
+        if most is None or most <= to.precision:
+            return _cast(values, to, column)
     parts = pc.extract_regex(values, _NUMERIC_RE)
     _check(values, pc.is_valid(parts), column, "not a plain numeric literal")
     digits = pc.utf8_ltrim(pc.struct_field(parts, "int"), characters="0")

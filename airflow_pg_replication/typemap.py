@@ -251,7 +251,9 @@ def text_to_arrow(
     if pa.types.is_floating(to):
         return textparse.parse_float(values, to, col.name)
     if pa.types.is_decimal(to):
-        return textparse.parse_decimal(values, to, col.name)
+        declared = numeric_precision_scale(_typmod(col))
+        return textparse.parse_decimal(values, to, col.name,
+                                       fits=declared is not None and declared[1] >= 0 and declared[0] <= 38)
     if pa.types.is_boolean(to):
         return textparse.parse_bool(values, col.name)
     if pa.types.is_binary(to):
