@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from psycopg import sql
 
     from airflow_pg_replication.source_catalog import TableInfo
+    from airflow_pg_replication.typemap import PgColumn
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -69,6 +70,43 @@ class _CopyReader(io.RawIOBase):
         b[:n] = self._buf[:n]
         self._buf = self._buf[n:]
         return n
+
+
+_JSON_ELEMENT_TYPES = ("string", "int16", "int32", "int64", "bool")
+
+
+def _json_list_type(col: PgColumn) -> pa.DataType | None:
+    """For a 1-D array whose elements JSON carries exactly (text-like, integers, bool): its list type.
+
+    Such arrays are read as ``json_build_object('v', col)`` and parsed by Arrow's C++ JSON reader,
+    many times faster than parsing PostgreSQL's array literals; values are the same either way.
+    """
+    import pyarrow as pa
+
+    typ = arrow_type(col)
+    if not pa.types.is_list(typ) or str(typ.value_type) not in _JSON_ELEMENT_TYPES:
+        return None
+    if col.type.element is not None and col.type.element.name in ("json", "jsonb"):
+        return None  # JSON elements would arrive as documents, not as their text
+    return typ
+
+
+def _json_lists(docs: pa.Array, typ: pa.DataType) -> pa.Array:
+    """``{"v": [...]}`` documents, one per row -> the list column."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    from pyarrow import json as pajson
+
+    if len(docs) == 0:
+        return pa.array([], typ)
+    lines = pc.binary_join_element_wise(docs, pa.scalar("\n"), "")
+    offsets = lines.buffers()[1]
+    start, end = (int.from_bytes(offsets[i * 4:(i + 1) * 4], "little", signed=True)
+                  for i in (lines.offset, lines.offset + len(lines)))
+    data = lines.buffers()[2][start:end]
+    table = pajson.read_json(pa.BufferReader(data), parse_options=pajson.ParseOptions(
+        explicit_schema=pa.schema([("v", typ)]), newlines_in_values=False))
+    return table.column("v").combine_chunks()
 
 
 def prefetched(items: Iterable[T], depth: int = 2) -> Iterator[T]:
@@ -151,8 +189,14 @@ def copy_batches(
 
     progress = progress or CopyProgress(info.qualified_name)
     names = info.column_names
+    as_json = [_json_list_type(c) for c in info.columns]  # arrays PostgreSQL hands over as JSON documents
+    select = [
+        sql.SQL("json_build_object('v', {})::text").format(sql.Identifier(c.name)) if j is not None
+        else sql.Identifier(c.name)
+        for c, j in zip(info.columns, as_json)
+    ]
     query = sql.SQL("COPY (SELECT {} FROM {}.{}{}) TO STDOUT (FORMAT csv)").format(
-        sql.SQL(", ").join(sql.Identifier(n) for n in names),
+        sql.SQL(", ").join(select),
         sql.Identifier(info.schema), sql.Identifier(info.name),
         sql.SQL(" WHERE ") + where if where is not None else sql.SQL(""),
     )
@@ -175,7 +219,8 @@ def copy_batches(
             yield pa.RecordBatch.from_pylist([], schema=snapshot_schema(info))
             return
         for batch in reader:
-            arrays = [text_to_arrow(batch.column(i), col) for i, col in enumerate(info.columns)]
+            arrays = [text_to_arrow(batch.column(i), col) if as_json[i] is None
+                      else _json_lists(batch.column(i), as_json[i]) for i, col in enumerate(info.columns)]
             arrays.append(pa.array([lsn] * batch.num_rows, lsn_type) if lsn is not None
                           else pa.nulls(batch.num_rows, lsn_type))
             progress.tick(batch.num_rows)
