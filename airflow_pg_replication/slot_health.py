@@ -33,8 +33,11 @@ def judge_slot(slot: SlotInfo | None, *, slot_name: str, table: str, min_lag_byt
         )
     lag = slot.lag_bytes or 0
     safe = f", safe_wal_size {slot.safe_wal_size:,} bytes" if slot.safe_wal_size is not None else ""
+    until = slot.seconds_until_invalidated
+    eta = (f", invalidated in about {_duration(until)} at {slot.wal_bytes_per_second / 1e6:,.2f} MB/s of WAL "
+           "(max_slot_wal_keep_size)" if until is not None else "")
     msg = (f"slot {slot_name} of {table}: lag {lag:,} bytes, retained {slot.retained_bytes or 0:,} bytes, "
-           f"wal_status {slot.wal_status}{safe}")
+           f"wal_status {slot.wal_status}{safe}{eta}")
     if lag > max_lag_bytes:
         raise ReplicationError(
             f"{msg}: past max_lag_bytes={max_lag_bytes:,}. The slot pins WAL on the source; apply changes more "
@@ -44,3 +47,13 @@ def judge_slot(slot: SlotInfo | None, *, slot_name: str, table: str, min_lag_byt
     if warn:
         msg += f" (warning: past half of max_lag_bytes={max_lag_bytes:,} or WAL unreserved)"
     return SlotVerdict(ready=lag >= min_lag_bytes, message=msg, warn=warn)
+
+
+def _duration(seconds: float) -> str:
+    """3 d 4 h, 2 h 5 min, 7 min, 40 s."""
+    s = int(seconds)
+    if s >= 86400:
+        return f"{s // 86400} d {s % 86400 // 3600} h"
+    if s >= 3600:
+        return f"{s // 3600} h {s % 3600 // 60} min"
+    return f"{s // 60} min" if s >= 60 else f"{s} s"

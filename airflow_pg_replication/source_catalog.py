@@ -36,7 +36,9 @@ SELECT s.slot_name, s.plugin, s.slot_type, d.datname, s.active, s.wal_status,
        s.safe_wal_size, s.restart_lsn::text, s.confirmed_flush_lsn::text,
        pg_wal_lsn_diff(pg_current_wal_lsn(), s.restart_lsn)::bigint AS retained_bytes,
        pg_wal_lsn_diff(pg_current_wal_lsn(), s.confirmed_flush_lsn)::bigint AS lag_bytes,
-       current_database() AS this_db
+       current_database() AS this_db,
+       (SELECT w.wal_bytes / greatest(extract(epoch FROM now() - w.stats_reset), 1)
+        FROM pg_stat_wal w)::float8 AS wal_bytes_per_second
 FROM pg_replication_slots s
 LEFT JOIN pg_database d ON d.oid = s.datoid
 WHERE s.slot_name = %s
@@ -79,6 +81,14 @@ class SlotInfo:
     retained_bytes: int | None
     lag_bytes: int | None
     in_this_database: bool
+    wal_bytes_per_second: float | None = None  # the server's average WAL rate since its stats were reset
+
+    @property
+    def seconds_until_invalidated(self) -> float | None:
+        """At the WAL rate, when ``max_slot_wal_keep_size`` would invalidate the slot (None: no limit)."""
+        if self.safe_wal_size is None or not self.wal_bytes_per_second:
+            return None
+        return max(self.safe_wal_size, 0) / self.wal_bytes_per_second
 
     @property
     def lost(self) -> bool:
@@ -169,5 +179,5 @@ def _slot_info(row: tuple | None) -> SlotInfo | None:
     return SlotInfo(
         name=row[0], plugin=row[1], database=row[3], active=bool(row[4]), wal_status=row[5],
         safe_wal_size=row[6], restart_lsn=row[7], confirmed_flush_lsn=row[8], retained_bytes=row[9],
-        lag_bytes=row[10], in_this_database=row[3] == row[11],
+        lag_bytes=row[10], in_this_database=row[3] == row[11], wal_bytes_per_second=row[12],
     )

@@ -235,3 +235,14 @@ def test_broken_entry_is_an_airflow_import_error_and_good_dags_load(tmp_path: Pa
     assert list(out["errors"]) == ["pg_replication_registry_errors.py"]
     error = out["errors"]["pg_replication_registry_errors.py"]
     assert "tables[1]" in error and "cursor_column" in error and f"{registry}:" in error
+
+
+def test_only_the_running_dag_is_built_during_task_execution(tmp_path: Path, monkeypatch) -> None:
+    """Airflow's parsing context names the DAG a task belongs to: only that one is built."""
+    registry = write_registry(tmp_path / "tables.yaml", tmp_path / "w.duckdb", BROKEN_REGISTRY)
+    monkeypatch.setenv("_AIRFLOW_PARSING_CONTEXT_DAG_ID", "pg_replication__public__customers")
+    monkeypatch.setenv("_AIRFLOW_PARSING_CONTEXT_TASK_ID", "apply_changes")
+    assert list(build_dags(registry)) == ["pg_replication__public__customers"]
+    monkeypatch.delenv("_AIRFLOW_PARSING_CONTEXT_DAG_ID")
+    monkeypatch.delenv("_AIRFLOW_PARSING_CONTEXT_TASK_ID")
+    assert len(build_dags(registry)) == 2

@@ -104,9 +104,16 @@ def invalidate_slot(dsn: str) -> None:
 
 
 def test_invalidated_slot_fail_policy(small_wal_cluster, duck):
+    from airflow_pg_replication.slot_health import judge_slot
+    from airflow_pg_replication.source_catalog import read_slot_info
+
     dsn = small_wal_cluster.dsn("src")
     make_table(dsn)
     snapshot(duck)
+    with psycopg.connect(dsn, autocommit=True) as conn:  # max_slot_wal_keep_size is set: the log says when
+        verdict = judge_slot(read_slot_info(conn, SLOT), slot_name=SLOT, table="public.customers",
+                             min_lag_bytes=1, max_lag_bytes=10**12)
+    assert "safe_wal_size" in verdict.message and "invalidated in about" in verdict.message
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("UPDATE customers SET name = 'lost change' WHERE customer_id = 1")
     invalidate_slot(dsn)
