@@ -50,36 +50,23 @@ reports the LSN the source was read at (differences then include writes since th
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import math
 import time
 import warnings
-from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta, timezone
-from datetime import time as dtime
-from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Sequence
 
 from airflow_pg_replication.destination_sql import compose
 from airflow_pg_replication.errors import ReplicationError, SlotLostError
 from airflow_pg_replication.operators.base import PgTableOperator
+from airflow_pg_replication.reconcile_hashing import ColumnCanon, RangeDigest
+from airflow_pg_replication.reconcile_ranges import (
+    KeySpace, RangePlan, mismatch_message, plan_ranges, public_result, range_result, range_step,
+)
 
 if TYPE_CHECKING:
-    import pyarrow as pa
-    from psycopg import sql
-
     from airflow_pg_replication.source_catalog import TableInfo
-    from airflow_pg_replication.typemap import PgColumn
 
 log = logging.getLogger(__name__)
-
-_MASK = (1 << 128) - 1
-_EPOCH = datetime(1970, 1, 1)
-_EPOCH_DATE = date(1970, 1, 1)
-_TEXT_TYPES = ("text", "varchar", "bpchar", "name")  # ordered by COLLATE "C" directly
-_SHOWN_KEYS = 10  # keys named per list in the error message (the result lists up to detail_rows)
 
 
 class PgReconcileOperator(PgTableOperator):
@@ -144,8 +131,8 @@ class PgReconcileOperator(PgTableOperator):
                 lsn = hook.current_wal_lsn(snap)  # read after the snapshot was taken: it covers all it sees
                 if cdc:
                     self._check_pending(hook, conn, info, applied, lsn)
-                keys = _KeySpace(info, _nullable_key_columns(conn, info))
-                plan = keys.plan(snap, n_ranges)
+                keys = KeySpace(info, _nullable_key_columns(conn, info))
+                plan = _plan(snap, keys, n_ranges)
                 log.info("%s: reconciling against %s at LSN %s%s: %s rows in the source, %d range(s) by %s",
                          t.qualified_name, dest.describe(), format_lsn(lsn),
                          f" (destination applied up to {format_lsn(applied)})" if cdc else "",
@@ -165,14 +152,14 @@ class PgReconcileOperator(PgTableOperator):
             "table": t.qualified_name, "rows": sum(r["source_rows"] for r in results),
             "destination_rows": sum(r["destination_rows"] for r in results), "lsn": format_lsn(lsn),
             "applied_lsn": format_lsn(applied) if cdc else None, "mode": "cdc" if cdc else "loaded",
-            "ranges": len(results), "mismatched_ranges": [_public(r) for r in bad], "ok": not bad,
+            "ranges": len(results), "mismatched_ranges": [public_result(r) for r in bad], "ok": not bad,
             "seconds": round(secs, 3),
         }
         if not bad:
             log.info("%s: source and destination match at LSN %s: %s rows in %d range(s); %.1f s",
                      t.qualified_name, out["lsn"], f"{out['rows']:,}", len(results), secs)
             return out
-        message = _mismatch_message(t.qualified_name, out, bad, keys.names)
+        message = mismatch_message(t.qualified_name, out, bad, keys.names)
         log.error("%s", message)
         if self.fail_on_mismatch:
             raise ReplicationError(message)
@@ -214,14 +201,14 @@ class PgReconcileOperator(PgTableOperator):
         log.info("%s: no change pending between the applied LSN %s and the source snapshot at %s",
                  t.qualified_name, format_lsn(applied), format_lsn(lsn))
 
-    def _compare(self, snap: Any, dest: Any, info: TableInfo, keys: _KeySpace, plan: _Plan) -> list[dict]:
+    def _compare(self, snap: Any, dest: Any, info: TableInfo, keys: KeySpace, plan: RangePlan) -> list[dict]:
         from dlt.destinations.exceptions import DatabaseUndefinedRelation
 
         from airflow_pg_replication.loading import DELETED_AT_COLUMN
         from airflow_pg_replication.snapshot import CopyProgress, copy_batches
 
         t = self.target
-        canon = [_Canon(c) for c in info.columns]
+        canon = [ColumnCanon(c) for c in info.columns]
         key_idx = [info.column_names.index(k) for k in keys.names]
         results = []
         with dest.pipeline.sql_client() as client:
@@ -241,12 +228,12 @@ class PgReconcileOperator(PgTableOperator):
             live = compose(client.escape_column_name(DELETED_AT_COLUMN), "IS NULL") if DELETED_AT_COLUMN in have else None
             for i, rng in enumerate(plan.ranges):
                 started = time.monotonic()
-                src = _Side(self.detail_rows)
+                src = RangeDigest(self.detail_rows)
                 progress = CopyProgress(t.qualified_name, every=60.0)
                 for batch in copy_batches(snap, info, lsn=None, block_bytes=self.chunk_bytes, progress=progress,
                                           where=keys.pg_predicate(rng)):
                     src.feed([batch.column(j) for j in range(len(canon))], canon, key_idx)
-                dst = _Side(self.detail_rows)
+                dst = RangeDigest(self.detail_rows)
                 where, params = keys.dest_predicate(client, rng)
                 conds = [c for c in (where, live) if c]
                 query = compose("SELECT", select, "FROM", table, *(["WHERE", " AND ".join(conds)] if conds else []))
@@ -254,7 +241,7 @@ class PgReconcileOperator(PgTableOperator):
                     warnings.filterwarnings("ignore", message="Arrow output on a DB-API result")  # duckdb, harmless
                     for tbl in cur.iter_arrow(self.chunk_rows):
                         dst.feed([tbl.column(j) for j in range(len(canon))], canon, key_idx)
-                res = _range_result(i, len(plan.ranges), rng, keys, src, dst)
+                res = range_result(i, len(plan.ranges), rng, keys.names, src, dst)
                 log.info("%s: %s: %s source rows, %s destination rows: %s (%.1f s)", t.qualified_name,
                          res["label"], f"{src.rows:,}", f"{dst.rows:,}", "match" if res["ok"] else "DIFFERENT",
                          time.monotonic() - started)
@@ -262,20 +249,14 @@ class PgReconcileOperator(PgTableOperator):
         return results
 
 
-# -- key ranges ---------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Range:
-    lower: tuple | None  # inclusive; (text values, typed values), None: unbounded
-    upper: tuple | None  # exclusive
-    nulls: bool = False  # the rows whose key has a NULL (only for nullable key columns)
-
-
-@dataclass
-class _Plan:
-    source_rows: int
-    ranges: list[_Range]
+def _plan(snap: Any, keys: KeySpace, n_ranges: int) -> RangePlan:
+    """Count the source rows and pick range bounds at equal row-count steps in key order."""
+    rows = snap.execute(keys.count_query()).fetchone()[0]
+    bounds: list[tuple] = []
+    if keys.names and rows and n_ranges > 1:
+        texts = [tuple(r) for r in snap.execute(keys.bounds_query(), (range_step(rows, n_ranges),)).fetchall()]
+        bounds = keys.typed_bounds(texts)
+    return RangePlan(rows, plan_ranges(bounds, keys.nullable))
 
 
 def _nullable_key_columns(conn: Any, info: TableInfo) -> bool:
@@ -288,440 +269,7 @@ def _nullable_key_columns(conn: Any, info: TableInfo) -> bool:
     return bool(row[0])
 
 
-class _KeySpace:
-    """The table's key columns, their ordering expressions and the range predicates on both sides."""
-
-    def __init__(self, info: TableInfo, nullable: bool) -> None:
-        by_name = {c.name: c for c in info.columns}
-        self.info = info
-        self.names = list(info.primary_key)
-        self.columns = [by_name[n] for n in self.names]
-        self.nullable = nullable
-
-    def _expr(self, col: PgColumn) -> sql.Composable:
-        """How PostgreSQL orders the column the way the destination orders its copy."""
-        from psycopg import sql
-
-        from airflow_pg_replication.typemap import arrow_type
-
-        import pyarrow as pa
-
-        ident = sql.Identifier(col.name)
-        if col.type.element is None and col.type.schema == "pg_catalog" and not col.type.is_enum \
-                and col.type.name in _TEXT_TYPES:
-            return sql.SQL('{} COLLATE "C"').format(ident)
-        if pa.types.is_string(arrow_type(col)):
-            return sql.SQL('({}::text COLLATE "C")').format(ident)
-        return ident
-
-    def plan(self, snap: Any, n_ranges: int) -> _Plan:
-        """Count the source rows and pick range bounds at equal row-count steps in key order."""
-        from psycopg import sql
-
-        import pyarrow as pa
-
-        from airflow_pg_replication.typemap import text_to_arrow
-
-        table = sql.Identifier(self.info.schema, self.info.name)
-        rows = snap.execute(sql.SQL("SELECT count(*) FROM {}").format(table)).fetchone()[0]
-        ranges: list[_Range] = []
-        bounds: list[tuple] = []
-        if self.names and rows and n_ranges > 1:
-            step = math.ceil(rows / n_ranges)
-            idents = [sql.Identifier(n) for n in self.names]
-            not_null = sql.SQL(" WHERE ") + sql.SQL(" AND ").join(
-                sql.SQL("{} IS NOT NULL").format(i) for i in idents) if self.nullable else sql.SQL("")
-            query = sql.SQL(
-                "SELECT {texts} FROM (SELECT {cols}, row_number() OVER (ORDER BY {order}) AS rn FROM {table}{nn}) s "
-                "WHERE rn > 1 AND (rn - 1) %% %s = 0 ORDER BY rn"
-            ).format(
-                texts=sql.SQL(", ").join(sql.SQL("{}::text").format(i) for i in idents),
-                cols=sql.SQL(", ").join(idents),
-                order=sql.SQL(", ").join(self._expr(c) for c in self.columns),
-                table=table, nn=not_null,
-            )
-            texts = [tuple(r) for r in snap.execute(query, (step,)).fetchall()]
-            if texts:
-                typed = list(zip(*[
-                    text_to_arrow(pa.array([r[j] for r in texts], pa.string()), c).to_pylist()
-                    for j, c in enumerate(self.columns)
-                ]))
-                bounds = list(zip(texts, typed))
-        edges = [None, *bounds, None]
-        ranges = [_Range(edges[i], edges[i + 1]) for i in range(len(edges) - 1)]
-        if self.nullable:
-            ranges.append(_Range(None, None, nulls=True))
-        return _Plan(rows, ranges)
-
-    def pg_predicate(self, rng: _Range) -> sql.Composable | None:
-        from psycopg import sql
-
-        if not self.names:
-            return None
-        if rng.nulls:
-            return sql.SQL(" OR ").join(sql.SQL("{} IS NULL").format(sql.Identifier(n)) for n in self.names)
-        exprs = sql.SQL(", ").join(self._expr(c) for c in self.columns)
-        parts = []
-        for bound, op in ((rng.lower, ">="), (rng.upper, "<")):
-            if bound is not None:
-                lits = sql.SQL(", ").join(sql.Literal(v) for v in bound[0])
-                parts.append(sql.SQL("({}) {} ({})").format(exprs, sql.SQL(op), lits))
-        if self.nullable and not parts:
-            parts = [sql.SQL(" AND ").join(sql.SQL("{} IS NOT NULL").format(sql.Identifier(n)) for n in self.names)]
-        return sql.SQL(" AND ").join(parts) if parts else None
-
-    def dest_predicate(self, client: Any, rng: _Range) -> tuple[str | None, list]:
-        """The same range for the destination: an expanded lexicographic comparison (portable SQL)."""
-        if not self.names:
-            return None, []
-        names = [client.escape_column_name(n) for n in self.names]
-        if rng.nulls:
-            return "(" + " OR ".join(f"{n} IS NULL" for n in names) + ")", []
-        parts, params = [], []
-        for bound, strict, last in ((rng.lower, ">", ">="), (rng.upper, "<", "<")):
-            if bound is None:
-                continue
-            values = bound[1]
-            ors = []
-            for i in range(len(names)):
-                conds = [f"{names[j]} = %s" for j in range(i)]
-                conds.append(f"{names[i]} {last if i == len(names) - 1 else strict} %s")
-                params.extend([*values[:i], values[i]])
-                ors.append("(" + " AND ".join(conds) + ")")
-            parts.append("(" + " OR ".join(ors) + ")")
-        if self.nullable and not parts:
-            parts = [" AND ".join(f"{n} IS NOT NULL" for n in names)]
-        return (" AND ".join(parts) if parts else None), params
-
-
-# -- normalising and hashing -------------------------------------------------------------------------
-
-
-def _num(v: Any) -> str:
-    d = v if isinstance(v, Decimal) else Decimal(str(v))
-    if d.is_nan() or d.is_infinite():
-        return str(d)
-    return "0" if d == 0 else str(d.normalize())
-
-
-def _json_number(o: Any) -> Any:
-    if isinstance(o, Decimal):
-        if o.is_finite() and o == o.to_integral_value():
-            return int(o)  # 1.0 and 1 are the same JSON number
-        return "\x00n" + _num(o)  # marked, so a number never equals a string
-    raise TypeError(f"not JSON: {type(o).__name__}")
-
-
-def _json(v: Any) -> str:
-    """A JSON value (text, or already parsed) in canonical text: keys sorted, numbers exact and normalised."""
-    if isinstance(v, (bytes, bytearray, memoryview)):
-        v = bytes(v).decode()
-    if not isinstance(v, str):  # parsed by the driver: go through text, so numbers are treated alike
-        v = json.dumps(v, default=str)
-    return _JSON_OUT.encode(_JSON_IN.decode(v))
-
-
-_JSON_IN = json.JSONDecoder(parse_float=Decimal)
-_JSON_OUT = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=_json_number)
-
-
-class _Canon:
-    """Normalises one column's values, from either side, to a canonical, hashable Python form."""
-
-    def __init__(self, col: PgColumn) -> None:
-        import pyarrow as pa
-
-        from airflow_pg_replication.typemap import arrow_type
-
-        self.col = col
-        self.target = arrow_type(col)
-        at = self.target
-        base = col.type.name if col.type.schema == "pg_catalog" and not col.type.is_enum else None
-        self.element = _Canon(_element_of(col)) if col.type.element is not None else None
-        if self.element is not None:
-            self.kind = "list"
-        elif base in ("json", "jsonb"):
-            self.kind = "json"
-        elif pa.types.is_integer(at):
-            self.kind = "int"
-        elif pa.types.is_floating(at):
-            self.kind = "float"
-        elif pa.types.is_decimal(at):
-            self.kind = "decimal"
-        elif pa.types.is_boolean(at):
-            self.kind = "bool"
-        elif pa.types.is_binary(at):
-            self.kind = "binary"
-        elif pa.types.is_timestamp(at) or pa.types.is_date(at) or pa.types.is_time(at):
-            self.kind = "temporal"
-        else:
-            self.kind = "text"
-
-    # vectorised path: a whole Arrow column
-    def column(self, arr: pa.Array | pa.ChunkedArray) -> list:
-        import pyarrow as pa
-
-        if self.kind == "temporal":
-            return self._temporal_column(arr)
-        if self.kind == "decimal":
-            return self._decimal_column(arr)
-        if self.kind in ("int", "float", "bool", "text") and _same_family(arr.type, self.target):
-            return arr.to_pylist()
-        if self.kind == "list" and pa.types.is_list(arr.type):
-            return self._list_column(arr)
-        return [None if v is None else self.value(v) for v in arr.to_pylist()]
-
-    def _list_column(self, arr: Any) -> list:
-        if self.element.kind == "temporal":  # convert the elements in Arrow (handles ±infinity)
-            import pyarrow as pa
-
-            if isinstance(arr, pa.ChunkedArray):
-                arr = arr.combine_chunks() if arr.num_chunks else pa.array([], arr.type)
-            flat = self.element.column(arr.values)
-            offsets, valid = arr.offsets.to_pylist(), arr.is_valid().to_pylist()
-            return [("[", tuple(flat[offsets[i]:offsets[i + 1]])) if valid[i] else None for i in range(len(arr))]
-        return [None if v is None else self.value(v) for v in arr.to_pylist()]
-
-    def _decimal_column(self, arr: Any) -> list:
-        """Decimals as the column's decimal type rendered as text (same scale on both sides)."""
-        import pyarrow as pa
-
-        try:
-            if not pa.types.is_decimal(arr.type):  # e.g. a destination that returns floats or strings
-                arr = pa.array([None if v is None else Decimal(str(v)) for v in arr.to_pylist()], self.target)
-            elif arr.type != self.target:
-                arr = arr.cast(self.target)
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ArithmeticError):
-            return [None if v is None else _num(v) for v in arr.to_pylist()]  # cannot hold it: will differ
-        return arr.cast(pa.string()).to_pylist()
-
-    def _temporal_column(self, arr: Any) -> list:
-        import pyarrow as pa
-
-        from airflow_pg_replication.typemap import text_to_arrow
-
-        if pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type):
-            arr = text_to_arrow(arr.cast(pa.string()), self.col)
-        elif arr.type != self.target:
-            try:
-                arr = arr.cast(self.target)
-            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-                return [None if v is None else self.value(v) for v in arr.to_pylist()]
-        as_int = pa.int32() if pa.types.is_date32(self.target) else pa.int64()
-        return arr.cast(as_int).to_pylist()
-
-    # per-value path: nested values and values of unexpected types
-    def value(self, v: Any) -> Any:
-        if v is None:
-            return None
-        k = self.kind
-        if k == "int":
-            return int(v)
-        if k == "float":
-            return float(v)
-        if k == "decimal":
-            return _num(v)
-        if k == "bool":
-            return v if isinstance(v, bool) else str(v).lower() in ("true", "t", "1")
-        if k == "binary":
-            if isinstance(v, str):
-                return bytes.fromhex(v[2:]) if v.startswith("\\x") else v.encode()
-            return bytes(v)
-        if k == "temporal":
-            return self._temporal_value(v)
-        if k == "json":
-            return _json(v)
-        if k == "list":
-            if isinstance(v, (bytes, bytearray, memoryview)):
-                v = bytes(v).decode()
-            items = _JSON_IN.decode(v) if isinstance(v, str) else v
-            if self.element.kind in ("int", "text", "bool"):
-                return ("[", tuple(items))
-            return ("[", tuple(self.element.value(x) for x in items))
-        return v if isinstance(v, str) else str(v)
-
-    def _temporal_value(self, v: Any) -> int:
-        import pyarrow as pa
-
-        from airflow_pg_replication.typemap import text_to_arrow
-
-        at = self.target
-        if isinstance(v, str):
-            parsed = text_to_arrow(pa.array([v], pa.string()), self.col)
-            return parsed.cast(pa.int32() if pa.types.is_date32(at) else pa.int64())[0].as_py()
-        if isinstance(v, int):
-            return v
-        if pa.types.is_date(at):
-            return ((v.date() if isinstance(v, datetime) else v) - _EPOCH_DATE).days
-        if pa.types.is_time(at):
-            return ((v.hour * 60 + v.minute) * 60 + v.second) * 1_000_000 + v.microsecond
-        if isinstance(v, datetime):
-            if v.tzinfo is not None:
-                v = v.astimezone(timezone.utc).replace(tzinfo=None)
-        else:  # a date where a timestamp was expected
-            v = datetime(v.year, v.month, v.day)
-        return (v - _EPOCH) // timedelta(microseconds=1)
-
-    def display(self, c: Any) -> Any:
-        """A readable, JSON-friendly form of a canonical value (for keys in messages and results)."""
-        import pyarrow as pa
-
-        if c is None or isinstance(c, (bool, int, float, str)) and self.kind != "temporal":
-            return c
-        if isinstance(c, bytes):
-            return "\\x" + c.hex()
-        if self.kind == "temporal":
-            at = self.target
-            try:
-                if pa.types.is_date(at):
-                    return (_EPOCH_DATE + timedelta(days=c)).isoformat()
-                if pa.types.is_time(at):
-                    return (datetime.min + timedelta(microseconds=c)).time().isoformat()
-                out = _EPOCH + timedelta(microseconds=c)
-                return out.replace(tzinfo=timezone.utc).isoformat() if at.tz else out.isoformat()
-            except OverflowError:
-                return "infinity" if c > 0 else "-infinity"
-        return repr(c)
-
-
-def _element_of(col: PgColumn) -> PgColumn:
-    from airflow_pg_replication.typemap import PgColumn
-
-    return PgColumn(f"{col.name}[]", col.type.element, col.typmod if col.typmod >= 0 else col.type.typmod)
-
-
-def _same_family(actual: Any, target: Any) -> bool:
-    import pyarrow as pa
-
-    for check in (pa.types.is_integer, pa.types.is_floating, pa.types.is_boolean, pa.types.is_string):
-        if check(target):
-            return check(actual)
-    return False
-
-
-def _row_hash(row: tuple) -> int:
-    return int.from_bytes(hashlib.blake2b(repr(row).encode(), digest_size=16).digest(), "big")
-
-
-@dataclass
-class _Side:
-    """One side of one range: row count, sum of row hashes, and (while small) each key's row hash."""
-
-    limit: int
-    rows: int = 0
-    digest: int = 0
-    keys: dict | None = field(default_factory=dict)  # canonical key -> [row hash, display key, count]
-
-    def feed(self, arrays: list, canon: list[_Canon], key_idx: list[int]) -> None:
-        columns = [c.column(a) for c, a in zip(canon, arrays)]
-        for row in zip(*columns):
-            h = _row_hash(row)
-            self.rows += 1
-            self.digest = (self.digest + h) & _MASK
-            if self.keys is None:
-                continue
-            key = tuple(row[i] for i in key_idx) if key_idx else h  # no key: a row is identified by its content
-            entry = self.keys.get(key)
-            if entry is not None:
-                entry[2] += 1
-                continue
-            if len(self.keys) >= self.limit:
-                self.keys = None
-                continue
-            shown = _display_key(list(key), [canon[i] for i in key_idx]) if key_idx else _display_key(list(row), canon)
-            self.keys[key] = [h, shown, 1]
-
-
-def _display_key(values: list, canon: list[_Canon]) -> Any:
-    shown = [c.display(v) for c, v in zip(canon, values)]
-    return shown[0] if len(shown) == 1 else shown
-
-
-def _range_result(i: int, n: int, rng: _Range, keys: _KeySpace, src: _Side, dst: _Side) -> dict:
-    ok = src.rows == dst.rows and src.digest == dst.digest
-
-    def bound(b: tuple | None) -> Any:
-        if b is None:
-            return None
-        shown = [_plain(v) for v in b[1]]
-        return shown[0] if len(shown) == 1 else shown
-
-    lower, upper = bound(rng.lower), bound(rng.upper)
-    if rng.nulls:
-        label = f"range {i + 1}/{n} (keys with NULLs)"
-    elif not keys.names:
-        label = f"range {i + 1}/{n} (whole table: no key)"
-    else:
-        label = (f"range {i + 1}/{n} [{_fmt_key(lower, keys.names) if rng.lower else 'start'} .. "
-                 f"{_fmt_key(upper, keys.names) if rng.upper else 'end'})")
-    res: dict[str, Any] = {"range": i + 1, "label": label, "lower": lower, "upper": upper, "ok": ok,
-                           "source_rows": src.rows, "destination_rows": dst.rows}
-    if ok:
-        return res
-    if src.keys is None or dst.keys is None:
-        res["detail"] = False
-        return res
-    missing, extra, changed = [], [], []
-    for k, (h, shown, count) in src.keys.items():
-        other = dst.keys.get(k)
-        if other is None or other[2] < count:
-            missing.append(shown)
-        elif other[0] != h:
-            changed.append(shown)
-    for k, (h, shown, count) in dst.keys.items():
-        other = src.keys.get(k)
-        if other is None or other[2] < count:
-            extra.append(shown)
-    res.update(detail=True, missing=sorted(missing, key=repr), extra=sorted(extra, key=repr),
-               changed=sorted(changed, key=repr))
-    return res
-
-
-def _plain(v: Any) -> Any:
-    if v is None or isinstance(v, (bool, int, float, str)):
-        return v
-    if isinstance(v, (datetime, date, dtime)):
-        return v.isoformat()
-    if isinstance(v, (bytes, bytearray, memoryview)):
-        return "\\x" + bytes(v).hex()
-    return str(v)
-
-
-def _fmt_key(key: Any, names: Sequence[str]) -> str:
-    if len(names) == 1:
-        return f"{names[0]}={key!r}"
-    if not names or not isinstance(key, list):
-        return repr(key)
-    return "(" + ", ".join(f"{n}={v!r}" for n, v in zip(names, key)) + ")"
-
-
 def _fmt_lsn(lsn: int | None) -> str:
     from airflow_pg_replication.pgoutput import format_lsn
 
     return format_lsn(lsn) if lsn else "none"
-
-
-def _public(r: dict) -> dict:
-    return {k: v for k, v in r.items() if k != "ok"}
-
-
-def _mismatch_message(table: str, out: dict, bad: list[dict], names: list[str]) -> str:
-    lines = [f"{table}: destination differs from the source at LSN {out['lsn']}: {len(bad)} of {out['ranges']} "
-             f"range(s) differ (source {out['rows']:,} rows, destination {out['destination_rows']:,} rows)"]
-    key_names = names or []
-    for r in bad:
-        line = f"  {r['label']}: source {r['source_rows']:,} rows, destination {r['destination_rows']:,} rows"
-        if r.get("detail"):
-            for what in ("missing", "extra", "changed"):
-                items = r[what]
-                if items:
-                    shown = ", ".join(_fmt_key(k, key_names) for k in items[:_SHOWN_KEYS])
-                    more = f" and {len(items) - _SHOWN_KEYS} more" if len(items) > _SHOWN_KEYS else ""
-                    label = {"missing": "missing in destination", "extra": "extra in destination",
-                             "changed": "changed"}[what]
-                    line += f"; {label}: {shown}{more}"
-        else:
-            line += "; too many rows to list the keys: narrow it down with more ranges"
-        lines.append(line)
-    lines.append("Fix: trigger the table's DAG with full_refresh=true to reload it.")
-    return "\n".join(lines)
