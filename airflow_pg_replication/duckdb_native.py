@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 from airflow_pg_replication.destination_sql import compose
 
+COMMIT_ROWS = 250_000  # rows per transaction of a staged load: fewer commits are faster, more use memory
+
 if TYPE_CHECKING:
     import pyarrow as pa
 
@@ -69,21 +71,17 @@ class NativeDuckDb:
         return True
 
     def replace(self, batches: Iterable[pa.RecordBatch], schema: pa.Schema, after: Sequence[tuple]) -> None:
-        """Swap the table's content for ``batches``, then run ``after``, readers seeing old or new only.
+        """Swap the table's content for ``batches``, then run ``after``; readers see old or new only.
 
-        Batches land in a staging table, one short transaction each, so memory stays bounded
-        (DuckDB holds an open transaction's Arrow input until it commits); one transaction then
-        swaps the staged rows in and runs ``after``. Batches are pushed from this thread: DuckDB
-        never calls back into Python.
+        Batches land in a staging table, committed every ``COMMIT_ROWS`` rows so memory stays
+        bounded (DuckDB holds an open transaction's Arrow input until it commits); one transaction
+        then swaps the staged rows in and runs ``after``. An empty table (a first snapshot) is
+        loaded in place. Batches are pushed from this thread: DuckDB never calls back into Python.
         """
-        import pyarrow as pa
-
-        if not self.con.execute(compose("SELECT count(*) FROM (SELECT 1 FROM", self.table, "LIMIT 1)")).fetchone()[0]:
-            # nothing to keep visible meanwhile: load in place, one short transaction a batch, state last
-            for batch in batches:
-                if batch.num_rows:
-                    self._transaction(lambda b=batch: self._load("pg_replication_src", pa.Table.from_batches(
-                        [b], schema=schema), schema.names), ())
+        empty = not self.con.execute(
+            compose("SELECT count(*) FROM (SELECT 1 FROM", self.table, "LIMIT 1)")).fetchone()[0]
+        if empty:
+            self._load_committing(self.table, batches, schema)
             self._transaction(lambda: None, after)
             return
         staging_schema = self.client.escape_column_name(self.client.dataset_name + "_staging")
@@ -91,15 +89,34 @@ class NativeDuckDb:
         self.con.execute(compose("CREATE SCHEMA IF NOT EXISTS", staging_schema))
         self.con.execute(compose("CREATE OR REPLACE TABLE", staging, "AS SELECT * FROM", self.table, "LIMIT 0"))
         try:
-            for batch in batches:
-                if batch.num_rows:
-                    self._run_with("pg_replication_src", pa.Table.from_batches([batch], schema=schema),
-                                   self._insert_statement(staging, "pg_replication_src", schema.names))
+            self._load_committing(staging, batches, schema)
             self._transaction(lambda: (self.con.execute(compose("DELETE FROM", self.table)),
                                        self.con.execute(self._insert_statement(self.table, staging, schema.names))),
                               after)
         finally:
             self.con.execute(compose("DROP TABLE IF EXISTS", staging))
+
+    def _load_committing(self, target: str, batches: Iterable[pa.RecordBatch], schema: pa.Schema) -> None:
+        """Insert ``batches`` into ``target``, committing every ``COMMIT_ROWS`` rows."""
+        import pyarrow as pa
+
+        insert = self._insert_statement(target, "pg_replication_src", schema.names)
+        pending = 0
+        self.con.execute("BEGIN TRANSACTION")
+        try:
+            for batch in batches:
+                if not batch.num_rows:
+                    continue
+                self._run_with("pg_replication_src", pa.Table.from_batches([batch], schema=schema), insert)
+                pending += batch.num_rows
+                if pending >= COMMIT_ROWS:
+                    self.con.execute("COMMIT")
+                    self.con.execute("BEGIN TRANSACTION")
+                    pending = 0
+            self.con.execute("COMMIT")
+        except BaseException:
+            self.con.execute("ROLLBACK")
+            raise
 
     def _insert_statement(self, target: str, source: str, names: Sequence[str]) -> str:
         cols = ", ".join(self.client.escape_column_name(n) for n in names)

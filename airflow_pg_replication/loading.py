@@ -187,14 +187,19 @@ class TableDestination:
         transaction for all of it. Otherwise: the steps in order, dlt for the upserts (which also
         adds new columns and widens changed ones), and the state last.
         """
-        if self.is_duckdb and (upserts is None or upserts.num_rows == 0 or self._fits(upserts.schema)):
-            with self.pipeline.sql_client() as client:
-                trunc = self._truncate_statement(client, truncate) if truncate is not None else None
-                after, later = self._native_state(client, state)
-                NativeDuckDb(client, self.destination_table).merge(upserts, key_columns, delete_keys, trunc, after)
-            if later is not None:
+        if self.is_duckdb:
+            with self.pipeline.sql_client() as client:  # one session: shape check, batch and state
+                native = NativeDuckDb(client, self.destination_table)
+                if upserts is None or upserts.num_rows == 0 or native.fits(upserts.schema):
+                    trunc = self._truncate_statement(client, truncate) if truncate is not None else None
+                    after, later = self._native_state(client, state)
+                    native.merge(upserts, key_columns, delete_keys, trunc, after)
+                    if later is None:
+                        return
+                    upserts = delete_keys = truncate = None  # applied; only the first state write is left
+            if upserts is None and delete_keys is None and truncate is None:
                 self.write_state(later)
-            return
+                return
         if truncate is not None:
             at, lsn, soft = truncate
             self.truncate(soft_at=at if soft else None, lsn=lsn)

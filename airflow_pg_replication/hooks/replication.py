@@ -218,15 +218,15 @@ class PgReplicationHook(PostgresHook):
         from airflow_pg_replication.pgoutput import format_lsn
 
         query = (
-            "SELECT lsn::text, data FROM pg_logical_slot_peek_binary_changes("
+            "SELECT lsn, data FROM pg_logical_slot_peek_binary_changes("
             "%s, %s::pg_lsn, %s, 'proto_version', '1', 'publication_names', %s)"
         )
-        with conn.transaction():
-            with conn.cursor(name="pg_replication_changes") as cur:
+        with conn.transaction():  # binary: bytea arrives as bytes, not hex text to decode
+            with conn.cursor(name="pg_replication_changes", binary=True) as cur:
                 cur.itersize = fetch_size
                 cur.execute(query, (slot, format_lsn(upto_lsn), max_changes, publication))
-                for lsn_text, data in cur:
-                    yield lsn_text, data
+                for lsn, data in cur:
+                    yield lsn, data
 
     def advance_slot(self, conn: psycopg.Connection, slot: str, lsn: int) -> None:
         """Confirm everything up to ``lsn`` as consumed, so the server may recycle that WAL."""
