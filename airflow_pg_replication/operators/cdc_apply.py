@@ -6,7 +6,7 @@ import logging
 import time
 from typing import Any, Sequence
 
-from airflow_pg_replication.errors import ReplicationError, SlotLostError
+from airflow_pg_replication.errors import ReplicationError
 from airflow_pg_replication.operators.base import PgTableOperator
 
 log = logging.getLogger(__name__)
@@ -133,18 +133,11 @@ class PgCdcApplyOperator(PgTableOperator):
                 "transactions": batch.transactions - batch.skipped, "more": cut, "seconds": round(secs, 3)}
 
     def _check_slot(self, slot: Any) -> None:
+        """A missing or invalidated slot fails with the fix (as the sensor does); lag past the limit warns."""
+        from airflow_pg_replication.slot_health import judge_slot
+
         t = self.target
-        if slot is None:
-            raise SlotLostError(
-                f"replication slot {t.slot} of {t.qualified_name} does not exist: changes since the last run "
-                "cannot be read. Resync: trigger the DAG with full_refresh=true (or run PgFullRefreshOperator)."
-            )
-        if slot.lost:
-            raise SlotLostError(
-                f"replication slot {t.slot} of {t.qualified_name} was invalidated (wal_status=lost): the server "
-                "removed WAL it still needed (max_slot_wal_keep_size). Resync: trigger the DAG with "
-                "full_refresh=true, or set on_slot_lost: resync in the registry."
-            )
+        judge_slot(slot, slot_name=t.slot, table=t.qualified_name, min_lag_bytes=0, max_lag_bytes=2**63 - 1)
         if not slot.in_this_database:
             raise ReplicationError(f"replication slot {t.slot} belongs to database {slot.database}, not this one; "
                                    "set a distinct `slot` name for this table in the registry")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 from typing import Any, Mapping
 
-from airflow_pg_replication.errors import SlotLostError
 from airflow_pg_replication.operators.base import TableTarget
 
 log = logging.getLogger(__name__)
@@ -27,6 +26,7 @@ def choose_next_task(
     """
     from airflow_pg_replication.hooks.replication import PgReplicationHook
     from airflow_pg_replication.loading import TableDestination
+    from airflow_pg_replication.slot_health import judge_slot
 
     t = TableTarget.build(table, slot=slot, destination_table=destination_table)
     if params and params.get("full_refresh"):
@@ -43,11 +43,7 @@ def choose_next_task(
             log.warning("%s: slot %s was invalidated (wal_status=lost); on_slot_lost=resync: taking a new snapshot",
                         t.qualified_name, t.slot)
             return FULL_REFRESH_TASK
-        raise SlotLostError(
-            f"replication slot {t.slot} of {t.qualified_name} was invalidated (wal_status=lost): PostgreSQL "
-            "removed WAL it still needed, so changes were lost. Resync: trigger this DAG with "
-            "full_refresh=true (Trigger DAG w/ config), or set on_slot_lost: resync in the registry."
-        )
+        judge_slot(info, slot_name=t.slot, table=t.qualified_name, min_lag_bytes=0, max_lag_bytes=2**63 - 1)
     dest = TableDestination(destination, table_name=t.qualified_name, destination_table=t.destination_table,
                             pipeline_name=t.pipeline_name)
     with dest:
