@@ -147,6 +147,16 @@ class PgReplicationHook(PostgresHook):
             ) from exc
         log.info("created publication %s for %s.%s", publication, schema, table)
 
+    def drop_publication(self, conn: psycopg.Connection, publication: str) -> bool:
+        """Drop the publication if it exists (its owner or a superuser may). True when one was dropped."""
+        from psycopg import sql
+
+        if not conn.execute("SELECT 1 FROM pg_publication WHERE pubname = %s", (publication,)).fetchone():
+            return False
+        conn.execute(sql.SQL("DROP PUBLICATION {}").format(sql.Identifier(publication)))
+        log.info("dropped publication %s", publication)
+        return True
+
     def drop_slot(self, conn: psycopg.Connection, slot: str) -> bool:
         """Drop the slot if it exists (ending a walsender still using it). True when one was dropped."""
         row = conn.execute(

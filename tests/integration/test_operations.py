@@ -169,3 +169,19 @@ def test_least_privilege_role_runs_full_refresh_and_cdc(pg_db, duck, monkeypatch
     pg_db.cluster.drop_replication_slots(pg_db.name)
     pg_db.execute("DROP OWNED BY replicator")
     pg_db.execute("DROP ROLE replicator")
+
+
+def test_hook_creates_and_drops_publication_and_slot(pg_db):
+    from airflow_pg_replication import PgReplicationHook
+
+    make_table(pg_db)
+    hook = PgReplicationHook(postgres_conn_id="pg_source")
+    with hook.connect() as conn:
+        hook.check_wal_level(conn)
+        hook.ensure_publication(conn, SLOT, "public", "customers")
+        hook.ensure_publication(conn, SLOT, "public", "customers")  # idempotent
+        lsn = hook.create_slot(conn, SLOT)
+        info = hook.slot_info(conn, SLOT)
+        assert info.plugin == "pgoutput" and info.wal_status == "reserved" and info.lag_bytes >= 0 and lsn > 0
+        assert hook.drop_slot(conn, SLOT) and hook.slot_info(conn, SLOT) is None
+        assert hook.drop_publication(conn, SLOT) and not hook.drop_publication(conn, SLOT)
