@@ -122,6 +122,9 @@ def test_invalidated_slot_fail_policy(small_wal_cluster, duck):
                          on_slot_lost="fail")
     with pytest.raises(SlotLostError, match="wal_status=lost"):
         PgSlotLagSensor(task_id="w", table="customers").poke({})
+    event = run_trigger(SlotLagTrigger(source_conn_id="pg_source", slot=SLOT, table="public.customers",
+                                       min_lag_bytes=1, max_lag_bytes=10**12, poke_interval=1))
+    assert event["status"] == "error" and "invalidated" in event["message"]  # the deferrable path fails too
     with pytest.raises(SlotLostError, match="invalidated"):
         PgCdcApplyOperator(task_id="a", table="customers", destination=duck.spec).execute({})
     # the documented fix: a run with full_refresh=true
