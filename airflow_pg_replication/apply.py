@@ -29,6 +29,14 @@ class ApplyResult:
     truncated: bool = False
     kept_values: int = 0  # cells whose value was kept from the destination (unchanged TOAST, soft deletes)
 
+    def add(self, part: ApplyResult) -> ApplyResult:
+        """Fold the result of another part of the same batch into this one."""
+        self.upserts += part.upserts
+        self.deletes += part.deletes
+        self.truncated = self.truncated or part.truncated
+        self.kept_values += part.kept_values
+        return self
+
 
 def apply_changes(
     dest: TableDestination, batch: ChangeBatch, columns: Mapping[str, PgColumn], *, soft_deletes: bool,

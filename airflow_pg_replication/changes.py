@@ -45,14 +45,6 @@ class ChangeBatch:
     last_end_lsn: int | None = None  # end LSN of that commit record: where the slot may advance to
 
     @property
-    def upserts(self) -> list[tuple[tuple, RowState]]:
-        return [(k, r) for k, r in self.rows.items() if not r.deleted]
-
-    @property
-    def deletes(self) -> list[tuple[tuple, RowState]]:
-        return [(k, r) for k, r in self.rows.items() if r.deleted]
-
-    @property
     def empty(self) -> bool:
         return not self.rows and self.truncate is None
 

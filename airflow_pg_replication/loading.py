@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, Sequence
 from airflow_pg_replication import destination_sql
 from airflow_pg_replication.destination_sql import compose
 from airflow_pg_replication.errors import ReplicationError
+from airflow_pg_replication.registry import default_duckdb_path
 from airflow_pg_replication.duckdb_native import NativeDuckDb
 from airflow_pg_replication.replication_state import (
     STATE_TABLE,
@@ -46,12 +47,6 @@ def destination_columns(columns: Sequence[Any], *, soft_deletes: bool) -> list[d
     if soft_deletes:
         out.append({"name": DELETED_AT_COLUMN, "data_type": "timestamp", "timezone": True})
     return out
-
-
-def default_duckdb_path() -> str:
-    """``$AIRFLOW_HOME/pg_replication.duckdb``, else ``./pg_replication.duckdb``."""
-    home = os.environ.get("AIRFLOW_HOME")
-    return os.path.abspath(os.path.join(home, "pg_replication.duckdb") if home else "pg_replication.duckdb")
 
 
 def _configure_dlt() -> None:

@@ -221,7 +221,6 @@ def copy_batches(
         for batch in reader:
             arrays = [text_to_arrow(batch.column(i), col) if as_json[i] is None
                       else _json_lists(batch.column(i), as_json[i]) for i, col in enumerate(info.columns)]
-            arrays.append(pa.array([lsn] * batch.num_rows, lsn_type) if lsn is not None
-                          else pa.nulls(batch.num_rows, lsn_type))
+            arrays.append(pa.repeat(pa.scalar(lsn, lsn_type), batch.num_rows))
             progress.tick(batch.num_rows)
             yield pa.RecordBatch.from_arrays(arrays, names=out_names)

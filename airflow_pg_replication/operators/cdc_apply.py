@@ -34,7 +34,7 @@ class PgCdcApplyOperator(PgTableOperator):
         from airflow_pg_replication.apply import apply_changes, apply_columnar
         from airflow_pg_replication.changes import ChangeFolder
         from airflow_pg_replication.columnar_fold import fold_columnar
-        from airflow_pg_replication.pgoutput import decode, format_lsn
+        from airflow_pg_replication.pgoutput import decode, format_lsn, parse_lsn
         from airflow_pg_replication.source_catalog import require_key
 
         t = self.target
@@ -81,8 +81,8 @@ class PgCdcApplyOperator(PgTableOperator):
                     part = folder.take_rows()
                     log.info("%s: applying part %d of a large batch (%d rows) to bound memory",
                              t.qualified_name, folder.flushed_parts, len(part.rows))
-                    applied = _add(applied, apply_changes(dest, part, self._columns_of_relations(conn, folder.relations_seen, info),
-                                                          soft_deletes=soft))
+                    cols = self._columns_of_relations(conn, folder.relations_seen, info)
+                    applied = _combine(applied, apply_changes(dest, part, cols, soft_deletes=soft))
             columnar = None
             if folder is None and info.primary_key:
                 columnar = fold_columnar(raw, info.primary_key, applied_lsn=state.applied_lsn, relation_names=names)
@@ -113,8 +113,8 @@ class PgCdcApplyOperator(PgTableOperator):
                     dest.write_state(state)
                 else:
                     cols = self._columns_of_relations(conn, folder.relations_seen, info)
-                    applied = _add(applied, apply_changes(dest, batch, cols, soft_deletes=soft, state=state))
-            if advance_to and (slot.confirmed_flush_lsn is None or advance_to > _lsn_int(slot.confirmed_flush_lsn)):
+                    applied = _combine(applied, apply_changes(dest, batch, cols, soft_deletes=soft, state=state))
+            if advance_to and (slot.confirmed_flush_lsn is None or advance_to > parse_lsn(slot.confirmed_flush_lsn)):
                 hook.advance_slot(conn, t.slot, advance_to)
         secs = time.monotonic() - started
         changes = batch.changes if not nothing else 0
@@ -160,18 +160,6 @@ class PgCdcApplyOperator(PgTableOperator):
         return cols
 
 
-def _add(total: Any, part: Any) -> Any:
-    """Sum two ApplyResults (either may be None)."""
-    if total is None:
-        return part
-    total.upserts += part.upserts
-    total.deletes += part.deletes
-    total.truncated = total.truncated or part.truncated
-    total.kept_values += part.kept_values
-    return total
-
-
-def _lsn_int(text: str) -> int:
-    from airflow_pg_replication.pgoutput import parse_lsn
-
-    return parse_lsn(text)
+def _combine(total: Any, part: Any) -> Any:
+    """Sum the ApplyResults of a batch's parts (``total`` is None before the first)."""
+    return part if total is None else total.add(part)
