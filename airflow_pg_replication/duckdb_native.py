@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 from airflow_pg_replication.destination_sql import compose
 
-COMMIT_ROWS = 250_000  # rows per transaction of a staged load: fewer commits are faster, more use memory
+COMMIT_ROWS = 125_000  # rows per transaction of a staged load: fewer commits are faster, more use memory
+MEMORY_LIMIT_MB = 64  # DuckDB's buffer pool; past it, committed blocks are evicted and big joins spill to disk
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -49,7 +50,7 @@ class NativeDuckDb:
         self.table_name = table_name
         self.table = client.make_qualified_table_name(table_name)
         # past this DuckDB spills to its temp directory, so a big load keeps the task's memory bounded
-        self.con.execute("SET memory_limit = '256MB'")
+        self.con.execute(f"SET memory_limit = '{MEMORY_LIMIT_MB}MB'")
 
     def columns(self) -> dict[str, str]:
         """The destination table's columns and DuckDB types ({} when it does not exist)."""

@@ -21,6 +21,7 @@ from airflow_pg_replication.replication_state import (
     STATE_TABLE,
     ReplicationState,
     read_state,
+    state_resource,
     state_statements,
     write_state,
 )
@@ -59,7 +60,7 @@ def _configure_dlt() -> None:
     dlt.config["runtime.dlthub_telemetry"] = False
 
 
-def _dlt_destination(spec: Mapping[str, Any]):
+def _dlt_destination(spec: Mapping[str, Any], duckdb_connection: Any = None):
     from dlt.common.destination import Destination
 
     kind = spec.get("type") or "duckdb"
@@ -72,7 +73,7 @@ def _dlt_destination(spec: Mapping[str, Any]):
     if kind == "duckdb":
         import dlt
 
-        return dlt.destinations.duckdb(credentials or default_duckdb_path())
+        return dlt.destinations.duckdb(duckdb_connection or credentials or default_duckdb_path())
     return Destination.from_reference(kind, credentials=credentials)
 
 
@@ -105,13 +106,21 @@ class TableDestination:
         import dlt
 
         _configure_dlt()
+        duckdb_connection = None
         if self.spec["type"] == "duckdb":
-            self._stack.enter_context(_file_lock(str(self.spec["credentials"]) + ".lock"))
+            import duckdb
+
+            path = str(self.spec["credentials"])
+            self._stack.enter_context(_file_lock(path + ".lock"))
+            # One connection for the whole unit of work: dlt's clients take cursors of it, so the
+            # file is opened (and checkpointed on close) once, not once per client.
+            duckdb_connection = duckdb.connect(path)
+            self._stack.callback(duckdb_connection.close)
         workdir = tempfile.mkdtemp(prefix="pg_replication_dlt_")
         self._stack.callback(shutil.rmtree, workdir, True)
         self.pipeline = dlt.pipeline(
             pipeline_name=self.pipeline_name, pipelines_dir=workdir,
-            destination=_dlt_destination(self.spec), dataset_name=self.spec["dataset"],
+            destination=_dlt_destination(self.spec, duckdb_connection), dataset_name=self.spec["dataset"],
         )
         return self
 
@@ -143,6 +152,28 @@ class TableDestination:
     def write_state(self, state: ReplicationState) -> None:
         """Record ``state``; call it only after the data it describes has committed."""
         write_state(self.pipeline, state, run=self._run)
+
+    def prepare_replace(self, state: ReplicationState, *, schema: pa.Schema, columns: list[dict],
+                        primary_key: Sequence[str]) -> None:
+        """Record ``state`` (the copy is not usable yet) and have the table ready for :meth:`replace`.
+
+        DuckDB: dlt creates or evolves the table (with no rows) in the same run that creates the
+        state table, when either is needed, so a first snapshot pays for one dlt run, not two.
+        """
+        import dlt
+
+        if not self.is_duckdb or self._fits(schema):
+            self.write_state(state)
+            return
+        with self.pipeline.sql_client() as client:
+            has_state_table = destination_sql.has_rows(client, STATE_TABLE)
+        if has_state_table:
+            self.write_state(state)
+        self.widen_columns(columns)
+        table = dlt.resource([schema.empty_table()], name=self.destination_table, columns=columns,
+                             primary_key=list(primary_key) or None,
+                             write_disposition={"disposition": "merge", "strategy": "delete-insert"})
+        self._run([table] if has_state_table else [state_resource(state), table])
 
     # -- loads --------------------------------------------------------------------------------
 

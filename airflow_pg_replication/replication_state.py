@@ -102,11 +102,15 @@ def write_state(pipeline: dlt.Pipeline, state: ReplicationState, *, run: Callabl
         return
     except DatabaseUndefinedRelation:
         pass  # first state write in this dataset: let dlt create the table
+    run(state_resource(state))
+
+
+def state_resource(state: ReplicationState) -> Any:
+    """A dlt resource that creates the state table (when missing) and upserts ``state``'s row."""
     import dlt
     import pyarrow as pa
 
-    row = state.as_row()
     # an Arrow row, so dlt adds none of its _dlt_* columns and plain SQL can write the table later
-    table = pa.Table.from_pylist([row], schema=_state_schema())
-    run(dlt.resource([table], name=STATE_TABLE, columns=_STATE_COLUMNS, primary_key="table_name",
-                     write_disposition={"disposition": "merge", "strategy": "delete-insert"}))
+    table = pa.Table.from_pylist([state.as_row()], schema=_state_schema())
+    return dlt.resource([table], name=STATE_TABLE, columns=_STATE_COLUMNS, primary_key="table_name",
+                        write_disposition={"disposition": "merge", "strategy": "delete-insert"})

@@ -83,6 +83,16 @@ def parse_bool(values: pa.Array, column: str) -> pa.Array:
     return pc.equal(values, "t")
 
 
+def _most_digits(values: pa.Array) -> int:
+    """An upper bound on the digits of any value: its length less a sign and a point it has."""
+    longest = pc.max(pc.binary_length(values)).as_py() or 0
+    if longest == 0:
+        return 0
+    marks = pc.add(pc.cast(pc.starts_with(values, "-"), pa.int32()),
+                   pc.cast(pc.match_substring(values, "."), pa.int32()))
+    return pc.max(pc.subtract(pc.binary_length(values), marks)).as_py() or 0
+
+
 def parse_decimal(values: pa.Array, to: pa.DataType, column: str, *, fits: bool = False) -> pa.Array:
     """Exact decimal conversion; raises instead of rounding, overflowing or dropping NaN.
 
@@ -93,10 +103,8 @@ def parse_decimal(values: pa.Array, to: pa.DataType, column: str, *, fits: bool 
     _check(values, pc.invert(special), column,
            "numeric NaN/Infinity has no decimal representation; declare the column float8"
            " or keep such values out of replicated tables")
-    if fits:  # cheap guard: no value with more digits than the type holds (Arrow's cast wraps past 38)
-        most = pc.max(pc.count_substring_regex(values, "[0-9]")).as_py()
-        if most is None or most <= to.precision:
-            return _cast(values, to, column)
+    if fits and _most_digits(values) <= to.precision:  # guard: Arrow's cast wraps past 38 digits
+        return _cast(values, to, column)
     parts = pc.extract_regex(values, _NUMERIC_RE)
     _check(values, pc.is_valid(parts), column, "not a plain numeric literal")
     digits = pc.utf8_ltrim(pc.struct_field(parts, "int"), characters="0")

@@ -59,7 +59,7 @@ from airflow_pg_replication.textparse import TextParseError
 
 __all__ = [
     "TYPE_CATALOG_SQL", "UNBOUNDED_NUMERIC", "PgColumn", "PgType", "TextParseError",
-    "arrow_type", "dlt_column_hints", "numeric_precision_scale", "resolve_types",
+    "arrow_type", "base_type_name", "dlt_column_hints", "numeric_precision_scale", "resolve_types",
     "text_to_arrow", "text_to_table",
 ]
 
@@ -187,7 +187,7 @@ _SCALARS: dict[str, pa.DataType] = {
 }
 
 
-def _base_name(t: PgType) -> str | None:
+def base_type_name(t: PgType) -> str | None:
     """The pg_catalog type name that drives the mapping, None for text-like types."""
     return None if t.is_enum or t.schema != "pg_catalog" else t.name
 
@@ -203,7 +203,7 @@ def arrow_type(col: PgColumn) -> pa.DataType:
     """The Arrow type :func:`text_to_arrow` produces for ``col`` (see "Rules")."""
     if col.type.element is not None:
         return pa.list_(arrow_type(_element_column(col)))
-    name = _base_name(col.type)
+    name = base_type_name(col.type)
     if name == "numeric":
         return _decimal_type(col)
     return _SCALARS.get(name or "", pa.string())
@@ -212,7 +212,7 @@ def arrow_type(col: PgColumn) -> pa.DataType:
 def dlt_column_hints(col: PgColumn) -> dict[str, Any]:
     """The dlt column schema entry for ``col`` so destinations create the intended types."""
     hints: dict[str, Any] = {"name": col.name, "nullable": col.nullable}
-    name = _base_name(col.type)
+    name = base_type_name(col.type)
     if col.type.element is not None or name in ("json", "jsonb"):
         hints["data_type"] = "json"
         return hints

@@ -57,7 +57,8 @@ class PgFullRefreshOperator(PgTableOperator):
                 log.info("%s: full refresh (%s) into %s", t.qualified_name, self.mode, dest.describe())
                 if self.mode == "cdc":
                     # First say the copy is not usable, so a crash anywhere below leads to a new snapshot.
-                    dest.write_state(ReplicationState(t.qualified_name, "snapshotting", slot=t.slot))
+                    dest.prepare_replace(ReplicationState(t.qualified_name, "snapshotting", slot=t.slot),
+                                         schema=snapshot_schema(info), columns=hints, primary_key=info.primary_key)
                     hook.ensure_publication(conn, t.publication, t.schema, t.name)
                     hook.drop_slot(conn, t.slot)
                     with hook.create_slot_with_snapshot(t.slot) as created:
