@@ -103,6 +103,14 @@ def _unwrap_infinities(values: pa.Array, to: pa.DataType, column: str) -> pa.Arr
     return raw.view(to)
 
 
+def adbc_connect(params: dict[str, Any], *, autocommit: bool = False) -> Any:
+    """An ADBC PostgreSQL (dbapi) connection from libpq keyword parameters."""
+    import adbc_driver_postgresql.dbapi as adbc
+    from psycopg.conninfo import make_conninfo
+
+    return adbc.connect(make_conninfo(**params), autocommit=autocommit)
+
+
 class BinaryCopyReader:
     """One table's rows as Arrow record batches; :meth:`convert` gives each batch our column types.
 
@@ -155,15 +163,13 @@ class BinaryCopyReader:
             sql.SQL(" WHERE ") + self.where if self.where is not None else sql.SQL(""))
 
     def __enter__(self) -> BinaryCopyReader:
-        import adbc_driver_postgresql.dbapi as adbc
         from psycopg import sql
-        from psycopg.conninfo import make_conninfo
 
         snapshot = self.conn.execute("SELECT pg_export_snapshot()").fetchone()[0]
         params = self.conn.info.get_parameters()
         if self.conn.info.password:
             params["password"] = self.conn.info.password
-        self._adbc = adbc.connect(make_conninfo(**params))  # not autocommit: one transaction
+        self._adbc = adbc_connect(params)  # not autocommit: one transaction
         try:
             self._cursor = cur = self._adbc.cursor()  # the reader lives while its cursor does
             cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")

@@ -89,9 +89,12 @@ def _pick(column: pa.Array, src: np.ndarray, valid: np.ndarray, *, text: bool = 
         raise _Ineligible from None
 
 
-def fold_columnar(messages: Sequence[bytes], key_columns: Sequence[str], *, applied_lsn: int | None,
+def fold_columnar(messages: Sequence[bytes] | pa.Array | pa.ChunkedArray, key_columns: Sequence[str], *, applied_lsn: int | None,
                   relation_names: set[tuple[str, str]]) -> ColumnarBatch | None:
     """Fold raw pgoutput messages like ``fold_changes(map(decode, messages), ...)``, vectorised.
+
+    ``messages``: a sequence of bytes, or an Arrow binary array of them (read without a Python
+    object per message).
 
     Returns None when the batch is not eligible and the reference path must be used: a TRUNCATE of
     the table, a relation message of it with other columns (or a name now not matching), an UPDATE
@@ -106,16 +109,30 @@ def fold_columnar(messages: Sequence[bytes], key_columns: Sequence[str], *, appl
         return None
 
 
-def _fold(messages: Sequence[bytes], key_columns: tuple[str, ...], applied_lsn: int,
-          names: set[tuple[str, str]]) -> ColumnarBatch:
+def _joined(messages: Sequence[bytes] | pa.Array | pa.ChunkedArray) -> tuple[bytes | pa.Buffer, np.ndarray]:
+    """All messages back to back in one buffer, and each message's length."""
+    if isinstance(messages, (pa.Array, pa.ChunkedArray)):  # Arrow binary: its data buffer already is that
+        arr = messages.combine_chunks() if isinstance(messages, pa.ChunkedArray) else messages
+        _need(arr.null_count == 0 and (pa.types.is_binary(arr.type) or pa.types.is_large_binary(arr.type)))
+        width = np.int64 if pa.types.is_large_binary(arr.type) else np.int32
+        offsets = np.frombuffer(arr.buffers()[1], dtype=width)[arr.offset:arr.offset + len(arr) + 1]
+        data = arr.buffers()[2] if len(arr) else pa.py_buffer(b"")
+        return data.slice(int(offsets[0]), int(offsets[-1] - offsets[0])), np.diff(offsets).astype(np.int64)
+    return b"".join(messages), np.fromiter(map(len, messages), dtype=np.int64, count=len(messages))
+
+
+def _fold(messages: Sequence[bytes] | pa.Array | pa.ChunkedArray, key_columns: tuple[str, ...],
+          applied_lsn: int, names: set[tuple[str, str]]) -> ColumnarBatch:
     n = len(messages)
     _need(key_columns and n)
-    lens = np.fromiter(map(len, messages), dtype=np.int64, count=n)
+    joined, lens = _joined(messages)
     _need(lens.all())
-    joined = b"".join(messages)
     buf = np.frombuffer(joined, dtype=np.uint8)
     ends = np.cumsum(lens)
     starts = ends - lens
+
+    def message(i: int) -> bytes:
+        return bytes(buf[starts[i]:ends[i]])
     types = buf[starts]
     _need(np.isin(types, _KNOWN_TYPES).all())
 
@@ -133,8 +150,8 @@ def _fold(messages: Sequence[bytes], key_columns: tuple[str, ...], applied_lsn: 
     skipped = int(np.count_nonzero(skip[txn[cidx]]))
     first_commit = last_commit = last_end = None
     if transactions:
-        first_commit = int.from_bytes(messages[cidx[0]][2:10], "big")
-        last = messages[cidx[-1]]
+        first_commit = int.from_bytes(message(cidx[0])[2:10], "big")
+        last = message(cidx[-1])
         last_commit, last_end = int.from_bytes(last[2:10], "big"), int.from_bytes(last[10:18], "big")
 
     # -- relation messages (few: decoded one by one) -------------------------------------------
@@ -142,7 +159,7 @@ def _fold(messages: Sequence[bytes], key_columns: tuple[str, ...], applied_lsn: 
     other_oids: set[int] = set()
     try:
         for i in np.flatnonzero(types == _R).tolist():
-            rel = decode(messages[i])
+            rel = decode(message(i))
             if (rel.namespace, rel.name) in names:
                 ours.append((i, rel))
             else:
@@ -155,7 +172,7 @@ def _fold(messages: Sequence[bytes], key_columns: tuple[str, ...], applied_lsn: 
             first_seen.setdefault(rel.oid, i)
         _need(not other_oids & first_seen.keys())
         for i in np.flatnonzero(types == _T_MSG).tolist():
-            trunc = decode(messages[i])
+            trunc = decode(message(i))
             ours_truncated = first_seen.keys() & set(getattr(trunc, "relation_oids", ()))
             _need(type(trunc) is Truncate and (skip[txn[i]] or not ours_truncated))
     except PgOutputError:
@@ -185,7 +202,7 @@ def _fold(messages: Sequence[bytes], key_columns: tuple[str, ...], applied_lsn: 
     # -- walk the tuple data column by column, all messages at once -------------------------------
     last_byte = len(buf) - 1
     kinds, columns = [], []
-    data = pa.py_buffer(joined)
+    data = joined if isinstance(joined, pa.Buffer) else pa.py_buffer(joined)
     pos = ms + 8
     for _ in range(ncols):
         k = buf[np.minimum(pos, last_byte)]

@@ -96,6 +96,7 @@ class TableDestination:
         self.destination_table = destination_table
         self.pipeline_name = pipeline_name
         self.pipeline: dlt.Pipeline | None = None
+        self._sql: Any = None
         self._stack = contextlib.ExitStack()
 
     def describe(self) -> str:
@@ -125,8 +126,22 @@ class TableDestination:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.pipeline = None
         self._stack.close()
+        self.pipeline = None
+        self._sql = None
+
+    @contextlib.contextmanager
+    def sql_client(self) -> Iterator[Any]:
+        """dlt's SQL client of the destination, opened once per unit of work.
+
+        Opening one costs dlt a configuration resolution (tens of ms); a CDC run needs several.
+        """
+        if self._sql is None:
+            client = self.pipeline.sql_client()
+            client.open_connection()
+            self._stack.callback(client.close_connection)
+            self._sql = client
+        yield self._sql
 
     def _run(self, resource: Any) -> None:
         """Run the pipeline; an error raised by our own data generator surfaces as itself, not wrapped by dlt."""
@@ -147,11 +162,11 @@ class TableDestination:
 
     def read_state(self) -> ReplicationState | None:
         """The table's state row, or None when nothing was ever loaded for it."""
-        return read_state(self.pipeline, self.table_name)
+        return read_state(self.sql_client, self.table_name)
 
     def write_state(self, state: ReplicationState) -> None:
         """Record ``state``; call it only after the data it describes has committed."""
-        write_state(self.pipeline, state, run=self._run)
+        write_state(self.sql_client, state, run=self._run)
 
     def prepare_replace(self, state: ReplicationState, *, schema: pa.Schema, columns: list[dict],
                         primary_key: Sequence[str]) -> None:
@@ -165,7 +180,7 @@ class TableDestination:
         if not self.is_duckdb or self._fits(schema):
             self.write_state(state)
             return
-        with self.pipeline.sql_client() as client:
+        with self.sql_client() as client:
             has_state_table = destination_sql.has_rows(client, STATE_TABLE)
         if has_state_table:
             self.write_state(state)
@@ -190,7 +205,7 @@ class TableDestination:
             if not self._fits(schema):
                 self.merge([schema.empty_table()], columns, primary_key)  # dlt creates / evolves the table
             if self._fits(schema):
-                with self.pipeline.sql_client() as client:
+                with self.sql_client() as client:
                     after, later = self._native_state(client, state)
                     NativeDuckDb(client, self.destination_table).replace(batches, schema, after)
                 if later is not None:
@@ -214,7 +229,7 @@ class TableDestination:
         adds new columns and widens changed ones), and the state last.
         """
         if self.is_duckdb:
-            with self.pipeline.sql_client() as client:  # one session: shape check, batch and state
+            with self.sql_client() as client:  # one session: shape check, batch and state
                 native = NativeDuckDb(client, self.destination_table)
                 if upserts is None or upserts.num_rows == 0 or native.fits(upserts.schema):
                     trunc = self._truncate_statement(client, truncate) if truncate is not None else None
@@ -241,7 +256,7 @@ class TableDestination:
         return self.spec["type"] == "duckdb"
 
     def _fits(self, schema: pa.Schema) -> bool:
-        with self.pipeline.sql_client() as client:
+        with self.sql_client() as client:
             return NativeDuckDb(client, self.destination_table).fits(schema)
 
     @staticmethod
@@ -298,7 +313,7 @@ class TableDestination:
         with self.pipeline.destination_client() as job_client:
             prepared = schema.tables[self.destination_table]
             mapper = job_client.capabilities.get_type_mapper()
-            with self.pipeline.sql_client() as client:
+            with self.sql_client() as client:
                 target = client.make_qualified_table_name(self.destination_table)
                 for col in changed:
                     old = table["columns"][col["name"]]
@@ -316,23 +331,23 @@ class TableDestination:
 
     def has_rows(self) -> bool:
         """True when the destination table exists and holds at least one row."""
-        with self.pipeline.sql_client() as client:
+        with self.sql_client() as client:
             return destination_sql.has_rows(client, self.destination_table)
 
     def delete_keys(self, key_columns: Sequence[str], keys: Sequence[tuple]) -> None:
         """Hard-delete the rows with these keys (typed values), in chunks."""
-        with self.pipeline.sql_client() as client:
+        with self.sql_client() as client:
             destination_sql.delete_keys(client, self.destination_table, key_columns, keys)
 
     def truncate(self, *, soft_at: datetime | None = None, lsn: int | None = None) -> None:
         """Empty the table; with ``soft_at``, mark every live row deleted at that time instead."""
-        with self.pipeline.sql_client() as client:
+        with self.sql_client() as client:
             destination_sql.truncate(client, self.destination_table, soft_at=soft_at, lsn=lsn,
                                      deleted_column=DELETED_AT_COLUMN, lsn_column=LSN_COLUMN)
 
     def fetch_rows(self, key_columns: Sequence[str], keys: Sequence[tuple], columns: Sequence[str]) -> dict[tuple, dict]:
         """Current destination values of ``columns`` for these keys: key -> {column: value}."""
-        with self.pipeline.sql_client() as client:
+        with self.sql_client() as client:
             return destination_sql.fetch_rows(client, self.destination_table, key_columns, keys, columns)
 
 

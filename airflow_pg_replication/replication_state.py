@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, ContextManager
 
 from airflow_pg_replication.destination_sql import compose
 
 if TYPE_CHECKING:
-    import dlt
     import pyarrow as pa
 
 STATE_TABLE = "_pg_replication_state"
@@ -55,13 +54,13 @@ def _state_schema() -> pa.Schema:
 
 
 
-def read_state(pipeline: dlt.Pipeline, table_name: str) -> ReplicationState | None:
+def read_state(sql_client: Callable[[], ContextManager[Any]], table_name: str) -> ReplicationState | None:
     """The table's state row, or None when nothing was ever loaded for it."""
     from dlt.destinations.exceptions import DatabaseUndefinedRelation
 
     names = [c["name"] for c in _STATE_COLUMNS]
     try:
-        with pipeline.sql_client() as client:
+        with sql_client() as client:
             rows = client.execute_sql(
                 compose("SELECT", ", ".join(map(client.escape_column_name, names)),
                         "FROM", client.make_qualified_table_name(STATE_TABLE),
@@ -86,7 +85,8 @@ def state_statements(client: Any, state: ReplicationState, *, placeholder: str =
     ]
 
 
-def write_state(pipeline: dlt.Pipeline, state: ReplicationState, *, run: Callable[[Any], None]) -> None:
+def write_state(sql_client: Callable[[], ContextManager[Any]], state: ReplicationState, *,
+                run: Callable[[Any], None]) -> None:
     """Upsert the table's state row in one destination transaction.
 
     The state table is created through dlt (``run``) on first use; later writes are one small SQL
@@ -95,7 +95,7 @@ def write_state(pipeline: dlt.Pipeline, state: ReplicationState, *, run: Callabl
     from dlt.destinations.exceptions import DatabaseUndefinedRelation
 
     try:
-        with pipeline.sql_client() as client:
+        with sql_client() as client:
             with client.begin_transaction():
                 for stmt, params in state_statements(client, state):
                     client.execute_sql(stmt, *params)

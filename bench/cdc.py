@@ -256,7 +256,7 @@ def phase_timer() -> C.PhaseTimer:
     timer = C.PhaseTimer()
     for name in ("check_wal_level", "slot_info", "table_info", "current_wal_lsn", "advance_slot"):
         timer.wrap(PgReplicationHook, name, f"hook.{name}")
-    timer.wrap(PgReplicationHook, "peek_changes", "hook.peek_changes: next() = fetch rows from the slot", generator=True)
+    timer.wrap(PgReplicationHook, "peek_change_chunks", "hook.peek_change_chunks: next() = ADBC fetch from the slot", generator=True)
     timer.wrap(PgCdcApplyOperator, "_columns_of_batch", "PgCdcApplyOperator._columns_of_batch")
     timer.wrap(apply_mod, "apply_changes", "apply.apply_changes (per-message path)")
     timer.wrap(apply_mod, "apply_columnar", "apply.apply_columnar")
@@ -302,7 +302,7 @@ def profile(tmp: Path, batch: int) -> None:
     C.print_top(stats, 30, total=wall)
     s = stats
     rows = [
-        ("hook.peek_changes (psycopg fetch from the slot)", C.cum(s, "hooks/replication.py", "peek_changes")),
+        ("hook.peek_change_chunks (ADBC fetch from the slot)", C.cum(s, "hooks/replication.py", "peek_change_chunks")),
         ("columnar_fold.fold_columnar (decode + fold, column-wise)",
          C.cum(s, "airflow_pg_replication/columnar_fold.py", "fold_columnar")),
         ("pgoutput.decode (per-message path)", C.cum(s, "airflow_pg_replication/pgoutput.py", "decode")),

@@ -31,6 +31,8 @@ class PgCdcApplyOperator(PgTableOperator):
         self.max_lag_bytes = max_lag_bytes
 
     def execute(self, context: Any) -> dict[str, Any]:
+        import pyarrow as pa
+
         from airflow_pg_replication.apply import apply_changes, apply_columnar
         from airflow_pg_replication.changes import ChangeFolder
         from airflow_pg_replication.columnar_fold import fold_columnar
@@ -58,39 +60,44 @@ class PgCdcApplyOperator(PgTableOperator):
             names = {(t.schema, t.name)}
             soft = self.deletes == "soft"
             read_started = time.monotonic()
-            raw: list[bytes] = []  # the batch's messages, folded column-wise at the end ...
+            chunks: list[pa.Array] = []  # the batch's messages as Arrow, folded column-wise at the end ...
+            held = 0
             folder = None  # ... or message by message, past max_rows_in_memory or for an unusual batch
             applied = None
             messages = 0
-            for _lsn, data in hook.peek_changes(conn, t.slot, t.publication, upto_lsn=upto,
-                                                max_changes=self.max_batch_changes):
-                messages += 1
+            for chunk in hook.peek_change_chunks(conn, t.slot, t.publication, upto_lsn=upto,
+                                                 max_changes=self.max_batch_changes):
+                messages += len(chunk)
                 if folder is None:
-                    raw.append(data)
-                    if len(raw) < self.max_rows_in_memory:
+                    chunks.append(chunk)
+                    held += len(chunk)
+                    if held < self.max_rows_in_memory:
                         continue
                     folder = ChangeFolder(info.primary_key, applied_lsn=state.applied_lsn, relation_names=names)
-                    for msg in raw:
-                        folder.feed(decode(msg))
-                    raw = []
+                    pending, chunks = chunks, []
                 else:
-                    folder.feed(decode(data))
-                if len(folder.batch.rows) >= self.max_rows_in_memory:
-                    # A huge transaction: apply what is folded so far, in order, and go on. Nothing is
-                    # recorded or advanced until the whole batch is in, so a crash replays it from the start.
-                    part = folder.take_rows()
-                    log.info("%s: applying part %d of a large batch (%d rows) to bound memory",
-                             t.qualified_name, folder.flushed_parts, len(part.rows))
-                    cols = self._columns_of_relations(conn, folder.relations_seen, info)
-                    applied = _combine(applied, apply_changes(dest, part, cols, soft_deletes=soft))
+                    pending = [chunk]
+                for msg in (m for c in pending for m in c.to_pylist()):
+                    folder.feed(decode(msg))
+                    if len(folder.batch.rows) >= self.max_rows_in_memory:
+                        # A huge transaction: apply what is folded so far, in order, and go on. Nothing is
+                        # recorded or advanced until the whole batch is in, so a crash replays it from the start.
+                        part = folder.take_rows()
+                        log.info("%s: applying part %d of a large batch (%d rows) to bound memory",
+                                 t.qualified_name, folder.flushed_parts, len(part.rows))
+                        cols = self._columns_of_relations(conn, folder.relations_seen, info)
+                        applied = _combine(applied, apply_changes(dest, part, cols, soft_deletes=soft))
+                del pending
             columnar = None
+            raw = pa.chunked_array(chunks, pa.binary()) if chunks else []
             if folder is None and info.primary_key:
                 columnar = fold_columnar(raw, info.primary_key, applied_lsn=state.applied_lsn, relation_names=names)
             if folder is None and columnar is None:
                 folder = ChangeFolder(info.primary_key, applied_lsn=state.applied_lsn, relation_names=names)
-                for msg in raw:
-                    folder.feed(decode(msg))
-            del raw
+                for chunk in chunks:
+                    for msg in chunk.to_pylist():
+                        folder.feed(decode(msg))
+            del raw, chunks
             batch = columnar if columnar is not None else folder.batch
             read_secs = time.monotonic() - read_started
             cut = messages >= self.max_batch_changes  # PostgreSQL may have stopped early: more is waiting

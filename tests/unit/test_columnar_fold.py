@@ -122,10 +122,23 @@ def columnar_rows(cb: ColumnarBatch):
 def check_same(raw, keys, applied_lsn, names) -> bool:
     """Assert equal results when eligible; returns whether it was."""
     cb = fold_columnar(raw, keys, applied_lsn=applied_lsn, relation_names=names)
+    for arrow in _as_arrow(raw):  # the same messages as Arrow binary, as the change reader hands them over
+        again = fold_columnar(arrow, keys, applied_lsn=applied_lsn, relation_names=names)
+        assert (again is None) == (cb is None)
+        if cb is not None:
+            assert columnar_rows(again) == columnar_rows(cb)
     if cb is None:
         return False
     assert columnar_rows(cb) == reference_rows(raw, tuple(keys), applied_lsn, names)
     return True
+
+
+def _as_arrow(raw: list[bytes]):
+    """``raw`` as one binary array, as two chunks, and as a slice of a longer array (offset > 0)."""
+    half = len(raw) // 2
+    yield pa.array(raw, pa.binary())
+    yield pa.chunked_array([pa.array(raw[:half], pa.binary()), pa.array(raw[half:], pa.binary())])
+    yield pa.array([b"junk"] + raw + [b"junk"], pa.binary()).slice(1, len(raw))
 
 
 # -- the captured fixture ---------------------------------------------------------------------------
