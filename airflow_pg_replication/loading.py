@@ -17,6 +17,7 @@ from airflow_pg_replication.destination_sql import compose
 from airflow_pg_replication.errors import ReplicationError
 from airflow_pg_replication.registry import default_duckdb_path
 from airflow_pg_replication.duckdb_native import NativeDuckDb
+from airflow_pg_replication.duckdb_session import DuckDbSession
 from airflow_pg_replication.replication_state import (
     STATE_TABLE,
     ReplicationState,
@@ -95,8 +96,9 @@ class TableDestination:
         self.table_name = table_name
         self.destination_table = destination_table
         self.pipeline_name = pipeline_name
-        self.pipeline: dlt.Pipeline | None = None
+        self._pipeline: dlt.Pipeline | None = None
         self._sql: Any = None
+        self._duckdb: Any = None  # the unit of work's DuckDB connection (DuckDB destinations)
         self._stack = contextlib.ExitStack()
 
     def describe(self) -> str:
@@ -104,10 +106,6 @@ class TableDestination:
         return f"{self.spec['dataset']}.{self.destination_table} in {where}"
 
     def __enter__(self) -> TableDestination:
-        import dlt
-
-        _configure_dlt()
-        duckdb_connection = None
         if self.spec["type"] == "duckdb":
             import duckdb
 
@@ -115,32 +113,49 @@ class TableDestination:
             self._stack.enter_context(_file_lock(path + ".lock"))
             # One connection for the whole unit of work: dlt's clients take cursors of it, so the
             # file is opened (and checkpointed on close) once, not once per client.
-            duckdb_connection = duckdb.connect(path)
-            self._stack.callback(duckdb_connection.close)
-        workdir = tempfile.mkdtemp(prefix="pg_replication_dlt_")
-        self._stack.callback(shutil.rmtree, workdir, True)
-        self.pipeline = dlt.pipeline(
-            pipeline_name=self.pipeline_name, pipelines_dir=workdir,
-            destination=_dlt_destination(self.spec, duckdb_connection), dataset_name=self.spec["dataset"],
-        )
+            self._duckdb = duckdb.connect(path)
+            self._stack.callback(self._duckdb.close)
+            # Commits are durable in the WAL; DuckDB checkpoints it once it passes 16 MB, so a
+            # small CDC batch does not pay for a checkpoint of the file at every close.
+            self._duckdb.execute("PRAGMA disable_checkpoint_on_shutdown")
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._stack.close()
-        self.pipeline = None
-        self._sql = None
+        try:
+            self._stack.close()
+        finally:
+            self._pipeline = self._sql = self._duckdb = None
+
+    @property
+    def pipeline(self) -> dlt.Pipeline:
+        """The table's dlt pipeline, created on first use: a batch that fits the table needs none."""
+        if self._pipeline is None:
+            import dlt
+
+            _configure_dlt()
+            workdir = tempfile.mkdtemp(prefix="pg_replication_dlt_")
+            self._stack.callback(shutil.rmtree, workdir, True)
+            self._pipeline = dlt.pipeline(
+                pipeline_name=self.pipeline_name, pipelines_dir=workdir,
+                destination=_dlt_destination(self.spec, self._duckdb), dataset_name=self.spec["dataset"],
+            )
+        return self._pipeline
 
     @contextlib.contextmanager
     def sql_client(self) -> Iterator[Any]:
-        """dlt's SQL client of the destination, opened once per unit of work.
+        """A SQL client of the destination, opened once per unit of work.
 
-        Opening one costs dlt a configuration resolution (tens of ms); a CDC run needs several.
+        DuckDB: a :class:`.DuckDbSession` on the unit's connection, with no dlt configuration to
+        resolve. Elsewhere: dlt's SQL client (resolving its configuration costs tens of ms).
         """
         if self._sql is None:
-            client = self.pipeline.sql_client()
-            client.open_connection()
-            self._stack.callback(client.close_connection)
-            self._sql = client
+            if self._duckdb is not None:
+                self._sql = DuckDbSession(self._duckdb, self.spec["dataset"])
+            else:
+                client = self.pipeline.sql_client()
+                client.open_connection()
+                self._stack.callback(client.close_connection)
+                self._sql = client
         yield self._sql
 
     def _run(self, resource: Any) -> None:
@@ -313,7 +328,7 @@ class TableDestination:
         with self.pipeline.destination_client() as job_client:
             prepared = schema.tables[self.destination_table]
             mapper = job_client.capabilities.get_type_mapper()
-            with self.sql_client() as client:
+            with self.pipeline.sql_client() as client:  # dlt's: it knows the staging dataset
                 target = client.make_qualified_table_name(self.destination_table)
                 for col in changed:
                     old = table["columns"][col["name"]]

@@ -211,7 +211,7 @@ class PgReconcileOperator(PgTableOperator):
         canon = [ColumnCanon(c) for c in info.columns]
         key_idx = [info.column_names.index(k) for k in keys.names]
         results = []
-        with dest.sql_client() as client:
+        with dest.pipeline.sql_client() as client:  # dlt's client: its cursors stream Arrow
             table = client.make_qualified_table_name(t.destination_table)
             try:
                 with client.execute_query(compose("SELECT * FROM", table, "LIMIT 0")) as cur:
