@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 from airflow_pg_replication.destination_sql import compose
 
-COMMIT_ROWS = 125_000  # rows per transaction of a staged load: fewer commits are faster, more use memory
+COMMIT_ROWS = 122_880  # rows per transaction of a staged load: fewer commits are faster, more use memory
 MEMORY_LIMIT_MB = 64  # DuckDB's buffer pool; past it, committed blocks are evicted and big joins spill to disk
 
 if TYPE_CHECKING:
@@ -103,6 +103,9 @@ class NativeDuckDb:
 
         insert = self._insert_statement(target, "pg_replication_src", schema.names)
         pending = 0
+        # The rows go to the file as row groups fill; the WAL only points at them. Without this,
+        # every commit past 16 MB of WAL would checkpoint (rewrite) the table so far.
+        self.con.execute("SET wal_autocheckpoint = '1TB'")
         self.con.execute("BEGIN TRANSACTION")
         try:
             for batch in batches:
@@ -118,6 +121,8 @@ class NativeDuckDb:
         except BaseException:
             self.con.execute("ROLLBACK")
             raise
+        finally:
+            self.con.execute("RESET wal_autocheckpoint")
 
     def _insert_statement(self, target: str, source: str, names: Sequence[str]) -> str:
         cols = ", ".join(self.client.escape_column_name(n) for n in names)
