@@ -131,17 +131,20 @@ class NativeDuckDb:
     def merge(self, upserts: pa.Table | None, key_columns: Sequence[str], delete_keys: pa.Table | None,
               truncate: tuple[str, Sequence[Any]] | None, after: Sequence[tuple]) -> None:
         """In one transaction: truncate, delete keys, delete-then-insert the upserts, then ``after``."""
+        import pyarrow as pa
 
         def work() -> None:
             if truncate is not None:
                 self.con.execute(*truncate)
-            for keys in (delete_keys, upserts):
-                if keys is not None and keys.num_rows:
-                    match = " AND ".join(compose("t." + self.client.escape_column_name(k), "=",
-                                                 "k." + self.client.escape_column_name(k)) for k in key_columns)
-                    self._run_with("pg_replication_keys", keys.select(list(key_columns)), compose(
-                        "DELETE FROM", self.table, "AS t WHERE EXISTS (SELECT 1 FROM pg_replication_keys AS k WHERE",
-                        match, ")"))
+            # one DELETE for the deleted keys and the keys about to be re-inserted
+            parts = [t.select(list(key_columns)) for t in (delete_keys, upserts) if t is not None and t.num_rows]
+            if parts:
+                keys = pa.concat_tables(parts) if len(parts) > 1 else parts[0]
+                match = " AND ".join(compose("t." + self.client.escape_column_name(k), "=",
+                                             "k." + self.client.escape_column_name(k)) for k in key_columns)
+                self._run_with("pg_replication_keys", keys, compose(
+                    "DELETE FROM", self.table, "AS t WHERE EXISTS (SELECT 1 FROM pg_replication_keys AS k WHERE",
+                    match, ")"))
             if upserts is not None and upserts.num_rows:
                 self._load("pg_replication_src", upserts, upserts.column_names)
 

@@ -279,11 +279,13 @@ def child_entry(fn: Callable[[dict], dict]) -> None:
 def import_heavy() -> float:
     """Import what the operators import lazily inside execute(); returns seconds."""
     t0 = time.monotonic()
+    import adbc_driver_postgresql.dbapi  # noqa: F401
     import dlt  # noqa: F401
     import duckdb  # noqa: F401
+    import numpy  # noqa: F401
     import pyarrow  # noqa: F401
     import pyarrow.compute  # noqa: F401
-    import pyarrow.csv  # noqa: F401
+    import pyarrow.json  # noqa: F401
     import pyarrow.parquet  # noqa: F401
     from dlt.destinations import duckdb as _duck  # noqa: F401
 

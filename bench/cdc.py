@@ -398,7 +398,7 @@ def main() -> int:
         C.line("apply loop: changes applied / generated", f"{applied:,} / {args.changes:,}")
         C.line("apply loop wall time", f"{apply_s:.2f} s  ({args.changes / apply_s:,.0f} changes/s; per call: "
                f"{', '.join(format(c['wall_s'], '.1f') for c in r['calls'])} s)")
-        C.line("  + first import of dlt/pyarrow/duckdb", f"{r['heavy_import_s']:.2f} s (once per task process)")
+        C.line("  + first import of dlt/pyarrow/duckdb/adbc/numpy", f"{r['heavy_import_s']:.2f} s (once per task process)")
         C.line("ratio apply / raw Python fetch (<= 3.0)", f"{ratio:.2f}  {C.verdict(ratio <= TARGET_RATIO)}   "
                f"(vs server-side drain: {apply_s / sql_s:.2f})")
         C.line("peak RSS of the apply process (<= 512 MB)", f"{run.peak_rss_mb:,.0f} MB  "

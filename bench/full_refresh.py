@@ -7,10 +7,10 @@ Starts a throwaway PostgreSQL, builds ``customers`` from bench/seed.sql with --r
                 (peak RSS of that process alone: max of its VmHWM and /proc polling every 5 ms;
                 not ru_maxrss, which exec inherits from the spawning process, see _common.ChildRun)
 Targets: operator/raw <= 3.0 and peak RSS <= 512 MB. Exit status 0 unless something broke
-(or --strict and a target is missed). Heavy modules (dlt, pyarrow, duckdb) are imported before
+(or --strict and a target is missed). Heavy modules (dlt, pyarrow, duckdb, adbc, numpy) are imported before
 the timer starts; their import time is reported separately.
 
---profile adds a stage ladder (raw CSV COPY, the package's COPY->Arrow reader alone, in a child),
+--profile adds a stage ladder (raw binary COPY of the package's query, the package's reader alone, in a child),
 a phase-timed child run (wall time and peak RSS per step, RSS while streaming) and a cProfile of
 one in-process run (top 30 cumulative entries; main thread only). --phases: only the phase run.
 """
@@ -78,7 +78,7 @@ def duck_count(path: str) -> int:
 
 
 def read_arrow(chunk_bytes: int | None) -> tuple[float, int]:
-    """The package's snapshot read alone: COPY csv -> typed Arrow batches, dropped (no destination)."""
+    """The package's snapshot read alone: binary COPY (ADBC) -> typed Arrow batches, dropped (no destination)."""
     from airflow_pg_replication import snapshot
     from airflow_pg_replication.hooks.replication import PgReplicationHook
 
@@ -99,14 +99,20 @@ def read_arrow(chunk_bytes: int | None) -> tuple[float, int]:
 
 def ladder(dsn: str, tmp: Path, chunk_bytes: int | None) -> list[tuple[str, str]]:
     """Cumulative stages of the read path, each timed alone (best of 2)."""
-    cols = ("customer_id, first_name, last_name, email, balance, tags, attrs, created_at, updated_at")
-    csv_s, csv_bytes = C.best_of(2, lambda: C.drain_copy(dsn, f"COPY (SELECT {cols} FROM customers) TO STDOUT (FORMAT csv)"))
+    import psycopg
+
+    from airflow_pg_replication.binary_copy import BinaryCopyReader
+    from airflow_pg_replication.source_catalog import read_table_info
+
+    with psycopg.connect(dsn) as conn:  # the query the package sends (numeric as text, array guards)
+        query = BinaryCopyReader(conn, read_table_info(conn, "public", "customers")).query().as_string(conn)
+    raw_s, raw_bytes = C.best_of(2, lambda: C.drain_copy(dsn, f"COPY ({query}) TO STDOUT (FORMAT binary)"))
     reads = [C.run_child(Path(__file__), {"op": "read", "chunk_bytes": chunk_bytes}, workdir=tmp,
                          what="snapshot read alone") for _ in range(2)]
     best = min(reads, key=lambda r: r.result["execute_s"])
     tl = best.result["timeline"]
-    return [(f"raw COPY csv, same columns ({csv_bytes / 1e6:,.0f} MB)", csv_s, ""),
-            ("package COPY csv -> typed Arrow batches, no destination", best.result["execute_s"],
+    return [(f"raw COPY binary of the package's query ({raw_bytes / 1e6:,.0f} MB)", raw_s, ""),
+            ("package binary COPY (ADBC) -> typed Arrow batches, no destination", best.result["execute_s"],
              f"; child peak RSS {max(r.peak_rss_mb for r in reads):,.0f} MB (RSS at first/last batch "
              f"{tl[0][1]:,.0f}/{tl[-1][1]:,.0f} MB)" if tl else "")]
 
@@ -119,7 +125,7 @@ def phase_timer() -> C.PhaseTimer:
     timer = C.PhaseTimer()
     for name in ("table_info", "ensure_publication", "drop_slot", "replication_connection"):
         timer.wrap(PgReplicationHook, name, f"hook.{name}")
-    timer.wrap(snapshot, "copy_batches", "snapshot.copy_batches: next() = COPY read + CSV parse + convert",
+    timer.wrap(snapshot, "copy_batches", "snapshot.copy_batches: next() = binary COPY read (ADBC) + convert",
                generator=True)
     timer.wrap(snapshot, "text_to_arrow", label_fn=C.conversion_label)  # the name it imported
     C.wrap_destination_phases(timer)
@@ -178,7 +184,7 @@ def profile(tmp: Path, chunk_bytes: int | None) -> None:
     s = stats
     rows = [
         ("typemap.text_to_arrow (type conversion)", C.cum(s, "airflow_pg_replication/typemap.py", "text_to_arrow")),
-        ("snapshot.copy_batches (COPY + CSV parse + conversion)", C.cum(s, "airflow_pg_replication/snapshot.py", "copy_batches")),
+        ("snapshot.copy_batches (binary COPY via ADBC + conversion)", C.cum(s, "airflow_pg_replication/snapshot.py", "copy_batches")),
         ("NativeDuckDb.replace (Arrow stream -> DuckDB; pulls the COPY generator)",
          C.cum(s, "airflow_pg_replication/duckdb_native.py", "replace")),
         ("pyarrow parquet writing (ParquetWriter.write_*)", C.cum(s, "pyarrow/parquet/core.py", "write_batch")
@@ -186,7 +192,7 @@ def profile(tmp: Path, chunk_bytes: int | None) -> None:
         ("dlt config resolution (resolve_configuration)", C.cum(s, "dlt/common/configuration/resolve.py", "resolve_configuration")),
         ("dlt schema/arrow normalisation in extract (self time, dlt/common/libs/pyarrow.py)",
          C.self_time_under(s, "dlt/common/libs/pyarrow.py")),
-        ("waiting on threads (lock.acquire: load jobs, CSV read-ahead)", C.cum(s, "~", "<method 'acquire' of '_thread.lock' objects>")),
+        ("waiting on threads (lock.acquire: load jobs, read-ahead)", C.cum(s, "~", "<method 'acquire' of '_thread.lock' objects>")),
     ]
     print("\nSelected cost centres from the profile (cumulative, % of profiled execute):")
     C.print_centres(rows, wall)
@@ -239,7 +245,7 @@ def main() -> int:
         C.line("raw COPY binary -> /dev/null (best of 2)", f"{raw_s:.2f} s  ({raw_bytes / 1e6:,.0f} MB, "
                f"{args.rows / raw_s:,.0f} rows/s)")
         C.line("operator execute()" + (f" (best of {len(runs)})" if len(runs) > 1 else ""), f"{op_s:.2f} s  ({args.rows / op_s:,.0f} rows/s)")
-        C.line("  + first import of dlt/pyarrow/duckdb", f"{r['heavy_import_s']:.2f} s (paid once per task process;"
+        C.line("  + first import of dlt/pyarrow/duckdb/adbc/numpy", f"{r['heavy_import_s']:.2f} s (paid once per task process;"
                f" airflow+provider import {r['airflow_import_s']:.2f} s)")
         C.line("ratio operator / raw (target <= 3.0)", f"{ratio:.2f}  {C.verdict(ratio <= TARGET_RATIO)}"
                f"   (incl. heavy imports: {(op_s + r['heavy_import_s']) / raw_s:.2f})")
