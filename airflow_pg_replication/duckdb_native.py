@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 from airflow_pg_replication.destination_sql import compose
 
-COMMIT_ROWS = 122_880  # rows per transaction of a staged load: fewer commits are faster, more use memory
+COMMIT_ROWS = 245_760  # rows per transaction of a staged load: two DuckDB row groups; fewer commits are faster, more use memory
 MEMORY_LIMIT_MB = 64  # DuckDB's buffer pool; past it, committed blocks are evicted and big joins spill to disk
 
 if TYPE_CHECKING:
