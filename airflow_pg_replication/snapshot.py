@@ -16,7 +16,6 @@ if TYPE_CHECKING:
     from psycopg import sql
 
     from airflow_pg_replication.source_catalog import TableInfo
-    from airflow_pg_replication.typemap import PgColumn
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -127,7 +126,6 @@ def copy_batches(
 
     progress = progress or CopyProgress(info.qualified_name)
     lsn_type = pa.int64()
-    out_names = [*info.column_names, LSN_COLUMN]
     schema = snapshot_schema(info)
     with BinaryCopyReader(conn, info, where=where, block_bytes=block_bytes) as reader:
         empty = True

@@ -1,7 +1,8 @@
 """Map PostgreSQL types and their TEXT output to Arrow arrays and dlt column hints.
 
-Both the snapshot (COPY ... FORMAT csv) and the CDC (pgoutput) paths hand us the types'
-TEXT output, produced under ``TimeZone=UTC``, ``DateStyle=ISO, MDY``,
+The CDC (pgoutput) path hands us the types' TEXT output, and so does the snapshot for every
+type it does not read binary (see :mod:`.binary_copy`, whose binary columns are checked to equal
+this parser's result), produced under ``TimeZone=UTC``, ``DateStyle=ISO, MDY``,
 ``IntervalStyle=iso_8601``, ``extra_float_digits=3`` and ``bytea_output=hex``, as Arrow
 ``string`` arrays (null = SQL NULL). :func:`text_to_arrow` turns such a column into one
 typed Arrow array (vectorised with ``pyarrow.compute``; see :mod:`.textparse`), so both
