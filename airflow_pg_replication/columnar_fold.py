@@ -229,8 +229,8 @@ def _fold(messages: Sequence[bytes] | pa.Array | pa.ChunkedArray, key_columns: t
     sc = code[order]
     seq = np.arange(m, dtype=np.int64)
     boundary = sc[1:] != sc[:-1]
-    group_start = np.maximum.accumulate(np.where(np.r_[True, boundary], seq, 0)) if m else seq
-    final = np.flatnonzero(np.r_[boundary, True]) if m else seq
+    group_start = np.maximum.accumulate(np.where(np.concatenate(([True], boundary)), seq, 0)) if m else seq
+    final = np.flatnonzero(np.concatenate((boundary, [True]))) if m else seq
     final = final[np.argsort(order[final])]  # rows in order of each key's last change
     fmsg = order[final]  # change index (into idx) of each row's last change
 
