@@ -239,13 +239,19 @@ class PgReplicationHook(PostgresHook):
                 for lsn, data in cur:
                     yield lsn, data
 
+    def arrow_connection_params(self) -> dict[str, Any]:
+        """libpq parameters for an ADBC (Arrow) connection, with our session settings."""
+        return {**self.connect_params(), "options": SESSION_OPTIONS}
+
     def peek_change_chunks(
         self, conn: psycopg.Connection, slot: str, publication: str, *, upto_lsn: int, max_changes: int,
+        arrow_conn: Any = None,
     ) -> Iterator[pa.Array]:
         """Like :meth:`peek_changes`, but the messages arrive as Arrow binary arrays, many at a time.
 
         Read over ADBC's binary COPY: no Python object per message, for the column-wise fold.
-        ``conn`` only renders the query's literals.
+        ``conn`` only renders the query's literals. ``arrow_conn``: an open autocommit ADBC
+        connection to use (the caller closes it); by default one is opened and closed here.
         """
         from psycopg import sql
 
@@ -257,12 +263,14 @@ class PgReplicationHook(PostgresHook):
             "{}, {}::pg_lsn, {}, 'proto_version', '1', 'publication_names', {})"
         ).format(sql.Literal(slot), sql.Literal(format_lsn(upto_lsn)), sql.Literal(max_changes),
                  sql.Literal(publication)).as_string(conn)
-        with contextlib.closing(adbc_connect({**self.connect_params(), "options": SESSION_OPTIONS},
-                                             autocommit=True)) as arrow_conn:
-            with contextlib.closing(arrow_conn.cursor()) as cur:
-                cur.execute(query)
-                for batch in cur.fetch_record_batch():
-                    yield batch.column(0)
+        with contextlib.ExitStack() as stack:
+            if arrow_conn is None:
+                arrow_conn = stack.enter_context(contextlib.closing(
+                    adbc_connect(self.arrow_connection_params(), autocommit=True)))
+            cur = stack.enter_context(contextlib.closing(arrow_conn.cursor()))
+            cur.execute(query)
+            for batch in cur.fetch_record_batch():
+                yield batch.column(0)
 
     def advance_slot(self, conn: psycopg.Connection, slot: str, lsn: int) -> None:
         """Confirm everything up to ``lsn`` as consumed, so the server may recycle that WAL."""
