@@ -89,8 +89,8 @@ def _pick(column: pa.Array, src: np.ndarray, valid: np.ndarray, *, text: bool = 
         raise _Ineligible from None
 
 
-def fold_columnar(messages: Sequence[bytes] | pa.Array | pa.ChunkedArray, key_columns: Sequence[str], *, applied_lsn: int | None,
-                  relation_names: set[tuple[str, str]]) -> ColumnarBatch | None:
+def fold_columnar(messages: Sequence[bytes] | pa.Array | pa.ChunkedArray, key_columns: Sequence[str], *,
+                  applied_lsn: int | None, relation_names: set[tuple[str, str]]) -> ColumnarBatch | None:
     """Fold raw pgoutput messages like ``fold_changes(map(decode, messages), ...)``, vectorised.
 
     ``messages``: a sequence of bytes, or an Arrow binary array of them (read without a Python
@@ -133,6 +133,7 @@ def _fold(messages: Sequence[bytes] | pa.Array | pa.ChunkedArray, key_columns: t
 
     def message(i: int) -> bytes:
         return bytes(buf[starts[i]:ends[i]])
+
     types = buf[starts]
     _need(np.isin(types, _KNOWN_TYPES).all())
 

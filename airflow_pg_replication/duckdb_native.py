@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence
 from airflow_pg_replication.destination_sql import compose
 
 COMMIT_ROWS = 245_760  # rows per transaction of a staged load: two DuckDB row groups; fewer commits are faster, more use memory
-MEMORY_LIMIT_MB = 64  # DuckDB's buffer pool; past it, committed blocks are evicted and big joins spill to disk
+MEMORY_LIMIT_MB = 64  # DuckDB's buffer pool (set by TableDestination when it opens the file)
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -49,8 +49,6 @@ class NativeDuckDb:
         self.con = client.native_connection
         self.table_name = table_name
         self.table = client.make_qualified_table_name(table_name)
-        # past this DuckDB spills to its temp directory, so a big load keeps the task's memory bounded
-        self.con.execute(f"SET memory_limit = '{MEMORY_LIMIT_MB}MB'")
 
     def columns(self) -> dict[str, str]:
         """The destination table's columns and DuckDB types ({} when it does not exist)."""
@@ -165,12 +163,7 @@ class NativeDuckDb:
                 pass
 
     def _transaction(self, work: Any, after: Sequence[tuple]) -> None:
-        self.con.execute("BEGIN TRANSACTION")
-        try:
+        with self.client.begin_transaction():
             work()
             for stmt in after:
                 self.con.execute(*stmt)
-            self.con.execute("COMMIT")
-        except BaseException:
-            self.con.execute("ROLLBACK")
-            raise

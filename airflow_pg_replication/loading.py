@@ -16,7 +16,7 @@ from airflow_pg_replication import destination_sql
 from airflow_pg_replication.destination_sql import compose
 from airflow_pg_replication.errors import ReplicationError
 from airflow_pg_replication.registry import default_duckdb_path
-from airflow_pg_replication.duckdb_native import NativeDuckDb
+from airflow_pg_replication.duckdb_native import MEMORY_LIMIT_MB, NativeDuckDb
 from airflow_pg_replication.duckdb_session import DuckDbSession
 from airflow_pg_replication.replication_state import (
     STATE_TABLE,
@@ -118,6 +118,8 @@ class TableDestination:
             # Commits are durable in the WAL; DuckDB checkpoints it once it passes 16 MB, so a
             # small CDC batch does not pay for a checkpoint of the file at every close.
             self._duckdb.execute("PRAGMA disable_checkpoint_on_shutdown")
+            # past this DuckDB evicts committed blocks and spills big joins, so memory stays bounded
+            self._duckdb.execute("SET memory_limit = ?", [f"{MEMORY_LIMIT_MB}MB"])
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -190,8 +192,6 @@ class TableDestination:
         DuckDB: dlt creates or evolves the table (with no rows) in the same run that creates the
         state table, when either is needed, so a first snapshot pays for one dlt run, not two.
         """
-        import dlt
-
         if not self.is_duckdb or self._fits(schema):
             self.write_state(state)
             return
@@ -200,9 +200,7 @@ class TableDestination:
         if has_state_table:
             self.write_state(state)
         self.widen_columns(columns)
-        table = dlt.resource([schema.empty_table()], name=self.destination_table, columns=columns,
-                             primary_key=list(primary_key) or None,
-                             write_disposition={"disposition": "merge", "strategy": "delete-insert"})
+        table = self._merge_resource([schema.empty_table()], columns, primary_key)
         self._run([table] if has_state_table else [state_resource(state), table])
 
     # -- loads --------------------------------------------------------------------------------
@@ -295,14 +293,17 @@ class TableDestination:
 
     def merge(self, tables: Iterable[pa.Table], columns: list[dict], primary_key: Sequence[str]) -> None:
         """Upsert rows by key; columns whose source type was widened are widened in the destination first."""
+        self.widen_columns(columns)
+        self._run(self._merge_resource(tables, columns, primary_key))
+
+    def _merge_resource(self, tables: Iterable[pa.Table], columns: list[dict], primary_key: Sequence[str]) -> Any:
+        """A dlt resource that upserts ``tables`` into the destination table by key (delete-insert)."""
         import dlt
 
-        self.widen_columns(columns)
-        resource = dlt.resource(
+        return dlt.resource(
             tables, name=self.destination_table, columns=columns, primary_key=list(primary_key) or None,
             write_disposition={"disposition": "merge", "strategy": "delete-insert"},
         )
-        self._run(resource)
 
     def widen_columns(self, columns: list[dict]) -> list[str]:
         """ALTER destination columns whose source type grew (int -> bigint, numeric precision, ...).

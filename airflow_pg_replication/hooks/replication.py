@@ -217,28 +217,6 @@ class PgReplicationHook(PostgresHook):
 
         return parse_lsn(str(conn.execute("SELECT pg_current_wal_lsn()").fetchone()[0]))
 
-    def peek_changes(
-        self, conn: psycopg.Connection, slot: str, publication: str, *, upto_lsn: int, max_changes: int,
-        fetch_size: int = 20_000,
-    ) -> Iterator[tuple[int, bytes]]:
-        """Stream ``(lsn, pgoutput message)`` from the slot up to ``upto_lsn`` without consuming them.
-
-        Whole transactions only: PostgreSQL stops after the transaction in which ``max_changes``
-        messages were reached. Rows arrive through a server-side cursor, ``fetch_size`` at a time.
-        """
-        from airflow_pg_replication.pgoutput import format_lsn
-
-        query = (
-            "SELECT lsn, data FROM pg_logical_slot_peek_binary_changes("
-            "%s, %s::pg_lsn, %s, 'proto_version', '1', 'publication_names', %s)"
-        )
-        with conn.transaction():  # binary: bytea arrives as bytes, not hex text to decode
-            with conn.cursor(name="pg_replication_changes", binary=True) as cur:
-                cur.itersize = fetch_size
-                cur.execute(query, (slot, format_lsn(upto_lsn), max_changes, publication))
-                for lsn, data in cur:
-                    yield lsn, data
-
     def arrow_connection_params(self) -> dict[str, Any]:
         """libpq parameters for an ADBC (Arrow) connection, with our session settings."""
         return {**self.connect_params(), "options": SESSION_OPTIONS}
@@ -247,9 +225,11 @@ class PgReplicationHook(PostgresHook):
         self, conn: psycopg.Connection, slot: str, publication: str, *, upto_lsn: int, max_changes: int,
         arrow_conn: Any = None,
     ) -> Iterator[pa.Array]:
-        """Like :meth:`peek_changes`, but the messages arrive as Arrow binary arrays, many at a time.
+        """Stream the slot's pgoutput messages up to ``upto_lsn`` without consuming them, as Arrow binary arrays.
 
-        Read over ADBC's binary COPY: no Python object per message, for the column-wise fold.
+        Whole transactions only: PostgreSQL stops after the transaction in which ``max_changes``
+        messages were reached. Read over ADBC's binary COPY, many messages an array: no Python
+        object per message, for the column-wise fold.
         ``conn`` only renders the query's literals. ``arrow_conn``: an open autocommit ADBC
         connection to use (the caller closes it); by default one is opened and closed here.
         """

@@ -187,10 +187,11 @@ class PgReconcileOperator(PgTableOperator):
                 "DAG with full_refresh=true.")
         folder = ChangeFolder(info.primary_key, applied_lsn=applied, relation_names={(t.schema, t.name)})
         messages = 0
-        for _lsn, data in hook.peek_changes(conn, t.slot, t.publication, upto_lsn=lsn,
-                                            max_changes=self.max_pending_scan):
-            messages += 1
-            folder.feed(decode(data))
+        for chunk in hook.peek_change_chunks(conn, t.slot, t.publication, upto_lsn=lsn,
+                                             max_changes=self.max_pending_scan):
+            messages += len(chunk)
+            for data in chunk.to_pylist():
+                folder.feed(decode(data))
         pending = folder.batch.changes
         cut = messages >= self.max_pending_scan
         if pending or cut:

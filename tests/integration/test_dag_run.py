@@ -172,7 +172,7 @@ def test_dag_file_builds_from_env_registry_without_heavy_imports(tmp_path: Path)
         ns = runpy.run_path({str(DAG_FILE)!r})
         from airflow.sdk import DAG
         print(sorted(k for k, v in ns.items() if isinstance(v, DAG)))
-        print(sorted(m for m in sys.modules if m.split('.')[0] in ('dlt', 'pyarrow', 'duckdb', 'pandas')))
+        print(sorted(m for m in sys.modules if m.split('.')[0] in ('dlt', 'pyarrow', 'duckdb', 'pandas', 'adbc_driver_manager', 'adbc_driver_postgresql')))
         """)
     env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW__")}
     env.update(PG_REPLICATION_REGISTRY=str(registry), AIRFLOW_HOME=str(tmp_path / "home"),
