@@ -52,9 +52,10 @@ class NativeDuckDb:
 
     def columns(self) -> dict[str, str]:
         """The destination table's columns and DuckDB types ({} when it does not exist)."""
-        rows = self.con.execute(
-            "SELECT column_name, data_type FROM information_schema.columns "
-            "WHERE table_schema = ? AND table_name = ?", [self.client.dataset_name, self.table_name],
+        rows = self.con.execute(  # duckdb_columns(): what information_schema.columns shows, ~10 ms sooner
+            "SELECT column_name, data_type FROM duckdb_columns() "
+            "WHERE database_name = current_database() AND schema_name = ? AND table_name = ?",
+            [self.client.dataset_name, self.table_name],
         ).fetchall()
         return dict(rows)
 
@@ -103,6 +104,7 @@ class NativeDuckDb:
         pending = 0
         # The rows go to the file as row groups fill; the WAL only points at them. Without this,
         # every commit past 16 MB of WAL would checkpoint (rewrite) the table so far.
+        before = self.con.execute("SELECT current_setting('wal_autocheckpoint')").fetchone()[0]
         self.con.execute("SET wal_autocheckpoint = '1TB'")
         self.con.execute("BEGIN TRANSACTION")
         try:
@@ -120,7 +122,7 @@ class NativeDuckDb:
             self.con.execute("ROLLBACK")
             raise
         finally:
-            self.con.execute("RESET wal_autocheckpoint")
+            self.con.execute("SET wal_autocheckpoint = ?", [before])
 
     def _insert_statement(self, target: str, source: str, names: Sequence[str]) -> str:
         cols = ", ".join(self.client.escape_column_name(n) for n in names)

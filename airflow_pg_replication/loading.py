@@ -51,6 +51,14 @@ def destination_columns(columns: Sequence[Any], *, soft_deletes: bool) -> list[d
     return out
 
 
+def wal_bytes(path: str) -> int:
+    """Bytes in a DuckDB file's WAL: commits not yet checkpointed into the file (0: none)."""
+    try:
+        return os.path.getsize(path + ".wal")
+    except OSError:
+        return 0
+
+
 def _configure_dlt() -> None:
     # We hand dlt its credentials; probing Airflow Variables for dlt secrets costs seconds per run.
     os.environ.setdefault("PROVIDERS__ENABLE_AIRFLOW_SECRETS", "false")
@@ -112,15 +120,29 @@ class TableDestination:
             path = str(self.spec["credentials"])
             self._stack.enter_context(_file_lock(path + ".lock"))
             # One connection for the whole unit of work: dlt's clients take cursors of it, so the
-            # file is opened (and checkpointed on close) once, not once per client.
+            # file is opened once, not once per client.
             self._duckdb = duckdb.connect(path)
             self._stack.callback(self._duckdb.close)
-            # Commits are durable in the WAL; DuckDB checkpoints it once it passes 16 MB, so a
-            # small CDC batch does not pay for a checkpoint of the file at every close.
+            # Commits are durable in the WAL; DuckDB checkpoints it once it passes 16 MB (or when
+            # told to: see defer_checkpoints), not at every close.
             self._duckdb.execute("PRAGMA disable_checkpoint_on_shutdown")
             # past this DuckDB evicts committed blocks and spills big joins, so memory stays bounded
             self._duckdb.execute("SET memory_limit = ?", [f"{MEMORY_LIMIT_MB}MB"])
         return self
+
+    def defer_checkpoints(self) -> None:
+        """Commits of this unit of work do not checkpoint: they stay in DuckDB's WAL (up to 1 GB).
+
+        For CDC: a batch's commit does not wait for a checkpoint; the next run does it with
+        :meth:`checkpoint` while PostgreSQL decodes its own batch.
+        """
+        if self._duckdb is not None:
+            self._duckdb.execute("SET wal_autocheckpoint = '1GB'")
+
+    def checkpoint(self) -> None:
+        """Fold the commits DuckDB's WAL holds into the file (a no-op elsewhere or with no WAL)."""
+        if self._duckdb is not None and wal_bytes(str(self.spec["credentials"])):
+            self._duckdb.execute("CHECKPOINT")
 
     def __exit__(self, *exc: object) -> None:
         try:

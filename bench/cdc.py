@@ -26,7 +26,6 @@ import sys
 import time
 from pathlib import Path
 
-sys.dont_write_bytecode = True  # leave no __pycache__ in bench/
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
 
@@ -257,7 +256,14 @@ def phase_timer() -> C.PhaseTimer:
     for name in ("check_wal_level", "slot_info", "table_info", "current_wal_lsn", "advance_slot"):
         timer.wrap(PgReplicationHook, name, f"hook.{name}")
     timer.wrap(PgReplicationHook, "peek_change_chunks", "hook.peek_change_chunks: next() = ADBC fetch from the slot", generator=True)
+    try:
+        from airflow_pg_replication.destination_opening import DestinationOpening
+    except ImportError:
+        pass
+    else:
+        timer.wrap(DestinationOpening, "result", "DestinationOpening.result (waiting for the destination thread)")
     timer.wrap(PgCdcApplyOperator, "_columns_of_batch", "PgCdcApplyOperator._columns_of_batch")
+    timer.wrap(PgCdcApplyOperator, "_apply_changes", "PgCdcApplyOperator._apply_changes (read, fold, apply)")
     timer.wrap(apply_mod, "apply_changes", "apply.apply_changes (per-message path)")
     timer.wrap(apply_mod, "apply_columnar", "apply.apply_columnar")
     timer.wrap(apply_mod, "_finish_table", "apply._finish_table (text -> typed Arrow)")
@@ -398,7 +404,7 @@ def main() -> int:
         C.line("apply loop: changes applied / generated", f"{applied:,} / {args.changes:,}")
         C.line("apply loop wall time", f"{apply_s:.2f} s  ({args.changes / apply_s:,.0f} changes/s; per call: "
                f"{', '.join(format(c['wall_s'], '.1f') for c in r['calls'])} s)")
-        C.line("  + first import of dlt/pyarrow/duckdb/adbc/numpy", f"{r['heavy_import_s']:.2f} s (once per task process)")
+        C.line("  + first import of dlt/pyarrow/duckdb/adbc/numpy/psycopg/PostgresHook", f"{r['heavy_import_s']:.2f} s (once per task process)")
         C.line("ratio apply / raw Python fetch (<= 3.0)", f"{ratio:.2f}  {C.verdict(ratio <= TARGET_RATIO)}   "
                f"(vs server-side drain: {apply_s / sql_s:.2f})")
         C.line("peak RSS of the apply process (<= 512 MB)", f"{run.peak_rss_mb:,.0f} MB  "

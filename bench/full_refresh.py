@@ -23,7 +23,6 @@ import sys
 import time
 from pathlib import Path
 
-sys.dont_write_bytecode = True  # leave no __pycache__ in bench/
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
 
@@ -245,7 +244,7 @@ def main() -> int:
         C.line("raw COPY binary -> /dev/null (best of 2)", f"{raw_s:.2f} s  ({raw_bytes / 1e6:,.0f} MB, "
                f"{args.rows / raw_s:,.0f} rows/s)")
         C.line("operator execute()" + (f" (best of {len(runs)})" if len(runs) > 1 else ""), f"{op_s:.2f} s  ({args.rows / op_s:,.0f} rows/s)")
-        C.line("  + first import of dlt/pyarrow/duckdb/adbc/numpy", f"{r['heavy_import_s']:.2f} s (paid once per task process;"
+        C.line("  + first import of dlt/pyarrow/duckdb/adbc/numpy/psycopg/PostgresHook", f"{r['heavy_import_s']:.2f} s (paid once per task process;"
                f" airflow+provider import {r['airflow_import_s']:.2f} s)")
         C.line("ratio operator / raw (target <= 3.0)", f"{ratio:.2f}  {C.verdict(ratio <= TARGET_RATIO)}"
                f"   (incl. heavy imports: {(op_s + r['heavy_import_s']) / raw_s:.2f})")

@@ -18,7 +18,6 @@ import sys
 import time
 from pathlib import Path
 
-sys.dont_write_bytecode = True  # leave no __pycache__ in bench/
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
 

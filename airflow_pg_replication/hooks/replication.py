@@ -221,28 +221,36 @@ class PgReplicationHook(PostgresHook):
         """libpq parameters for an ADBC (Arrow) connection, with our session settings."""
         return {**self.connect_params(), "options": SESSION_OPTIONS}
 
-    def peek_change_chunks(
-        self, conn: psycopg.Connection, slot: str, publication: str, *, upto_lsn: int, max_changes: int,
-        arrow_conn: Any = None,
-    ) -> Iterator[pa.Array]:
-        """Stream the slot's pgoutput messages up to ``upto_lsn`` without consuming them, as Arrow binary arrays.
+    def peek_changes_query(self, conn: psycopg.Connection, slot: str, publication: str, *, upto_lsn: int,
+                           max_changes: int) -> str:
+        """The SQL that peeks the slot's pgoutput messages up to ``upto_lsn``, without consuming them.
 
         Whole transactions only: PostgreSQL stops after the transaction in which ``max_changes``
-        messages were reached. Read over ADBC's binary COPY, many messages an array: no Python
-        object per message, for the column-wise fold.
-        ``conn`` only renders the query's literals. ``arrow_conn``: an open autocommit ADBC
-        connection to use (the caller closes it); by default one is opened and closed here.
+        messages were reached. ``conn`` renders the literals (the query runs over ADBC).
         """
         from psycopg import sql
 
-        from airflow_pg_replication.binary_copy import adbc_connect
         from airflow_pg_replication.pgoutput import format_lsn
 
-        query = sql.SQL(
+        return sql.SQL(
             "SELECT data FROM pg_logical_slot_peek_binary_changes("
             "{}, {}::pg_lsn, {}, 'proto_version', '1', 'publication_names', {})"
         ).format(sql.Literal(slot), sql.Literal(format_lsn(upto_lsn)), sql.Literal(max_changes),
                  sql.Literal(publication)).as_string(conn)
+
+    def peek_change_chunks(
+        self, conn: psycopg.Connection, slot: str, publication: str, *, upto_lsn: int, max_changes: int,
+        arrow_conn: Any = None,
+    ) -> Iterator[pa.Array]:
+        """Stream the slot's messages (see :meth:`peek_changes_query`) as Arrow binary arrays.
+
+        Read over ADBC's binary COPY, many messages an array: no Python object per message.
+        ``arrow_conn``: an open autocommit ADBC connection to use (the caller closes it); by
+        default one is opened and closed here.
+        """
+        from airflow_pg_replication.binary_copy import adbc_connect
+
+        query = self.peek_changes_query(conn, slot, publication, upto_lsn=upto_lsn, max_changes=max_changes)
         with contextlib.ExitStack() as stack:
             if arrow_conn is None:
                 arrow_conn = stack.enter_context(contextlib.closing(
