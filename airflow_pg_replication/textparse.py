@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -267,6 +268,38 @@ def _where(mask: pa.Array, values: pa.Array, fn: Callable[[pa.Array], pa.Array])
     return pc.replace_with_mask(values, mask, fn(values.filter(mask)))
 
 
+def _split_elements(inner: pa.Array, delimiter: str, tokenize: str) -> pa.Array:
+    """Each literal's element tokens (quotes kept), as list<string>; ``inner``: literals without braces.
+
+    Splitting on the delimiter is exact for a literal with no backslash in which every token is
+    bare or one whole quoted element: with no escapes, quotes pair up, so a delimiter inside a
+    quoted element leaves a token with one quote. Other literals are tokenised by ``tokenize``
+    (a regex that ends each element with NUL, which PostgreSQL text never contains).
+    """
+    tokens_lists = pc.split_pattern(inner, delimiter)
+    tokens = pc.list_flatten(tokens_lists)
+    quotes = pc.count_substring(tokens, '"')
+    whole = pc.and_(pc.equal(quotes, 2), pc.and_(pc.starts_with(tokens, '"'), pc.ends_with(tokens, '"')))
+    odd = pc.invert(pc.or_(pc.equal(quotes, 0), whole))
+    if not pc.any(odd).as_py() and not pc.any(pc.match_substring(inner, "\\")).as_py():
+        return tokens_lists
+    rows = np.zeros(len(inner), dtype=bool)
+    rows[pc.list_parent_indices(tokens_lists).to_numpy()[odd.to_numpy(zero_copy_only=False)]] = True
+    hard = pc.or_(pa.array(rows), pc.fill_null(pc.match_substring(inner, "\\"), False))
+    joined = pc.binary_join_element_wise(inner.filter(hard), delimiter, "")
+    terminated = pc.replace_substring_regex(joined, tokenize, "\\1\x00")
+    hard_lists = pc.split_pattern(pc.utf8_slice_codeunits(terminated, 0, -1), "\x00")
+    return _replace_lists(tokens_lists, hard, hard_lists)
+
+
+def _replace_lists(lists: pa.Array, mask: pa.Array, replacement: pa.Array) -> pa.Array:
+    """``lists`` with the rows selected by ``mask`` replaced, in order, by the rows of ``replacement``."""
+    pick = np.cumsum(mask.to_numpy(zero_copy_only=False)) - 1
+    source = np.where(mask.to_numpy(zero_copy_only=False), len(lists) + pick, np.arange(len(lists)))
+    both = pa.concat_arrays([lists, replacement.cast(lists.type)])
+    return both.take(pa.array(source))
+
+
 def parse_array(
     values: pa.Array,
     to: pa.ListType,
@@ -294,13 +327,7 @@ def parse_array(
         raise TextParseError(column, text, "multi-dimensional arrays are not supported"
                              if multi else "malformed array literal")
     inner = pc.utf8_slice_codeunits(values, 1, -1)
-    joined = pc.binary_join_element_wise(inner, delimiter, "")
-    plain = pc.replace_substring(joined, delimiter, "\x00")  # enough without quotes
-    tokenize = f"(?s)({quoted}|{bare}|){d}"
-    has_quotes = pc.fill_null(pc.match_substring(inner, '"'), False)
-    terminated = _where(has_quotes, plain, lambda _: pc.replace_substring_regex(
-        joined.filter(has_quotes), tokenize, "\\1\x00"))  # ignores plain's own (wrong) text
-    tokens_lists = pc.split_pattern(pc.utf8_slice_codeunits(terminated, 0, -1), "\x00")
+    tokens_lists = _split_elements(inner, delimiter, f"(?s)({quoted}|{bare}|){d}")
     empty = pc.fill_null(pc.equal(inner, ""), False)  # '{}' splits into [''] but is []
     in_empty = pc.take(empty, pc.list_parent_indices(tokens_lists))
     tokens = pc.list_flatten(tokens_lists).filter(pc.invert(in_empty))

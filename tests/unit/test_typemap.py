@@ -382,6 +382,14 @@ def test_text_array_quoting_and_escapes():
         ["{", "]", "[", None], None, ["plain", "words"]]
 
 
+def test_text_array_split_fast_path_and_regex_rows_mixed():
+    # quoted elements without delimiters or escapes split directly; the rest need the tokeniser
+    values = ['{"x y",z}', '{"a,b",c}', None, '{"q \\" r",s}', "{}", '{"1","2"}', '{"{,}"}', '{u,"NULL",NULL}']
+    assert conv(arr("text"), values).to_pylist() == [
+        ["x y", "z"], ["a,b", "c"], None, ['q " r', "s"], [], ["1", "2"], ["{,}"], ["u", "NULL", None]]
+    assert conv(arr("text"), ['{"x y"}', '{"a b",c}']).to_pylist() == [["x y"], ["a b", "c"]]  # no regex row
+
+
 def test_arrays_of_typed_elements():
     assert conv(arr("numeric"), ["{1.50,NULL,-2.00}"], numeric_typmod(10, 2)).to_pylist() == [
         [Decimal("1.50"), None, Decimal("-2.00")]]
