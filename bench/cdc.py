@@ -378,7 +378,10 @@ def main() -> int:
 
         pub = publication_name("public", "customers")
         slot = "pgrepl_bench_raw"  # the raw drains' own slot: peeked, never advanced
-        C.run_psql(pg, dsn, command=f"SELECT pg_create_logical_replication_slot('{slot}', 'pgoutput')")
+        import psycopg
+
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (slot,))
         t0 = time.monotonic()
         C.run_psql(pg, dsn, command=workload_sql(args.changes, args.rows, p))
         print(f"  workload ran in {time.monotonic() - t0:.1f} s")
