@@ -85,3 +85,18 @@ def test_deferred_commits_stay_in_the_wal_until_the_next_unit_checkpoints_them(t
         dest.checkpoint()  # nothing left: a no-op
     with duckdb.connect(str(path), read_only=True) as con:
         assert con.execute("SELECT count(*) FROM replica.t").fetchone()[0] == 500000
+
+
+def test_a_dlt_destination_opens_on_the_callers_thread_and_fails_at_once(tmp_path: Path) -> None:
+    dest = TableDestination({"type": "filesystem", "credentials": str(tmp_path), "dataset": "replica"},
+                            table_name="public.t", destination_table="t", pipeline_name="test_opening")
+    seen = {}
+
+    def prepare(d: TableDestination) -> None:
+        seen["thread"] = threading.current_thread().name
+        raise ValueError("no loaded snapshot for this slot")
+
+    with pytest.raises(ValueError, match="no loaded snapshot"):
+        with DestinationOpening(dest, prepare):
+            pytest.fail("the block must not run when the destination cannot be prepared")
+    assert seen["thread"] == threading.current_thread().name
