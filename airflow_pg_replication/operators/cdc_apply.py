@@ -189,8 +189,10 @@ class PgCdcApplyOperator(PgTableOperator):
         from airflow_pg_replication.source_catalog import resolve_column_types
         from airflow_pg_replication.typemap import PgColumn
 
-        oids = [c.type_oid for rel in rels for c in rel.columns]
-        types = resolve_column_types(conn, oids)
+        types = {c.type.oid: c.type for c in info.columns}  # read at the run's start: no query for these
+        unknown = [c.type_oid for rel in rels for c in rel.columns if c.type_oid not in types]
+        if unknown:  # a column added or retyped since
+            types.update(resolve_column_types(conn, unknown))
         cols = {c.name: c for c in info.columns}
         for rel in rels:
             for c in rel.columns:
