@@ -131,13 +131,15 @@ class TableDestination:
         return self
 
     def defer_checkpoints(self) -> None:
-        """Commits of this unit of work do not checkpoint: they stay in DuckDB's WAL (up to 1 GB).
+        """Commits of this unit of work do not checkpoint: they stay in DuckDB's WAL.
+
+        Past 256 MB of WAL a commit still checkpoints, so the next opener never replays more.
 
         For CDC: a batch's commit does not wait for a checkpoint; the next run does it with
         :meth:`checkpoint` while PostgreSQL decodes its own batch.
         """
         if self._duckdb is not None:
-            self._duckdb.execute("SET wal_autocheckpoint = '1GB'")
+            self._duckdb.execute("SET wal_autocheckpoint = '256MB'")
 
     def checkpoint(self) -> None:
         """Fold the commits DuckDB's WAL holds into the file (a no-op elsewhere or with no WAL)."""
