@@ -44,8 +44,9 @@ def duckdb_type(typ: pa.DataType) -> str | None:
 class NativeDuckDb:
     """Writes into one table of a DuckDB file through dlt's own connection to it."""
 
-    def __init__(self, client: Any, table_name: str) -> None:
+    def __init__(self, client: Any, table_name: str, *, json_columns: Iterable[str] = ()) -> None:
         self.client = client
+        self.json_columns = frozenset(json_columns)  # source json/jsonb columns: their text is valid JSON
         self.con = client.native_connection
         self.table_name = table_name
         self.table = client.make_qualified_table_name(table_name)
@@ -156,21 +157,22 @@ class NativeDuckDb:
         self._run_with(name, self._json_as_is(data), self._insert_statement(self.table, name, names))
 
     def _json_as_is(self, data: pa.Table) -> pa.Table:
-        """String columns bound for JSON columns, marked as Arrow JSON so DuckDB stores them unparsed.
+        """``json_columns`` bound for JSON columns, marked as Arrow JSON so DuckDB stores them unparsed.
 
         They hold PostgreSQL json/jsonb text, valid JSON already; DuckDB would parse each value
-        again to validate it (~0.15 µs a value). Zero-copy; without ``pa.json_`` (pyarrow < 19)
-        the data goes as it is.
+        again to validate it (~0.15 µs a value). Other text (say a column retyped from jsonb to
+        text, into a JSON column) is still validated. Zero-copy; without ``pa.json_``
+        (pyarrow < 19) the data goes as it is.
         """
         import pyarrow as pa
 
         json_type = getattr(pa, "json_", None)
+        if json_type is None or not self.json_columns or not isinstance(data, pa.Table):
+            return data
         have = self._columns if self._columns is not None else self.columns()
         self._columns = have
-        if json_type is None or not isinstance(data, pa.Table):
-            return data
         for i, field in enumerate(data.schema):
-            if have.get(field.name) == "JSON" and pa.types.is_string(field.type):
+            if field.name in self.json_columns and have.get(field.name) == "JSON" and pa.types.is_string(field.type):
                 column = pa.chunked_array([pa.ExtensionArray.from_storage(json_type(), chunk)
                                            for chunk in data.column(i).chunks], json_type())
                 data = data.set_column(i, field.name, column)

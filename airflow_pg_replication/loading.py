@@ -51,6 +51,11 @@ def destination_columns(columns: Sequence[Any], *, soft_deletes: bool) -> list[d
     return out
 
 
+def _json_names(columns: Sequence[dict]) -> set[str]:
+    """Names of the dlt columns typed json (from json/jsonb or arrays) among ``columns``."""
+    return {c["name"] for c in columns if c.get("data_type") == "json"}
+
+
 def wal_bytes(path: str) -> int:
     """Bytes in a DuckDB file's WAL: commits not yet checkpointed into the file (0: none)."""
     try:
@@ -244,7 +249,8 @@ class TableDestination:
             if self._fits(schema):
                 with self.sql_client() as client:
                     after, later = self._native_state(client, state)
-                    NativeDuckDb(client, self.destination_table).replace(batches, schema, after)
+                    NativeDuckDb(client, self.destination_table, json_columns=_json_names(columns)).replace(
+                        batches, schema, after)
                 if later is not None:
                     self.write_state(later)
                 return
@@ -267,7 +273,7 @@ class TableDestination:
         """
         if self.is_duckdb:
             with self.sql_client() as client:  # one session: shape check, batch and state
-                native = NativeDuckDb(client, self.destination_table)
+                native = NativeDuckDb(client, self.destination_table, json_columns=_json_names(columns))
                 if upserts is None or upserts.num_rows == 0 or native.fits(upserts.schema):
                     trunc = self._truncate_statement(client, truncate) if truncate is not None else None
                     after, later = self._native_state(client, state)

@@ -14,8 +14,8 @@ from airflow_pg_replication.duckdb_session import DuckDbSession
 def native() -> NativeDuckDb:
     session = DuckDbSession(duckdb.connect(), "ds")
     session.execute_sql("CREATE SCHEMA ds")
-    session.execute_sql('CREATE TABLE ds.t (id BIGINT, doc JSON, tags JSON, note VARCHAR)')
-    return NativeDuckDb(session, "t")
+    session.execute_sql('CREATE TABLE ds.t (id BIGINT, doc JSON, tags JSON, note VARCHAR, was_json JSON)')
+    return NativeDuckDb(session, "t", json_columns=["doc", "tags"])
 
 
 def test_json_text_goes_in_unchanged_and_unparsed(native: NativeDuckDb) -> None:
@@ -47,3 +47,14 @@ def test_merge_replaces_keys_and_deletes_in_one_transaction(native: NativeDuckDb
                  [("INSERT INTO ds.t (id, note) VALUES (?, ?)", [99, "state row"])])
     assert native.con.execute("SELECT id, doc, note FROM ds.t ORDER BY id").fetchall() == [
         (1, '{"v": 1}', None), (2, '{"v": 22}', None), (99, None, "state row")]
+
+
+def test_text_that_is_not_from_json_is_still_validated_into_a_json_column(native: NativeDuckDb) -> None:
+    # a source column retyped from jsonb to text keeps its JSON destination column (dlt does not narrow)
+    batch = pa.table({"id": pa.array([1], pa.int64()), "was_json": pa.array(["not json"])})
+    assert native.fits(batch.schema)
+    if hasattr(pa, "json_"):
+        assert native._json_as_is(batch).schema.field("was_json").type == pa.string()
+    with pytest.raises(duckdb.ConversionException):
+        native.merge(batch, ["id"], None, None, [])
+    assert native.con.execute("SELECT count(*) FROM ds.t").fetchone()[0] == 0  # nothing half-applied
