@@ -138,10 +138,9 @@ class TableDestination:
     def defer_checkpoints(self) -> None:
         """Commits of this unit of work do not checkpoint: they stay in DuckDB's WAL.
 
-        Past 256 MB of WAL a commit still checkpoints, so the next opener never replays more.
-
         For CDC: a batch's commit does not wait for a checkpoint; the next run does it with
-        :meth:`checkpoint` while PostgreSQL decodes its own batch.
+        :meth:`checkpoint` while PostgreSQL decodes its own batch. Past 256 MB of WAL a commit
+        still checkpoints, so the next opener never replays more.
         """
         if self._duckdb is not None:
             self._duckdb.execute("SET wal_autocheckpoint = '256MB'")

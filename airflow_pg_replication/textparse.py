@@ -281,11 +281,12 @@ def _split_elements(inner: pa.Array, delimiter: str, tokenize: str) -> pa.Array:
     quotes = pc.count_substring(tokens, '"')
     whole = pc.and_(pc.equal(quotes, 2), pc.and_(pc.starts_with(tokens, '"'), pc.ends_with(tokens, '"')))
     odd = pc.invert(pc.or_(pc.equal(quotes, 0), whole))
-    if not pc.any(odd).as_py() and not pc.any(pc.match_substring(inner, "\\")).as_py():
+    escaped = pc.fill_null(pc.match_substring(inner, "\\"), False)
+    if not pc.any(odd).as_py() and not pc.any(escaped).as_py():
         return tokens_lists
     rows = np.zeros(len(inner), dtype=bool)
     rows[pc.list_parent_indices(tokens_lists).to_numpy()[odd.to_numpy(zero_copy_only=False)]] = True
-    hard = pc.or_(pa.array(rows), pc.fill_null(pc.match_substring(inner, "\\"), False))
+    hard = pc.or_(pa.array(rows), escaped)
     joined = pc.binary_join_element_wise(inner.filter(hard), delimiter, "")
     terminated = pc.replace_substring_regex(joined, tokenize, "\\1\x00")
     hard_lists = pc.split_pattern(pc.utf8_slice_codeunits(terminated, 0, -1), "\x00")
@@ -294,8 +295,8 @@ def _split_elements(inner: pa.Array, delimiter: str, tokenize: str) -> pa.Array:
 
 def _replace_lists(lists: pa.Array, mask: pa.Array, replacement: pa.Array) -> pa.Array:
     """``lists`` with the rows selected by ``mask`` replaced, in order, by the rows of ``replacement``."""
-    pick = np.cumsum(mask.to_numpy(zero_copy_only=False)) - 1
-    source = np.where(mask.to_numpy(zero_copy_only=False), len(lists) + pick, np.arange(len(lists)))
+    selected = mask.to_numpy(zero_copy_only=False)
+    source = np.where(selected, len(lists) + np.cumsum(selected) - 1, np.arange(len(lists)))
     both = pa.concat_arrays([lists, replacement.cast(lists.type)])
     return both.take(pa.array(source))
 
