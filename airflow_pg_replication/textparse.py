@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Sequence
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -257,7 +255,7 @@ def exact_timestamp(values: pa.Array, column: str, *, tz: bool) -> pa.Array:
     return pc.cast(micros, pa.timestamp("us", tz="UTC" if tz else None))
 
 
-def _where(mask: pa.Array, values: pa.Array, fn: Callable[[pa.Array], pa.Array]) -> pa.Array:
+def map_where(mask: pa.Array, values: pa.Array, fn: Callable[[pa.Array], pa.Array]) -> pa.Array:
     """``fn`` applied only to the ``values`` selected by ``mask`` (false/null: unchanged)."""
     mask = pc.fill_null(mask, False)
     selected = pc.sum(mask).as_py() or 0
@@ -266,80 +264,3 @@ def _where(mask: pa.Array, values: pa.Array, fn: Callable[[pa.Array], pa.Array])
     if selected == len(values):
         return fn(values)
     return pc.replace_with_mask(values, mask, fn(values.filter(mask)))
-
-
-def _split_elements(inner: pa.Array, delimiter: str, tokenize: str) -> pa.Array:
-    """Each literal's element tokens (quotes kept), as list<string>; ``inner``: literals without braces.
-
-    Splitting on the delimiter is exact for a literal with no backslash in which every token is
-    bare or one whole quoted element: with no escapes, quotes pair up, so a delimiter inside a
-    quoted element leaves a token with one quote. Other literals are tokenised by ``tokenize``
-    (a regex that ends each element with NUL, which PostgreSQL text never contains).
-    """
-    tokens_lists = pc.split_pattern(inner, delimiter)
-    tokens = pc.list_flatten(tokens_lists)
-    quotes = pc.count_substring(tokens, '"')
-    whole = pc.and_(pc.equal(quotes, 2), pc.and_(pc.starts_with(tokens, '"'), pc.ends_with(tokens, '"')))
-    odd = pc.invert(pc.or_(pc.equal(quotes, 0), whole))
-    escaped = pc.fill_null(pc.match_substring(inner, "\\"), False)
-    if not pc.any(odd).as_py() and not pc.any(escaped).as_py():
-        return tokens_lists
-    rows = np.zeros(len(inner), dtype=bool)
-    rows[pc.list_parent_indices(tokens_lists).to_numpy()[odd.to_numpy(zero_copy_only=False)]] = True
-    hard = pc.or_(pa.array(rows), escaped)
-    joined = pc.binary_join_element_wise(inner.filter(hard), delimiter, "")
-    terminated = pc.replace_substring_regex(joined, tokenize, "\\1\x00")
-    hard_lists = pc.split_pattern(pc.utf8_slice_codeunits(terminated, 0, -1), "\x00")
-    return _replace_lists(tokens_lists, hard, hard_lists)
-
-
-def _replace_lists(lists: pa.Array, mask: pa.Array, replacement: pa.Array) -> pa.Array:
-    """``lists`` with the rows selected by ``mask`` replaced, in order, by the rows of ``replacement``."""
-    selected = mask.to_numpy(zero_copy_only=False)
-    source = np.where(selected, len(lists) + np.cumsum(selected) - 1, np.arange(len(lists)))
-    both = pa.concat_arrays([lists, replacement.cast(lists.type)])
-    return both.take(pa.array(source))
-
-
-def parse_array(
-    values: pa.Array,
-    to: pa.ListType,
-    parse_elements: Callable[[pa.Array], pa.Array],
-    column: str,
-    delimiter: str = ",",
-) -> pa.Array:
-    """1-D array literals -> list<element>, vectorised; elements parsed in one call.
-
-    Literals are validated with one regex, then each element token is terminated with NUL
-    (which PostgreSQL text never contains) and split on NUL (a global regex replace does the
-    terminating for literals with quoted elements); quoted tokens are unquoted and
-    unescaped, unquoted ``NULL`` becomes null.
-    """
-    d = re.escape(delimiter)
-    quoted, bare = r'"(?:[^"\\]|\\.)*"', f'[^"{{}}{d}]+'
-    values = _where(pc.starts_with(values, "["), values,  # drop a lower-bound decoration
-                    lambda v: pc.replace_substring_regex(v, r"^\[-?\d+:-?\d+\]=", ""))
-    element = f"(?:{quoted}|{bare})"
-    ok = pc.match_substring_regex(values, f"(?s)^{{(?:{element}(?:{d}{element})*)?}}$")
-    bad = pc.index(pc.and_(pc.is_valid(values), pc.invert(pc.fill_null(ok, True))), True).as_py()
-    if bad >= 0:
-        text = values[bad].as_py()
-        multi = text.startswith(("{{", "[")) or re.match(r'^{[^"]*{', text) is not None
-        raise TextParseError(column, text, "multi-dimensional arrays are not supported"
-                             if multi else "malformed array literal")
-    inner = pc.utf8_slice_codeunits(values, 1, -1)
-    tokens_lists = _split_elements(inner, delimiter, f"(?s)({quoted}|{bare}|){d}")
-    empty = pc.fill_null(pc.equal(inner, ""), False)  # '{}' splits into [''] but is []
-    in_empty = pc.take(empty, pc.list_parent_indices(tokens_lists))
-    tokens = pc.list_flatten(tokens_lists).filter(pc.invert(in_empty))
-    is_quoted = pc.starts_with(tokens, '"')
-    is_null = pc.equal(pc.ascii_upper(tokens), "NULL")  # unquoted NULL, as array_in
-    texts = pc.if_else(is_null, pa.scalar(None, pa.string()), tokens)
-    texts = _where(is_quoted, texts, lambda v: pc.utf8_slice_codeunits(v, 1, -1))
-    texts = _where(pc.and_(is_quoted, pc.match_substring(texts, "\\")), texts,
-                   lambda v: pc.replace_substring_regex(v, r"(?s)\\(.)", "\\1"))
-    lengths = pc.if_else(empty, 0, pc.fill_null(pc.list_value_length(tokens_lists), 0))
-    offsets = pa.concat_arrays([pa.array([0], pa.int32()),
-                                pc.cast(pc.cumulative_sum(lengths), pa.int32())])
-    mask = pc.is_null(values) if values.null_count else None
-    return pa.ListArray.from_arrays(offsets, parse_elements(texts), type=to, mask=mask)

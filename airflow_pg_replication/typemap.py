@@ -55,7 +55,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from airflow_pg_replication import textparse
+from airflow_pg_replication import array_literals, textparse
 from airflow_pg_replication.textparse import TextParseError
 
 __all__ = [
@@ -243,7 +243,7 @@ def text_to_arrow(
     to = arrow_type(col)
     if col.type.element is not None:
         element = _element_column(col)
-        return textparse.parse_array(values, to, lambda v: text_to_arrow(v, element),
+        return array_literals.parse_array(values, to, lambda v: text_to_arrow(v, element),
                                      col.name, col.type.delimiter)
     if pa.types.is_string(to):
         return values
