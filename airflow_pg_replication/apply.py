@@ -141,16 +141,29 @@ def _finish_table(
     return pa.Table.from_arrays(arrays, names=names)
 
 
-def apply_columnar(
-    dest: TableDestination, batch: ColumnarBatch, columns: Mapping[str, PgColumn], *, soft_deletes: bool,
-    state: ReplicationState | None = None,
-) -> ApplyResult:
-    """:func:`apply_changes` for a batch folded column-wise (:mod:`columnar_fold`): same outcome, in bulk."""
+@dataclass
+class TypedBatch:
+    """A column-wise folded batch typed for its destination, not yet written (see :func:`type_columnar`)."""
+
+    arrays: list  # typed Arrow column per layout column, of the rows kept
+    layout: tuple[str, ...]
+    key_columns: tuple[str, ...]
+    columns: Mapping[str, PgColumn]
+    to_fill: dict[int, list[int]]  # column index -> rows whose value the destination keeps
+    lsn: pa.Array
+    deleted_at: pa.Array | None
+    delete_keys: pa.Table | None
+    soft_deletes: bool
+    upserts: int
+    deletes: int
+
+
+def type_columnar(batch: ColumnarBatch, columns: Mapping[str, PgColumn], *, soft_deletes: bool) -> TypedBatch:
+    """The text values of a column-wise folded batch, typed; no destination needed."""
     import numpy as np
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    result = ApplyResult()
     key_columns = batch.key_columns
     layout = tuple(c.name for c in batch.relation.columns)
     deleted = batch.deleted.to_numpy(zero_copy_only=False)
@@ -162,7 +175,6 @@ def apply_columnar(
         if deleted.any():
             gone = pa.array(deleted)
             delete_keys = pa.table({k: text_to_arrow(batch.values[k].filter(gone), columns[k]) for k in key_columns})
-            result.deletes = delete_keys.num_rows
     mask = pa.array(keep)
     unknown = ~batch.known.to_numpy(zero_copy_only=False)[keep]  # soft deletes of rows not seen: keep all
     to_fill: dict[int, list[int]] = {}
@@ -179,15 +191,27 @@ def apply_columnar(
     deleted_at = None
     if soft_deletes:
         deleted_at = pc.if_else(batch.deleted, batch.commit_time, pa.nulls(len(batch), batch.commit_time.type))
-    upserts = _finish_table(dest, arrays, layout, key_columns, columns, to_fill, batch.commit_lsn.filter(mask),
-                            deleted_at, result) if keep.any() else None
-    hint_cols = [columns[n] for n in layout]
-    dest.apply_batch(upserts=upserts, delete_keys=delete_keys, truncate=None, key_columns=key_columns,
-                     columns=destination_columns(hint_cols, soft_deletes=soft_deletes), state=state)
-    result.upserts = int((~deleted).sum())
-    if soft_deletes:
-        result.deletes = int(deleted.sum())
+    return TypedBatch(arrays, layout, key_columns, columns, to_fill, batch.commit_lsn.filter(mask), deleted_at,
+                      delete_keys, soft_deletes, upserts=int((~deleted).sum()), deletes=int(deleted.sum()))
+
+
+def apply_typed(dest: TableDestination, typed: TypedBatch, *, state: ReplicationState | None = None) -> ApplyResult:
+    """Write a :class:`TypedBatch` into ``dest`` (kept values read from it first), then ``state``."""
+    result = ApplyResult(upserts=typed.upserts, deletes=typed.deletes)
+    upserts = _finish_table(dest, typed.arrays, typed.layout, typed.key_columns, typed.columns, typed.to_fill,
+                            typed.lsn, typed.deleted_at, result) if len(typed.lsn) else None
+    hint_cols = [typed.columns[n] for n in typed.layout]
+    dest.apply_batch(upserts=upserts, delete_keys=typed.delete_keys, truncate=None, key_columns=typed.key_columns,
+                     columns=destination_columns(hint_cols, soft_deletes=typed.soft_deletes), state=state)
     return result
+
+
+def apply_columnar(
+    dest: TableDestination, batch: ColumnarBatch, columns: Mapping[str, PgColumn], *, soft_deletes: bool,
+    state: ReplicationState | None = None,
+) -> ApplyResult:
+    """:func:`apply_changes` for a batch folded column-wise (:mod:`columnar_fold`): same outcome, in bulk."""
+    return apply_typed(dest, type_columnar(batch, columns, soft_deletes=soft_deletes), state=state)
 
 
 def _fill_kept_values(

@@ -12,26 +12,33 @@ T = TypeVar("T")
 
 
 class DestinationOpening(Generic[T]):
-    """Enters ``dest`` and runs ``prepare(dest)`` on a thread; :meth:`result` waits for both.
+    """Enters ``dest``, runs ``prepare(dest)`` then ``then(dest)`` on a thread; :meth:`result` waits for all.
 
     A CDC run reads its batch from PostgreSQL, which decodes the whole peek before it sends the
-    first row; meanwhile this thread opens the destination (for DuckDB: replays and checkpoints
-    the last batch's WAL) and reads the table's state. The read stays on the caller's thread, so
-    the batch's buffers are allocated where they are used and freed.
+    first row; meanwhile this thread opens the destination (for DuckDB: replays the last batch's
+    WAL), reads the table's state (``prepare``) and checkpoints the WAL (``then``). The caller
+    gets the state from :meth:`prepared` as soon as it is read, folds the batch, and waits in
+    :meth:`result` only when it needs the destination itself. The read stays on the caller's
+    thread, so the batch's buffers are allocated where they are used and freed.
 
     Only a DuckDB destination opens on a thread. Others open on the caller's thread, in
     ``__enter__``: dlt's pipeline and clients keep per-thread context.
 
-    Use as a context manager: leaving it waits for the thread and closes the destination.
+    Use as a context manager: leaving it waits for the thread and closes the destination, and
+    raises what the thread raised if nothing else is raised (say ``then`` failed in a run that
+    had nothing to apply).
     """
 
-    def __init__(self, dest: TableDestination, prepare: Callable[[TableDestination], T]) -> None:
+    def __init__(self, dest: TableDestination, prepare: Callable[[TableDestination], T], *,
+                 then: Callable[[TableDestination], Any] | None = None) -> None:
         self._dest = dest
         self._prepare = prepare
+        self._then = then
         self._background = dest.is_duckdb
         self._entered = False
         self._value: Any = None
         self._error: BaseException | None = None
+        self._prepared = threading.Event()
         self._thread = threading.Thread(target=self._open, name="pg_replication_destination_open", daemon=True)
 
     def __enter__(self) -> DestinationOpening[T]:
@@ -50,11 +57,26 @@ class DestinationOpening(Generic[T]):
             self._dest.__enter__()
             self._entered = True
             self._value = self._prepare(self._dest)
-        except BaseException as exc:  # raised by result(), on the caller's thread
+            self._prepared.set()
+            if self._then is not None:
+                self._then(self._dest)
+        except BaseException as exc:  # raised by prepared() or result(), on the caller's thread
             self._error = exc
+        finally:
+            self._prepared.set()
+
+    def prepared(self) -> T:
+        """What ``prepare`` returned, without waiting for ``then``; raises what came before it.
+
+        The destination may still be busy with ``then``: use it only through :meth:`result`.
+        """
+        self._prepared.wait()
+        if self._error is not None:
+            raise self._error
+        return self._value
 
     def result(self) -> tuple[TableDestination, T]:
-        """The open destination and what ``prepare`` returned; raises what either raised."""
+        """The open destination, ``then`` done, and what ``prepare`` returned; raises what any raised."""
         self._join()
         if self._error is not None:
             raise self._error
@@ -68,3 +90,5 @@ class DestinationOpening(Generic[T]):
         self._join()
         if self._entered:
             self._dest.__exit__(*exc)
+        if exc[0] is None and self._error is not None:  # ``then`` failed after a caller needed no more
+            raise self._error

@@ -266,11 +266,13 @@ def phase_timer() -> C.PhaseTimer:
     except ImportError:
         pass
     else:
+        timer.wrap(DestinationOpening, "prepared", "DestinationOpening.prepared (waiting for the state)")
         timer.wrap(DestinationOpening, "result", "DestinationOpening.result (waiting for the destination thread)")
     timer.wrap(PgCdcApplyOperator, "_columns_of_batch", "PgCdcApplyOperator._columns_of_batch")
     timer.wrap(PgCdcApplyOperator, "_apply_changes", "PgCdcApplyOperator._apply_changes (read, fold, apply)")
     timer.wrap(apply_mod, "apply_changes", "apply.apply_changes (per-message path)")
-    timer.wrap(apply_mod, "apply_columnar", "apply.apply_columnar")
+    timer.wrap(apply_mod, "type_columnar", "apply.type_columnar (text -> typed Arrow)")
+    timer.wrap(apply_mod, "apply_typed", "apply.apply_typed")
     timer.wrap(apply_mod, "_finish_table", "apply._finish_table (text -> typed Arrow)")
     try:
         from airflow_pg_replication import columnar_fold
@@ -318,7 +320,8 @@ def profile(tmp: Path, batch: int) -> None:
          C.cum(s, "airflow_pg_replication/columnar_fold.py", "fold_columnar")),
         ("pgoutput.decode (per-message path)", C.cum(s, "airflow_pg_replication/pgoutput.py", "decode")),
         ("ChangeFolder.feed (fold)", C.cum(s, "airflow_pg_replication/changes.py", "feed")),
-        ("apply.apply_columnar (all destination work)", C.cum(s, "airflow_pg_replication/apply.py", "apply_columnar")),
+        ("apply.type_columnar (text -> typed Arrow)", C.cum(s, "airflow_pg_replication/apply.py", "type_columnar")),
+        ("apply.apply_typed (all destination work)", C.cum(s, "airflow_pg_replication/apply.py", "apply_typed")),
         ("apply.apply_changes (per-message path)", C.cum(s, "airflow_pg_replication/apply.py", "apply_changes")),
         ("  apply._rows_to_table (text -> Arrow)", C.cum(s, "airflow_pg_replication/apply.py", "_rows_to_table")),
         ("  typemap.text_to_arrow (type conversion)", C.cum(s, "airflow_pg_replication/typemap.py", "text_to_arrow")),

@@ -47,8 +47,10 @@ class PgCdcApplyOperator(PgTableOperator):
             require_key(info, mode="cdc")
             upto = hook.current_wal_lsn(conn)
             start_lsn = slot.confirmed_flush_lsn
-            # PostgreSQL decodes the batch while a thread opens the destination and reads the state.
-            with DestinationOpening(self.table_destination(), self._open_state) as opening:
+            # PostgreSQL decodes the batch while a thread opens the destination, reads the state and
+            # checkpoints the last run's commits (until the batch is folded, if need be).
+            with DestinationOpening(self.table_destination(), self._open_state,
+                                    then=lambda dest: dest.checkpoint()) as opening:
                 chunks = hook.peek_change_chunks(conn, t.slot, t.publication, upto_lsn=upto,
                                                  max_changes=self.max_batch_changes, arrow_conn=arrow_conn.get())
                 run = self._apply_changes(conn, chunks, opening, info)
@@ -82,7 +84,7 @@ class PgCdcApplyOperator(PgTableOperator):
     def _open_state(self, dest: Any) -> Any:
         """On the opening thread: the table's state, which must be a loaded snapshot of this slot.
 
-        Commits of this run are left in DuckDB's WAL, and the last run's are checkpointed now.
+        Commits of this run are left in DuckDB's WAL; the last run's are checkpointed next.
         """
         t = self.target
         state = dest.read_state()
@@ -93,18 +95,17 @@ class PgCdcApplyOperator(PgTableOperator):
                 "(trigger the DAG with full_refresh=true)."
             )
         dest.defer_checkpoints()
-        dest.checkpoint()
         return state
 
     def _apply_changes(self, conn: Any, changes: Iterable[Any], opening: Any, info: Any) -> _BatchRun:
         """Fold the read's Arrow chunks and apply them with the state (its LSN set here); the slot is untouched.
 
-        ``opening`` gives the destination and its state once needed: after the read, or at the
-        first part of a batch too big to hold.
+        ``opening`` gives the state once the read is in, and the destination once the batch is
+        folded, or at the first part of a batch too big to hold.
         """
         import pyarrow as pa
 
-        from airflow_pg_replication.apply import apply_changes, apply_columnar
+        from airflow_pg_replication.apply import apply_changes, apply_typed, type_columnar
         from airflow_pg_replication.changes import ChangeFolder
         from airflow_pg_replication.columnar_fold import fold_columnar
         from airflow_pg_replication.pgoutput import decode
@@ -141,7 +142,7 @@ class PgCdcApplyOperator(PgTableOperator):
                     cols = self._columns_of_relations(conn, folder.relations_seen, info)
                     applied = _combine(applied, apply_changes(dest, part, cols, soft_deletes=soft))
             del pending
-        dest, state = opening.result()
+        state = opening.prepared()  # the destination may still be checkpointing while the batch folds
         columnar = None
         raw = pa.chunked_array(chunks, pa.binary()) if chunks else []
         if folder is None and info.primary_key:
@@ -162,11 +163,14 @@ class PgCdcApplyOperator(PgTableOperator):
             state.applied_lsn = batch.last_commit_lsn
             if columnar is not None:  # the state commits with the data where the destination allows (DuckDB)
                 cols = self._columns_of_relations(conn, [columnar.relation], info)
-                applied = apply_columnar(dest, columnar, cols, soft_deletes=soft, state=state)
+                typed = type_columnar(columnar, cols, soft_deletes=soft)
+                dest, _ = opening.result()
+                applied = apply_typed(dest, typed, state=state)
             elif batch.empty:  # all of it went out in parts: only the state is left to record
                 dest.write_state(state)
             else:
                 cols = self._columns_of_relations(conn, folder.relations_seen, info)
+                dest, _ = opening.result()
                 applied = _combine(applied, apply_changes(dest, batch, cols, soft_deletes=soft, state=state))
         return _BatchRun(batch, cut, nothing, applied)
 

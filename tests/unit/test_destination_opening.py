@@ -100,3 +100,32 @@ def test_a_dlt_destination_opens_on_the_callers_thread_and_fails_at_once(tmp_pat
         with DestinationOpening(dest, prepare):
             pytest.fail("the block must not run when the destination cannot be prepared")
     assert seen["thread"] == threading.current_thread().name
+
+
+def test_prepared_comes_before_then_finishes_and_result_waits_for_it(tmp_path: Path) -> None:
+    release, done = threading.Event(), []
+
+    def then(dest: TableDestination) -> None:
+        assert release.wait(10)
+        done.append(threading.current_thread().name)
+
+    with DestinationOpening(_dest(tmp_path / "w.duckdb"), lambda dest: 7, then=then) as opening:
+        assert opening.prepared() == 7  # while ``then`` is still blocked
+        assert done == []
+        release.set()
+        _dest_open, value = opening.result()
+        assert value == 7 and done and done[0] != threading.current_thread().name
+    assert _file_is_free(tmp_path / "w.duckdb")
+
+
+def test_an_error_in_then_is_raised_by_result_or_on_leaving(tmp_path: Path) -> None:
+    def then(dest: TableDestination) -> None:
+        raise OSError("checkpoint failed: disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        with DestinationOpening(_dest(tmp_path / "w.duckdb"), lambda dest: 1, then=then) as opening:
+            opening.result()
+    with pytest.raises(OSError, match="disk full"):  # a run that needed only the state still fails
+        with DestinationOpening(_dest(tmp_path / "w.duckdb"), lambda dest: 1, then=then) as opening:
+            opening.prepared()
+    assert _file_is_free(tmp_path / "w.duckdb")
