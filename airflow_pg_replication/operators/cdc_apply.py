@@ -32,10 +32,12 @@ class PgCdcApplyOperator(PgTableOperator):
         self.max_lag_bytes = max_lag_bytes
 
     def execute(self, context: Any) -> dict[str, Any]:
+        from airflow_pg_replication.arrow_memory import use_jemalloc
         from airflow_pg_replication.destination_opening import DestinationOpening
         from airflow_pg_replication.pgoutput import format_lsn, parse_lsn
         from airflow_pg_replication.source_catalog import require_key
 
+        use_jemalloc()  # lower peak RSS for the batches' Arrow buffers
         t = self.target
         hook = self.source_hook()
         started = time.monotonic()

@@ -31,6 +31,7 @@ class PgFullRefreshOperator(PgTableOperator):
         self.chunk_bytes = chunk_bytes
 
     def execute(self, context: Any) -> dict[str, Any]:
+        from airflow_pg_replication.arrow_memory import use_jemalloc
         from airflow_pg_replication.loading import destination_columns
         from airflow_pg_replication.replication_state import ReplicationState
         from airflow_pg_replication.pgoutput import format_lsn
@@ -43,6 +44,7 @@ class PgFullRefreshOperator(PgTableOperator):
         )
         from airflow_pg_replication.source_catalog import require_key
 
+        use_jemalloc()  # lower peak RSS for the batches' Arrow buffers
         t = self.target
         hook = self.source_hook()
         started = time.monotonic()

@@ -120,12 +120,14 @@ class PgIncrementalOperator(PgTableOperator):
     def execute(self, context: Any) -> dict[str, Any]:
         from psycopg import sql
 
+        from airflow_pg_replication.arrow_memory import use_jemalloc
         from airflow_pg_replication.loading import destination_columns
         from airflow_pg_replication.replication_state import ReplicationState
         from airflow_pg_replication.pgoutput import format_lsn
         from airflow_pg_replication.snapshot import snapshot_schema, CopyProgress, begin_snapshot, copy_batches
         from airflow_pg_replication.source_catalog import require_key
 
+        use_jemalloc()  # lower peak RSS for the batches' Arrow buffers
         t = self.target
         hook = self.source_hook()
         started = time.monotonic()
