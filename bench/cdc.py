@@ -254,6 +254,8 @@ def compare(dsn: str, duck_path: str) -> tuple[int, int, list]:
 def phase_timer() -> C.PhaseTimer:
     """Wall-clock timers around the main steps of an apply (used in a child run)."""
     from airflow_pg_replication import apply as apply_mod
+    from airflow_pg_replication import columnar_fold
+    from airflow_pg_replication.destination_opening import DestinationOpening
     from airflow_pg_replication.hooks.replication import PgReplicationHook
     from airflow_pg_replication.operators.cdc_apply import PgCdcApplyOperator
 
@@ -261,25 +263,15 @@ def phase_timer() -> C.PhaseTimer:
     for name in ("check_wal_level", "slot_info", "table_info", "current_wal_lsn", "advance_slot"):
         timer.wrap(PgReplicationHook, name, f"hook.{name}")
     timer.wrap(PgReplicationHook, "peek_change_chunks", "hook.peek_change_chunks: next() = ADBC fetch from the slot", generator=True)
-    try:
-        from airflow_pg_replication.destination_opening import DestinationOpening
-    except ImportError:
-        pass
-    else:
-        timer.wrap(DestinationOpening, "prepared", "DestinationOpening.prepared (waiting for the state)")
-        timer.wrap(DestinationOpening, "result", "DestinationOpening.result (waiting for the destination thread)")
-    timer.wrap(PgCdcApplyOperator, "_columns_of_batch", "PgCdcApplyOperator._columns_of_batch")
+    timer.wrap(DestinationOpening, "prepared", "DestinationOpening.prepared (waiting for the state)")
+    timer.wrap(DestinationOpening, "result", "DestinationOpening.result (waiting for the destination thread)")
+    timer.wrap(PgCdcApplyOperator, "_columns_of_relations", "PgCdcApplyOperator._columns_of_relations")
     timer.wrap(PgCdcApplyOperator, "_apply_changes", "PgCdcApplyOperator._apply_changes (read, fold, apply)")
+    timer.wrap(columnar_fold, "fold_columnar", "columnar_fold.fold_columnar (decode + fold, column-wise)")
     timer.wrap(apply_mod, "apply_changes", "apply.apply_changes (per-message path)")
     timer.wrap(apply_mod, "type_columnar", "apply.type_columnar (text -> typed Arrow)")
     timer.wrap(apply_mod, "apply_typed", "apply.apply_typed")
-    timer.wrap(apply_mod, "_finish_table", "apply._finish_table (text -> typed Arrow)")
-    try:
-        from airflow_pg_replication import columnar_fold
-    except ImportError:
-        pass
-    else:
-        timer.wrap(columnar_fold, "fold_columnar", "columnar_fold.fold_columnar (decode + fold, column-wise)")
+    timer.wrap(apply_mod, "_finish_table", "apply._finish_table (kept values, table)")
     timer.wrap(apply_mod, "_typed_keys", "apply._typed_keys (delete keys -> typed)")
     timer.wrap(apply_mod, "_rows_to_table", "apply._rows_to_table (text -> Arrow)")
     timer.wrap(apply_mod, "text_to_arrow", label_fn=C.conversion_label)  # the name it imported
