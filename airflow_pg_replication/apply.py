@@ -159,7 +159,10 @@ class TypedBatch:
 
 
 def type_columnar(batch: ColumnarBatch, columns: Mapping[str, PgColumn], *, soft_deletes: bool) -> TypedBatch:
-    """The text values of a column-wise folded batch, typed; no destination needed."""
+    """The text values of a column-wise folded batch (:mod:`columnar_fold`), typed; no destination needed.
+
+    With :func:`apply_typed`: the outcome of :func:`apply_changes`, in bulk.
+    """
     import numpy as np
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -204,14 +207,6 @@ def apply_typed(dest: TableDestination, typed: TypedBatch, *, state: Replication
     dest.apply_batch(upserts=upserts, delete_keys=typed.delete_keys, truncate=None, key_columns=typed.key_columns,
                      columns=destination_columns(hint_cols, soft_deletes=typed.soft_deletes), state=state)
     return result
-
-
-def apply_columnar(
-    dest: TableDestination, batch: ColumnarBatch, columns: Mapping[str, PgColumn], *, soft_deletes: bool,
-    state: ReplicationState | None = None,
-) -> ApplyResult:
-    """:func:`apply_changes` for a batch folded column-wise (:mod:`columnar_fold`): same outcome, in bulk."""
-    return apply_typed(dest, type_columnar(batch, columns, soft_deletes=soft_deletes), state=state)
 
 
 def _fill_kept_values(

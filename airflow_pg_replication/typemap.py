@@ -244,7 +244,7 @@ def text_to_arrow(
     if col.type.element is not None:
         element = _element_column(col)
         return array_literals.parse_array(values, to, lambda v: text_to_arrow(v, element),
-                                     col.name, col.type.delimiter)
+                                          col.name, col.type.delimiter)
     if pa.types.is_string(to):
         return values
     if pa.types.is_integer(to):
