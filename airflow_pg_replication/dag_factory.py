@@ -8,14 +8,17 @@ import logging
 import os
 from typing import Any
 
-from airflow.sdk import DAG, Asset, Param
+import pendulum
+from airflow.sdk import DAG, Asset, CronTriggerTimetable, Param
 
 from airflow_pg_replication.registry import Registry, TableConfig, TableError, load_registry_tolerant
 
 log = logging.getLogger(__name__)
 
-START_DATE = datetime.datetime(2024, 1, 1, tzinfo=datetime.timezone.utc)
-RETRIES = {"retries": 2, "retry_delay": datetime.timedelta(seconds=30)}  # every task but the sensor
+#: Airflow serializes a DAG's timezone only as pendulum's (``datetime.timezone.utc`` fails the dag-processor).
+START_DATE = pendulum.datetime(2024, 1, 1, tz="UTC")
+#: Every task but the sensor: transient errors retry with exponential backoff (30 s, 60 s, ...).
+RETRIES = {"retries": 2, "retry_delay": datetime.timedelta(seconds=30), "retry_exponential_backoff": 2.0}
 
 
 def destination_asset(destination: dict[str, Any], destination_table: str) -> Asset:
@@ -112,12 +115,13 @@ def table_dag(registry: Registry, cfg: TableConfig) -> DAG:
 
 @functools.lru_cache(maxsize=None)
 def _schedule(schedule: str | None) -> Any:
-    """One timetable per distinct schedule, shared by the DAGs that use it (500 DAGs parse in < 1 s)."""
-    try:
-        from airflow.sdk.definitions.dag import _create_timetable
-    except ImportError:  # pragma: no cover - another Airflow version: let the DAG build its own
+    """The DAG's ``schedule``: a cron expression or preset as Airflow's public ``CronTriggerTimetable``
+    (what Airflow 3 makes of a cron string by default) in UTC; ``None``, ``@once`` and ``@continuous``
+    as they are. One timetable per distinct schedule, shared by the DAGs that use it.
+    """
+    if schedule in (None, "@once", "@continuous"):
         return schedule
-    return _create_timetable(schedule, START_DATE.tzinfo)
+    return CronTriggerTimetable(schedule, timezone=START_DATE.timezone)
 
 
 def _cdc_tasks(registry: Registry, cfg: TableConfig, common: dict[str, Any], asset: Asset) -> None:
@@ -135,11 +139,14 @@ def _cdc_tasks(registry: Registry, cfg: TableConfig, common: dict[str, Any], ass
                    "destination_table": cfg.destination_table_name, "on_slot_lost": cfg.on_slot_lost},
     )
     full = PgFullRefreshOperator(task_id="full_refresh", mode="cdc", outlets=[asset], **common)
+    # deferrable: waits in the triggerer, holding no worker slot; else reschedule mode (a task
+    # process per poke). Unset in the registry: Airflow's [operators] default_deferrable.
+    deferrable = {} if cfg.deferrable is None else {"deferrable": cfg.deferrable}
     wait = PgSlotLagSensor(
         task_id="wait_for_changes", table=cfg.qualified_name, source_conn_id=registry.source.conn_id,
         slot=cfg.slot, min_lag_bytes=cfg.min_lag_bytes, max_lag_bytes=cfg.max_lag_bytes,
         poke_interval=cfg.poke_interval, timeout=cfg.wait_timeout, soft_fail=True, mode="reschedule",
-        retries=0,
+        retries=0, **deferrable,
     )
     apply = PgCdcApplyOperator(task_id="apply_changes", max_batch_changes=cfg.max_batch_changes,
                                max_lag_bytes=cfg.max_lag_bytes, outlets=[asset], **common)
@@ -163,7 +170,7 @@ def _broken_table_dag(err: TableError) -> DAG:
 
         raise RegistryError(err.errors)
 
-    dag = DAG(dag_id=err.dag_id, schedule=None, start_date=START_DATE, catchup=False,
+    dag = DAG(dag_id=err.dag_id, schedule=None, start_date=START_DATE, catchup=False, max_active_runs=1,
               tags=["pg_replication", "registry_error"],
               doc_md=f"**This table's registry entry is broken:**\n\n```\n{message}\n```")
     with dag:

@@ -141,6 +141,7 @@ class TableDefaults(_Model):
     on_slot_lost: Literal["fail", "resync"] = "fail"
     verify: bool = False
     poke_interval: PositiveInt = 30
+    deferrable: bool | None = None  # None: Airflow's [operators] default_deferrable
 
     @model_validator(mode="after")
     def _cross_checks(self) -> TableDefaults:

@@ -44,7 +44,7 @@ class TableTarget:
 #: registry entry can be passed to any operator (``PgFullRefreshOperator(**table_knobs)``).
 REGISTRY_KNOBS = frozenset({
     "mode", "schedule", "max_batch_changes", "min_lag_bytes", "wait_timeout", "max_lag_bytes", "on_slot_lost",
-    "verify", "poke_interval", "cursor_column", "cursor_lookback",
+    "verify", "poke_interval", "deferrable", "cursor_column", "cursor_lookback",
 })
 
 

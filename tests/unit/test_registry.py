@@ -69,6 +69,7 @@ DEFAULT_KNOBS = {
     "on_slot_lost": "fail",
     "verify": False,
     "poke_interval": 30,
+    "deferrable": None,
 }
 
 
