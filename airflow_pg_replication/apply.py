@@ -7,9 +7,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Mapping, Sequence
 
 from airflow_pg_replication.changes import ChangeBatch, RowState
+from airflow_pg_replication.errors import NeedsAttentionError
 from airflow_pg_replication.loading import DELETED_AT_COLUMN, LSN_COLUMN, TableDestination, destination_columns
 from airflow_pg_replication.replication_state import ReplicationState
-from airflow_pg_replication.pgoutput import UNCHANGED_TOAST
+from airflow_pg_replication.pgoutput import UNCHANGED_TOAST, format_lsn
 from airflow_pg_replication.typemap import PgColumn, arrow_type, text_to_arrow
 
 if TYPE_CHECKING:
@@ -63,7 +64,7 @@ def apply_changes(
     for key, row in written:
         by_layout.setdefault(row.layout, []).append((key, row))
     tables = [
-        _rows_to_table(dest, rows, layout, key_columns, columns, soft_deletes, result)
+        _rows_to_table(dest, rows, layout, key_columns, columns, soft_deletes, result, batch.continues_lsn)
         for layout, rows in by_layout.items()
     ]
     upserts = None
@@ -90,8 +91,13 @@ def _typed_keys(keys: Sequence[tuple], key_columns: Sequence[str], columns: Mapp
 def _rows_to_table(
     dest: TableDestination, rows: list[tuple[tuple, RowState]], layout: tuple[str, ...],
     key_columns: Sequence[str], columns: Mapping[str, PgColumn], soft_deletes: bool, result: ApplyResult,
+    continues_lsn: int | None = None,
 ) -> pa.Table:
-    """One Arrow table for rows of one column layout; cells to keep are read back from the destination."""
+    """One Arrow table for rows of one column layout; cells to keep are read back from the destination.
+
+    A row whose key changed in the batch has its kept cells read under its source key (the key it
+    had before the batch), not its own (see :class:`_Sources`).
+    """
     import pyarrow as pa
 
     key_pos = {name: i for i, name in enumerate(key_columns)}
@@ -119,20 +125,59 @@ def _rows_to_table(
     if soft_deletes:
         deleted_at = pa.array([row.commit_time if row.deleted else None for _, row in rows],
                               pa.timestamp("us", tz="UTC"))
+    sources = _Sources.of(rows, key_columns, columns, continues_lsn) if to_fill else None
     return _finish_table(dest, arrays, layout, key_columns, columns, to_fill,
-                         pa.array([row.commit_lsn for _, row in rows], pa.int64()), deleted_at, result)
+                         pa.array([row.commit_lsn for _, row in rows], pa.int64()), deleted_at, result,
+                         sources=sources)
+
+
+@dataclass
+class _Sources:
+    """Rows whose key changed in the batch: the key to read their kept cells under, and when they left it."""
+
+    keys: list[tuple | None]  # per row: typed key it had before the batch (None: read under its own key)
+    left_lsn: list[int | None]  # per row: commit LSN of the change that moved it off that key
+    continues_lsn: int | None  # see ChangeBatch.continues_lsn
+
+    @classmethod
+    def of(cls, rows: list[tuple[tuple, RowState]], key_columns: Sequence[str],
+           columns: Mapping[str, PgColumn], continues_lsn: int | None) -> _Sources | None:
+        """The source keys of ``rows``, typed like the destination's keys; None when no row moved."""
+        moved = [r for r, (_, row) in enumerate(rows) if row.source_key is not None]
+        if not moved:
+            return None
+        typed = _typed_keys([rows[r][1].source_key for r in moved], key_columns, columns)
+        keys: list[tuple | None] = [None] * len(rows)
+        for r, key in zip(moved, zip(*[c.to_pylist() for c in typed.columns])):
+            keys[r] = key
+        return cls(keys, [row.source_lsn for _, row in rows], continues_lsn)
+
+    def still_there(self, r: int, written_lsn: int | None) -> bool:
+        """Whether the destination row under row ``r``'s source key is that row as it was before it moved.
+
+        It is when written before the move: a write at or after it comes from an earlier,
+        interrupted attempt of this batch (the key may hold another row by now). In a later part of
+        a batch applied in parts, the previous part may have written it in the same transaction.
+        """
+        left = self.left_lsn[r]
+        return (written_lsn or 0) < left or written_lsn == left == self.continues_lsn
 
 
 def _finish_table(
     dest: TableDestination, arrays: list, layout: Sequence[str], key_columns: Sequence[str],
     columns: Mapping[str, PgColumn], to_fill: dict[int, list[int]], lsn: pa.Array, deleted_at: pa.Array | None,
-    result: ApplyResult,
+    result: ApplyResult, *, sources: _Sources | None = None,
 ) -> pa.Table:
-    """Typed columns + kept values read back from the destination + ``_pg_lsn`` (+ ``_pg_deleted_at``)."""
+    """Typed columns + kept values read back from the destination + ``_pg_lsn`` (+ ``_pg_deleted_at``).
+
+    Raises :class:`NeedsAttentionError` when a live row's kept value is not in the destination,
+    before anything is written.
+    """
     import pyarrow as pa
 
     if to_fill:
-        arrays = _fill_kept_values(dest, arrays, tuple(layout), key_columns, columns, to_fill, result)
+        kept = _KeptCells(tuple(layout), key_columns, columns, to_fill, lsn, deleted_at, sources)
+        arrays = _fill_kept_values(dest, arrays, kept, result)
     names = [*layout, LSN_COLUMN]
     arrays = [*arrays, lsn]
     if deleted_at is not None:
@@ -209,32 +254,90 @@ def apply_typed(dest: TableDestination, typed: TypedBatch, *, state: Replication
     return result
 
 
-def _fill_kept_values(
-    dest: TableDestination, arrays: list, layout: tuple[str, ...], key_columns: Sequence[str],
-    columns: Mapping[str, PgColumn], to_fill: dict[int, list[int]], result: ApplyResult,
-) -> list:
-    """Replace kept cells (unchanged TOAST) with the destination's current values."""
+@dataclass
+class _KeptCells:
+    """The cells of an upsert table to read back from the destination, and how to find and report them."""
+
+    layout: tuple[str, ...]
+    key_columns: Sequence[str]
+    columns: Mapping[str, PgColumn]
+    to_fill: dict[int, list[int]]  # column index -> row indexes whose value is kept
+    lsn: pa.Array  # commit LSN per row
+    deleted_at: pa.Array | None  # soft deletes: non-null for rows written as deleted
+    sources: _Sources | None  # rows whose key changed in the batch
+
+
+def _fill_kept_values(dest: TableDestination, arrays: list, kept: _KeptCells, result: ApplyResult) -> list:
+    """Replace kept cells (unchanged TOAST, soft deletes) with the destination's values of the row before the batch.
+
+    A row whose key changed in the batch is read under its source key, the key it had before the
+    batch. This runs before the batch is written, so it reads the pre-batch destination. A live
+    row whose value is not there fails the batch (see :func:`_missing_kept_values`).
+    """
     import pyarrow as pa
 
-    key_idx = [layout.index(k) for k in key_columns]
+    key_idx = [kept.layout.index(k) for k in kept.key_columns]
     keys_py = list(zip(*[arrays[i].to_pylist() for i in key_idx]))
-    need_rows = sorted({r for rs in to_fill.values() for r in rs})
-    fill_names = [layout[c] for c in sorted(to_fill)]
-    current = dest.fetch_rows(key_columns, [keys_py[r] for r in need_rows], fill_names)
-    missing = [keys_py[r] for r in need_rows if keys_py[r] not in current]
+    need_rows = sorted({r for rs in kept.to_fill.values() for r in rs})
+    src = kept.sources
+    moved = set() if src is None else {r for r in need_rows if src.keys[r] is not None}
+    read_from = {r: src.keys[r] if r in moved else keys_py[r] for r in need_rows}
+    fill_names = [kept.layout[c] for c in sorted(kept.to_fill)]
+    fetch_names = [*fill_names, LSN_COLUMN] if moved else fill_names
+    current = dest.fetch_rows(kept.key_columns, list(dict.fromkeys(read_from.values())), fetch_names)
+    missing = [r for r in need_rows if read_from[r] not in current
+               or (r in moved and not src.still_there(r, current[read_from[r]][LSN_COLUMN]))]
     if missing:
-        log.warning("%d row(s) with unchanged TOAST values are not in the destination (e.g. key %s); "
-                    "their unchanged columns stay NULL until the next full refresh", len(missing), missing[0])
+        _missing_kept_values(dest, kept, missing, keys_py, read_from)
     out = list(arrays)
-    for c, rows in to_fill.items():
-        name = layout[c]
-        typ = arrow_type(columns[name])
+    gone = set(missing)  # only soft-deleted rows get here: their unknown cells stay NULL
+    for c, rows in kept.to_fill.items():
+        name = kept.layout[c]
+        typ = arrow_type(kept.columns[name])
         vals = out[c].to_pylist()
         for r in rows:
-            vals[r] = _as_arrow_value(current.get(keys_py[r], {}).get(name), typ)
+            vals[r] = None if r in gone else _as_arrow_value(current[read_from[r]][name], typ)
             result.kept_values += 1
         out[c] = pa.array(vals, typ)
     return out
+
+
+def _missing_kept_values(dest: TableDestination, kept: _KeptCells, missing: list[int], keys_py: list[tuple],
+                         read_from: Mapping[int, tuple]) -> None:
+    """Rows whose kept values are not in the destination: fail for live rows; warn for soft-deleted ones.
+
+    A live row's value must never be guessed, so the batch fails before anything of it is written.
+    A soft-deleted row gets NULLs for the values not found, as the row is gone from the source anyway.
+    """
+    deleted = [kept.deleted_at is not None and kept.deleted_at[r].is_valid for r in missing]
+    live = [r for r, gone in zip(missing, deleted) if not gone]
+    if live:
+        raise NeedsAttentionError(_missing_message(dest, kept, live, keys_py, read_from))
+    log.warning("%s: %d soft-deleted row(s) with values neither in this batch nor in the destination (e.g. key %s); "
+                "those columns stay NULL until the next full refresh", dest.table_name, len(missing),
+                keys_py[missing[0]])
+
+
+def _missing_message(dest: TableDestination, kept: _KeptCells, live: list[int], keys_py: list[tuple],
+                     read_from: Mapping[int, tuple]) -> str:
+    """The error for live rows whose unchanged TOAST values are neither in the batch nor in the destination."""
+    names = ", ".join(kept.key_columns)
+    shown = []
+    for r in live[:5]:
+        cols = ", ".join(kept.layout[c] for c in sorted(kept.to_fill) if r in kept.to_fill[c])
+        moved = read_from[r] != keys_py[r] or (kept.sources is not None and kept.sources.keys[r] is not None)
+        where = f" (its key before this batch: ({names}) = {read_from[r]})" if moved else ""
+        lsn = format_lsn(kept.lsn[r].as_py())
+        shown.append(f"({names}) = {keys_py[r]}{where}, column(s) {cols}, commit LSN {lsn}")
+    more = f"; and {len(live) - len(shown)} more" if len(live) > len(shown) else ""
+    return (
+        f"{dest.table_name}: {len(live)} row(s) changed with unchanged TOAST values (large values PostgreSQL "
+        f"does not resend) that are neither earlier in this batch nor in {dest.describe()} under the row's key "
+        f"before this batch (missing, or rewritten since by an interrupted earlier attempt of this batch): "
+        f"{'; '.join(shown)}{more}. The destination is out of step with the source and these rows would get "
+        "wrong values, so the batch stops before writing them: no state is recorded and the slot does not "
+        "advance. Resync the table: trigger the DAG with full_refresh=true."
+    )
 
 
 def _as_arrow_value(value: object, typ: pa.DataType) -> object:

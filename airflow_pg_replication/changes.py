@@ -23,10 +23,14 @@ class RowState:
     """The last known state of one key in a batch: its values, or that it was deleted."""
 
     layout: tuple[str, ...]  # column names the values line up with (the relation at that change)
-    values: tuple | None  # may hold UNCHANGED_TOAST (keep the destination's value); None: unknown
+    values: tuple | None  # may hold UNCHANGED_TOAST (read from the destination, see source_key); None: unknown
     commit_lsn: int
     commit_time: datetime
     deleted: bool = False  # a deleted row keeps the values it had in this batch, if any (soft deletes)
+    # When the row's key changed in this batch (once or in a chain): its key before the batch, where the
+    # destination holds it as it was then and its UNCHANGED_TOAST cells are read; None: read under its own key.
+    source_key: tuple | None = None
+    source_lsn: int | None = None  # commit LSN of the change that moved the row off ``source_key``
 
 
 @dataclass
@@ -41,6 +45,9 @@ class ChangeBatch:
     transactions: int = 0  # committed transactions read (any table of the publication)
     skipped: int = 0  # transactions at or below the already-applied LSN
     first_commit_lsn: int | None = None
+    # A part after the first of a batch applied in parts (ChangeFolder.take_rows): the commit LSN of the
+    # transaction the previous part was cut in; the destination may hold that transaction's earlier changes.
+    continues_lsn: int | None = None
     last_commit_lsn: int | None = None  # commit LSN of the last transaction read
     last_end_lsn: int | None = None  # end LSN of that commit record: where the slot may advance to
 
@@ -94,12 +101,15 @@ class ChangeFolder:
         """Hand over the rows folded so far (and a pending truncate) and start afresh.
 
         Applying the handed-over parts in order gives the same final state as one big batch, so a
-        transaction larger than memory is applied in bounded parts; the counters stay here.
+        transaction larger than memory is applied in bounded parts; the counters stay here. Source
+        keys start afresh: the next part reads moved rows where this part leaves them.
         """
         part = ChangeBatch(self.batch.key_columns, rows=self.batch.rows, truncate=self.batch.truncate,
-                           relation=self.batch.relation, changes=self.batch.changes)
+                           relation=self.batch.relation, changes=self.batch.changes,
+                           continues_lsn=self.batch.continues_lsn)
         self.batch.rows = {}
         self.batch.truncate = None
+        self.batch.continues_lsn = self._commit_lsn  # the next part reads what this one writes
         self.flushed_parts += 1
         return part
 
@@ -156,32 +166,51 @@ class ChangeFolder:
         key = self._key(oid, new)
         if UNCHANGED_TOAST in key:
             raise ValueError(f"a key column of {b.relation.namespace}.{b.relation.name} came as unchanged TOAST")
-        if old is not None:
-            old_key = self._key(oid, old)
-            if old_key != key:  # the key itself changed: the old key's row is gone
-                prev = self._delete(old_key, layout)
-                if UNCHANGED_TOAST in new:
-                    new = self._fill_unchanged(new, layout, prev, old if old_kind == "O" else None)
-                b.rows[key] = RowState(layout, new, self._commit_lsn, self._commit_time)
-                return
+        old_key = self._key(oid, old) if old is not None else key
+        if old_key != key:  # the key itself changed: the old key's row is gone
+            prev = self._delete(old_key, layout)
+            b.rows.pop(key, None)  # the new key's state, if any, was a delete: replaced below
+        else:
+            prev = b.rows.pop(key, None)  # re-inserted below, so dict order follows the last change
+        source_key, source_lsn = self._source(prev, old_key, key)
         if UNCHANGED_TOAST in new:
-            new = self._fill_unchanged(new, layout, b.rows.get(key), old if old_kind == "O" else None)
-        b.rows.pop(key, None)  # re-insert so dict order follows the last change
-        b.rows[key] = RowState(layout, new, self._commit_lsn, self._commit_time)
+            new = self._fill_unchanged(new, layout, prev, old if old_kind == "O" else None)
+        b.rows[key] = RowState(layout, new, self._commit_lsn, self._commit_time, source_key=source_key,
+                               source_lsn=source_lsn)
+
+    def _source(self, prev: RowState | None, old_key: tuple, key: tuple) -> tuple[tuple | None, int | None]:
+        """(source key, source LSN) of a row updated from ``old_key`` to ``key`` (see :class:`RowState`).
+
+        ``prev`` is the row's state earlier in the batch. A row whose key changed earlier in the
+        batch keeps where it came from (chains A -> B -> C read from A, even back at A); a row whose
+        key changes now came from ``old_key``; a row whose key never changed has none.
+        """
+        if prev is not None and not prev.deleted and prev.source_key is not None:
+            return prev.source_key, prev.source_lsn
+        if old_key != key:
+            return old_key, self._commit_lsn
+        return None, None
 
     def _delete(self, key: tuple, layout: tuple[str, ...]) -> RowState | None:
-        """Mark ``key`` deleted, keeping values known from earlier in the batch; returns that earlier state."""
+        """Mark ``key`` deleted, keeping values known from earlier in the batch; returns that earlier state.
+
+        The deleted state keeps the earlier state's source key too: a soft delete writes the row's
+        last values, and those left UNCHANGED_TOAST are in the destination under that key.
+        """
         prev = self.batch.rows.pop(key, None)
         values = prev.values if prev is not None else None
         layout = prev.layout if prev is not None else layout
-        self.batch.rows[key] = RowState(layout, values, self._commit_lsn, self._commit_time, deleted=True)
+        self.batch.rows[key] = RowState(layout, values, self._commit_lsn, self._commit_time, deleted=True,
+                                        source_key=prev.source_key if prev is not None else None,
+                                        source_lsn=prev.source_lsn if prev is not None else None)
         return prev
 
     @staticmethod
     def _fill_unchanged(new: tuple, layout: tuple[str, ...], prev: RowState | None, old_full: tuple | None) -> tuple:
         """Unchanged TOAST values: take them from the full old row, or from earlier in this batch.
 
-        What neither can give stays UNCHANGED_TOAST: the destination keeps its current value.
+        What neither can give stays UNCHANGED_TOAST: the value the destination holds under the row's
+        source key (:attr:`RowState.source_key`), read back when the batch is applied.
         """
         values = list(new)
         prev_vals = None
