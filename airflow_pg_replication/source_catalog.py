@@ -31,14 +31,16 @@ WHERE i.indrelid = %s AND i.indisprimary
 ORDER BY k.ord
 """
 
-_SLOT_SQL = """
+#: One slot's state; its last column is the WAL flush position, read in the same statement.
+SLOT_SQL = """
 SELECT s.slot_name, s.plugin, s.slot_type, d.datname, s.active, s.wal_status,
        s.safe_wal_size, s.restart_lsn::text, s.confirmed_flush_lsn::text,
        pg_wal_lsn_diff(pg_current_wal_lsn(), s.restart_lsn)::bigint AS retained_bytes,
        pg_wal_lsn_diff(pg_current_wal_lsn(), s.confirmed_flush_lsn)::bigint AS lag_bytes,
        current_database() AS this_db,
        (SELECT w.wal_bytes / greatest(extract(epoch FROM now() - w.stats_reset), 1)
-        FROM pg_stat_wal w)::float8 AS wal_bytes_per_second
+        FROM pg_stat_wal w)::float8 AS wal_bytes_per_second,
+       s.active_pid, pg_current_wal_flush_lsn()::text AS wal_flush_lsn
 FROM pg_replication_slots s
 LEFT JOIN pg_database d ON d.oid = s.datoid
 WHERE s.slot_name = %s
@@ -82,6 +84,8 @@ class SlotInfo:
     lag_bytes: int | None
     in_this_database: bool
     wal_bytes_per_second: float | None = None  # the server's average WAL rate since its stats were reset
+    active_pid: int | None = None  # the backend reading the slot right now, if any
+    wal_flush_lsn: str | None = None  # the server's WAL flush position when the slot was read
 
     @property
     def seconds_until_invalidated(self) -> float | None:
@@ -164,20 +168,22 @@ def require_key(info: TableInfo, *, mode: str) -> None:
 
 def read_slot_info(conn: psycopg.Connection, slot: str) -> SlotInfo | None:
     """The slot's state, or None when there is no slot of that name."""
-    return _slot_info(conn.execute(_SLOT_SQL, (slot,)).fetchone())
+    return slot_info_from_row(conn.execute(SLOT_SQL, (slot,)).fetchone())
 
 
 async def read_slot_info_async(conn: psycopg.AsyncConnection, slot: str) -> SlotInfo | None:
     """:func:`read_slot_info` over an async connection (for the triggerer)."""
-    cur = await conn.execute(_SLOT_SQL, (slot,))
-    return _slot_info(await cur.fetchone())
+    cur = await conn.execute(SLOT_SQL, (slot,))
+    return slot_info_from_row(await cur.fetchone())
 
 
-def _slot_info(row: tuple | None) -> SlotInfo | None:
+def slot_info_from_row(row: tuple | None) -> SlotInfo | None:
+    """A :data:`SLOT_SQL` row as :class:`SlotInfo` (None: no such slot)."""
     if row is None:
         return None
     return SlotInfo(
         name=row[0], plugin=row[1], database=row[3], active=bool(row[4]), wal_status=row[5],
         safe_wal_size=row[6], restart_lsn=row[7], confirmed_flush_lsn=row[8], retained_bytes=row[9],
         lag_bytes=row[10], in_this_database=row[3] == row[11], wal_bytes_per_second=row[12],
+        active_pid=row[13], wal_flush_lsn=row[14],
     )

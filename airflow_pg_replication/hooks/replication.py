@@ -217,6 +217,17 @@ class PgReplicationHook(PostgresHook):
 
         return parse_lsn(str(conn.execute("SELECT pg_current_wal_lsn()").fetchone()[0]))
 
+    def current_wal_flush_lsn(self, conn: psycopg.Connection) -> int:
+        """The server's WAL flush position: every record before it is on disk and readable by a peek.
+
+        A peek reads WAL only up to the flush position at its start; ``pg_current_wal_lsn()``
+        (the write position) may be ahead of it, so an upper bound a slot is advanced to after a
+        peek should be this one.
+        """
+        from airflow_pg_replication.pgoutput import parse_lsn
+
+        return parse_lsn(str(conn.execute("SELECT pg_current_wal_flush_lsn()").fetchone()[0]))
+
     def arrow_connection_params(self) -> dict[str, Any]:
         """libpq parameters for an ADBC (Arrow) connection, with our session settings."""
         return {**self.connect_params(), "options": SESSION_OPTIONS}

@@ -1,4 +1,4 @@
-"""PgSlotLagSensor: wait until a table's slot holds changes; fail loudly when the slot is lost or overfull."""
+"""PgSlotLagSensor: wait until a table's slot holds changes of that table; fail loudly on a lost or overfull slot."""
 
 from __future__ import annotations
 
@@ -11,10 +11,13 @@ from airflow_pg_replication.operators.base import TableTarget
 
 
 class PgSlotLagSensor(BaseSensorOperator):
-    """Succeed when the table's slot holds at least ``min_lag_bytes`` of WAL not yet applied.
+    """Succeed when the table's slot holds at least ``min_lag_bytes`` of the table's own change data.
 
-    Fails (not skips) when the slot is missing, invalidated (``wal_status = lost``) or holds more
-    than ``max_lag_bytes``. With ``deferrable=True`` the wait runs in the triggerer.
+    WAL of other tables and of PostgreSQL itself never counts: each poke peeks the slot with the
+    table's publication (see :mod:`airflow_pg_replication.table_changes`), and when it found no
+    change of the table it advances the slot past that WAL, so later pokes do not count it again.
+    Fails (not skips) when the slot is missing, invalidated (``wal_status = lost``) or holds
+    more than ``max_lag_bytes`` of WAL. With ``deferrable=True`` the wait runs in the triggerer.
     """
 
     template_fields: Sequence[str] = ("table", "source_conn_id", "slot")
@@ -36,19 +39,21 @@ class PgSlotLagSensor(BaseSensorOperator):
     def slot_name(self) -> str:
         return TableTarget.build(self.table, slot=self.slot).slot
 
+    @property
+    def publication(self) -> str:
+        return TableTarget.build(self.table, slot=self.slot).publication
+
     def poke(self, context: Any) -> bool:
         from airflow_pg_replication.hooks.replication import PgReplicationHook
-        from airflow_pg_replication.slot_health import judge_slot
+        from airflow_pg_replication.table_changes import poke_sync, poke_target
 
+        target = poke_target(self.table, slot=self.slot_name, publication=self.publication,
+                             min_lag_bytes=self.min_lag_bytes, max_lag_bytes=self.max_lag_bytes)
         hook = PgReplicationHook(postgres_conn_id=self.source_conn_id)
         with hook.connect() as conn:
-            slot = hook.slot_info(conn, self.slot_name)
-        verdict = judge_slot(slot, slot_name=self.slot_name, table=self.table,
-                             min_lag_bytes=self.min_lag_bytes, max_lag_bytes=self.max_lag_bytes)
-        (self.log.warning if verdict.warn else self.log.info)(
-            "%s; %s", verdict.message,
-            "changes waiting" if verdict.ready else f"waiting for at least {self.min_lag_bytes:,} bytes")
-        return verdict.ready
+            result = poke_sync(conn, target)
+        (self.log.warning if result.warn else self.log.info)("%s", result.message)
+        return result.ready
 
     def execute(self, context: Any) -> Any:
         if not self.deferrable:
@@ -61,7 +66,7 @@ class PgSlotLagSensor(BaseSensorOperator):
             trigger=SlotLagTrigger(
                 source_conn_id=self.source_conn_id, slot=self.slot_name, table=self.table,
                 min_lag_bytes=self.min_lag_bytes, max_lag_bytes=self.max_lag_bytes,
-                poke_interval=float(self.poke_interval),
+                poke_interval=float(self.poke_interval), publication=self.publication,
             ),
             method_name="execute_complete",
             timeout=timedelta(seconds=self.timeout),

@@ -1,4 +1,4 @@
-"""SlotLagTrigger: the deferrable wait of PgSlotLagSensor, polling the slot from the triggerer (async)."""
+"""SlotLagTrigger: the deferrable wait of PgSlotLagSensor, poking the table's slot from the triggerer (async)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,15 @@ from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 
 class SlotLagTrigger(BaseTrigger):
-    """Poll a slot every ``poke_interval`` s; fire ``ready`` on lag, ``error`` on a lost or overfull slot."""
+    """Poke every ``poke_interval`` s; ``ready`` when the table's own changes reach ``min_lag_bytes``.
+
+    The same poke as the sensor's (:func:`airflow_pg_replication.table_changes.poke_async`):
+    other tables' WAL never counts and is advanced past. ``error`` on a lost, missing or overfull
+    slot (or an unreachable source); a slot busy with ``apply_changes`` is looked at again later.
+    """
 
     def __init__(self, *, source_conn_id: str, slot: str, table: str, min_lag_bytes: int, max_lag_bytes: int,
-                 poke_interval: float = 30.0) -> None:
+                 poke_interval: float = 30.0, publication: str | None = None) -> None:
         super().__init__()
         self.source_conn_id = source_conn_id
         self.slot = slot
@@ -20,13 +25,16 @@ class SlotLagTrigger(BaseTrigger):
         self.min_lag_bytes = min_lag_bytes
         self.max_lag_bytes = max_lag_bytes
         self.poke_interval = poke_interval
+        # Before publications were passed, the trigger's slot name was also the publication's
+        # (TableTarget: an explicit slot names both).
+        self.publication = publication or slot
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
             f"{type(self).__module__}.{type(self).__qualname__}",
             {"source_conn_id": self.source_conn_id, "slot": self.slot, "table": self.table,
              "min_lag_bytes": self.min_lag_bytes, "max_lag_bytes": self.max_lag_bytes,
-             "poke_interval": self.poke_interval},
+             "poke_interval": self.poke_interval, "publication": self.publication},
         )
 
     async def _look(self) -> Any:
@@ -34,26 +42,24 @@ class SlotLagTrigger(BaseTrigger):
         from asgiref.sync import sync_to_async
 
         from airflow_pg_replication.hooks.replication import SESSION_OPTIONS, PgReplicationHook
-        from airflow_pg_replication.source_catalog import read_slot_info_async
+        from airflow_pg_replication.table_changes import poke_async, poke_target
 
+        target = poke_target(self.table, slot=self.slot, publication=self.publication,
+                             min_lag_bytes=self.min_lag_bytes, max_lag_bytes=self.max_lag_bytes)
         hook = PgReplicationHook(postgres_conn_id=self.source_conn_id)
         params = await sync_to_async(hook.connect_params)()
         async with await psycopg.AsyncConnection.connect(**params, options=SESSION_OPTIONS, autocommit=True) as conn:
-            return await read_slot_info_async(conn, self.slot)
+            return await poke_async(conn, target)
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
-        from airflow_pg_replication.slot_health import judge_slot
-
         while True:
             try:
-                slot = await self._look()
-                verdict = judge_slot(slot, slot_name=self.slot, table=self.table,
-                                     min_lag_bytes=self.min_lag_bytes, max_lag_bytes=self.max_lag_bytes)
+                result = await self._look()
             except Exception as exc:  # a lost slot, an overfull one, or an unreachable source
                 yield TriggerEvent({"status": "error", "message": str(exc)})
                 return
-            (self.log.warning if verdict.warn else self.log.info)("%s", verdict.message)
-            if verdict.ready:
-                yield TriggerEvent({"status": "ready", "message": verdict.message})
+            (self.log.warning if result.warn else self.log.info)("%s", result.message)
+            if result.ready:
+                yield TriggerEvent({"status": "ready", "message": result.message})
                 return
             await asyncio.sleep(self.poke_interval)
