@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any, Sequence
 
+from airflow.sdk import conf
 from airflow.sdk.bases.sensor import BaseSensorOperator
 
 from airflow_pg_replication.operators.base import TableTarget
@@ -25,7 +26,8 @@ class PgSlotLagSensor(BaseSensorOperator):
 
     def __init__(
         self, *, table: str, source_conn_id: str = "pg_source", slot: str | None = None,
-        min_lag_bytes: int = 1, max_lag_bytes: int = 10 * 1024**3, deferrable: bool = False, **kwargs: Any,
+        min_lag_bytes: int = 1, max_lag_bytes: int = 10 * 1024**3,
+        deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False), **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.table = table
