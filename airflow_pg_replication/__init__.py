@@ -17,6 +17,8 @@ _EXPORTS = {
     "PgSlotLagSensor": "airflow_pg_replication.sensors.slot_lag",
     "PgReconcileOperator": "airflow_pg_replication.operators.reconcile",
     "PgReplicationHook": "airflow_pg_replication.hooks.replication",
+    "read_warehouse": "airflow_pg_replication.warehouse_readers",
+    "query_warehouse": "airflow_pg_replication.warehouse_readers",
 }
 
 __all__ = [*_EXPORTS, "get_provider_info"]

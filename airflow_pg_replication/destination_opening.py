@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import copy
+import logging
 import threading
 from typing import TYPE_CHECKING, Any, Callable, Generic, TypeVar
 
 if TYPE_CHECKING:
     from airflow_pg_replication.loading import TableDestination
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -24,16 +28,28 @@ class DestinationOpening(Generic[T]):
     Only a DuckDB destination opens on a thread. Others open on the caller's thread, in
     ``__enter__``: dlt's pipeline and clients keep per-thread context.
 
+    With ``let_go``, the thread then lets go of the DuckDB file (:meth:`.TableDestination.release_file`)
+    when ``let_go(dest)`` says so, so readers and other writers may use it while the caller
+    folds; :meth:`result` takes it again on the caller's thread and calls ``recheck(dest, as_read)``
+    with a copy of what ``prepare`` returned, which raises when that no longer holds (say another
+    task wrote the table's state meanwhile).
+
     Use as a context manager: leaving it waits for the thread and closes the destination, and
     raises what the thread raised if nothing else is raised (say ``then`` failed in a run that
     had nothing to apply).
     """
 
     def __init__(self, dest: TableDestination, prepare: Callable[[TableDestination], T], *,
-                 then: Callable[[TableDestination], Any] | None = None) -> None:
+                 then: Callable[[TableDestination], Any] | None = None,
+                 let_go: Callable[[TableDestination], bool] | None = None,
+                 recheck: Callable[[TableDestination, T], Any] | None = None) -> None:
         self._dest = dest
         self._prepare = prepare
         self._then = then
+        self._let_go = let_go
+        self._recheck = recheck
+        self._let_go_of_file = False  # the thread let go of the file; result() takes it again
+        self._as_read: Any = None  # a copy of what prepare returned, for recheck
         self._background = dest.is_duckdb
         self._entered = False
         self._value: Any = None
@@ -57,9 +73,14 @@ class DestinationOpening(Generic[T]):
             self._dest.__enter__()
             self._entered = True
             self._value = self._prepare(self._dest)
+            self._as_read = copy.copy(self._value)
             self._prepared.set()
             if self._then is not None:
                 self._then(self._dest)
+            if self._let_go is not None and self._background and self._let_go(self._dest):
+                log.debug("letting go of %s while the caller folds: someone waits for it", self._dest.describe())
+                self._dest.release_file()
+                self._let_go_of_file = True
         except BaseException as exc:  # raised by prepared() or result(), on the caller's thread
             self._error = exc
         finally:
@@ -76,10 +97,19 @@ class DestinationOpening(Generic[T]):
         return self._value
 
     def result(self) -> tuple[TableDestination, T]:
-        """The open destination, ``then`` done, and what ``prepare`` returned; raises what any raised."""
+        """The open destination, ``then`` done, and what ``prepare`` returned; raises what any raised.
+
+        When the thread let go of the file, takes it again here (waiting for whoever uses it)
+        and runs ``recheck``.
+        """
         self._join()
         if self._error is not None:
             raise self._error
+        if self._let_go_of_file:
+            self._let_go_of_file = False
+            self._dest.reopen_file()
+            if self._recheck is not None:
+                self._recheck(self._dest, self._as_read)
         return self._dest, self._value
 
     def _join(self) -> None:

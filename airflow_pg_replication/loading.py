@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
 import os
 import shutil
 import tempfile
-import time
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, Sequence
 
-from airflow_pg_replication import destination_sql
+from airflow_pg_replication import destination_sql, duckdb_file
 from airflow_pg_replication.destination_sql import compose
-from airflow_pg_replication.errors import ReplicationError
 from airflow_pg_replication.registry import default_duckdb_path
 from airflow_pg_replication.duckdb_native import MEMORY_LIMIT_MB, NativeDuckDb
 from airflow_pg_replication.duckdb_session import DuckDbSession
@@ -95,12 +92,15 @@ class TableDestination:
     """One table's place in the destination: its dlt pipeline, its state row, its loads.
 
     Use as a context manager: a fresh dlt working dir each time (the destination is the truth,
-    nothing local survives a worker), and for DuckDB an exclusive file lock, since one DuckDB
-    file takes one writing process at a time.
+    nothing local survives a worker). A DuckDB file is held, under the package's lock (see
+    :mod:`.duckdb_file`), exclusive to write (one DuckDB file takes one writing process at a
+    time) or, with ``read_only``, shared with other readers; :meth:`release_file` lets it go
+    early and the next use opens it again. Everything taken is let go on every way out,
+    ``__enter__`` failing included.
     """
 
     def __init__(self, destination: Mapping[str, Any] | None, *, table_name: str, destination_table: str,
-                 pipeline_name: str) -> None:
+                 pipeline_name: str, read_only: bool = False) -> None:
         self.spec = dict(destination or {})
         self.spec.setdefault("type", "duckdb")
         self.spec.setdefault("dataset", "replica")
@@ -111,43 +111,94 @@ class TableDestination:
         self.pipeline_name = pipeline_name
         self._pipeline: dlt.Pipeline | None = None
         self._sql: Any = None
+        self.read_only = read_only
         self._duckdb: Any = None  # the unit of work's DuckDB connection (DuckDB destinations)
-        self._stack = contextlib.ExitStack()
+        self._deferred_checkpoints = False
+        self._released = False  # the DuckDB file was let go by release_file and not opened again yet
+        self._stack = contextlib.ExitStack()  # the unit of work: dlt's working dir and clients
+        self._file = contextlib.ExitStack()  # the DuckDB file: its lock and connection
 
     def describe(self) -> str:
         where = self.spec.get("credentials") if self.spec["type"] == "duckdb" else self.spec["type"]
         return f"{self.spec['dataset']}.{self.destination_table} in {where}"
 
     def __enter__(self) -> TableDestination:
-        if self.spec["type"] == "duckdb":
-            import duckdb
+        try:
+            if self.spec["type"] == "duckdb":
+                self._open_file()
+        except BaseException as exc:  # let go of what was taken (the lock file), or a retry waits on it
+            self.__exit__(type(exc), exc, exc.__traceback__)
+            raise
+        return self
 
-            path = str(self.spec["credentials"])
-            self._stack.enter_context(_file_lock(path + ".lock"))
+    def _open_file(self) -> None:
+        """Lock the DuckDB file (exclusive, or shared to read) and open it; waits for other holders."""
+        path = str(self.spec["credentials"])
+        mode = duckdb_file.SHARED if self.read_only else duckdb_file.EXCLUSIVE
+        what = f"{'read' if self.read_only else 'write'} {self.table_name}"
+        try:
+            self._file.enter_context(duckdb_file.locked(path, mode, timeout=duckdb_file.WRITER_TIMEOUT_SECONDS,
+                                                        what=what))
+            if self.read_only and not os.path.exists(path):
+                return  # nothing loaded yet: read_state() is None
             # One connection for the whole unit of work: dlt's clients take cursors of it, so the
             # file is opened once, not once per client.
-            self._duckdb = duckdb.connect(path)
-            self._stack.callback(self._duckdb.close)
-            # Commits are durable in the WAL; DuckDB checkpoints it once it passes 16 MB (or when
-            # told to: see defer_checkpoints), not at every close.
-            self._duckdb.execute("PRAGMA disable_checkpoint_on_shutdown")
+            con = duckdb_file.connect(path, read_only=self.read_only, what=what)
+            self._file.callback(con.close)
+            if not self.read_only:
+                # Commits are durable in the WAL; DuckDB checkpoints it once it passes 16 MB (or when
+                # told to: see defer_checkpoints), not at every close.
+                con.execute("PRAGMA disable_checkpoint_on_shutdown")
+                if self._deferred_checkpoints:
+                    con.execute("SET wal_autocheckpoint = '256MB'")
             # past this DuckDB evicts committed blocks and spills big joins, so memory stays bounded
-            self._duckdb.execute("SET memory_limit = ?", [f"{MEMORY_LIMIT_MB}MB"])
-        return self
+            con.execute("SET memory_limit = ?", [f"{MEMORY_LIMIT_MB}MB"])
+        except BaseException:
+            self._file.close()
+            raise
+        self._duckdb = con
+
+    def release_file(self) -> None:
+        """Close the DuckDB file and let go of its lock, so others may use it; :meth:`reopen_file` takes it again.
+
+        What was committed stays; the unit's SQL session and dlt pipeline are dropped with the
+        connection (made again on next use).
+        """
+        if self._duckdb is None:
+            return
+        self._sql = self._pipeline = self._duckdb = None
+        self._released = True
+        self._file.close()
+
+    def reopen_file(self) -> None:
+        """Take and open the DuckDB file again after :meth:`release_file` (a no-op when it is open)."""
+        if self.spec["type"] == "duckdb" and self._duckdb is None:
+            self._open_file()
+            self._released = False
+
+    def others_wait_for_file(self) -> bool:
+        """True when a reader or another writer waits for this unit's DuckDB file (False elsewhere)."""
+        return self.spec["type"] == "duckdb" and duckdb_file.someone_waits(str(self.spec["credentials"]))
+
+    @property
+    def file_open(self) -> bool:
+        """True while this unit holds the DuckDB file open (always False for other destinations)."""
+        return self._duckdb is not None
 
     def defer_checkpoints(self) -> None:
         """Commits of this unit of work do not checkpoint: they stay in DuckDB's WAL.
 
-        For CDC: a batch's commit does not wait for a checkpoint; the next run does it with
+        For CDC: a batch's commit does not wait for a checkpoint; the next batch does it with
         :meth:`checkpoint` while PostgreSQL decodes its own batch. Past 256 MB of WAL a commit
-        still checkpoints, so the next opener never replays more.
+        still checkpoints, so the next opener never replays more. Kept across :meth:`reopen_file`.
         """
+        self._deferred_checkpoints = True
         if self._duckdb is not None:
             self._duckdb.execute("SET wal_autocheckpoint = '256MB'")
 
     def checkpoint(self) -> None:
         """Fold the commits DuckDB's WAL holds into the file (a no-op elsewhere or with no WAL)."""
-        if self._duckdb is not None and wal_bytes(str(self.spec["credentials"])):
+        if self._duckdb is not None and not self.read_only and wal_bytes(str(self.spec["credentials"])):
             self._duckdb.execute("CHECKPOINT")
 
     def __exit__(self, *exc: object) -> None:
@@ -155,6 +206,8 @@ class TableDestination:
             self._stack.close()
         finally:
             self._pipeline = self._sql = self._duckdb = None
+            self._released = False
+            self._file.close()
 
     @property
     def pipeline(self) -> dlt.Pipeline:
@@ -179,6 +232,8 @@ class TableDestination:
         resolve. Elsewhere: dlt's SQL client (resolving its configuration costs tens of ms).
         """
         if self._sql is None:
+            if self._released:
+                self.reopen_file()  # let go by release_file: take the file again
             if self._duckdb is not None:
                 self._sql = DuckDbSession(self._duckdb, self.spec["dataset"])
             else:
@@ -207,6 +262,8 @@ class TableDestination:
 
     def read_state(self) -> ReplicationState | None:
         """The table's state row, or None when nothing was ever loaded for it."""
+        if self.read_only and self.spec["type"] == "duckdb" and self._duckdb is None:
+            return None  # read-only, and no DuckDB file yet
         return read_state(self.sql_client, self.table_name)
 
     def write_state(self, state: ReplicationState) -> None:
@@ -399,27 +456,3 @@ class TableDestination:
 def _type_text(col: dict) -> str:
     extra = ",".join(str(col[k]) for k in ("precision", "scale") if col.get(k) is not None)
     return f"{col.get('data_type')}({extra})" if extra else str(col.get("data_type"))
-
-
-@contextlib.contextmanager
-def _file_lock(path: str, timeout: float = 3600.0) -> Iterator[None]:
-    """Exclusive advisory lock on ``path``; logs while it waits for another writer."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)) or ".", exist_ok=True)
-    with open(path, "a+") as fh:
-        start = time.monotonic()
-        warned = False
-        while True:
-            try:
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if not warned:
-                    log.info("waiting for another writer of the DuckDB file (%s)", path)
-                    warned = True
-                if time.monotonic() - start > timeout:
-                    raise ReplicationError(f"gave up after {timeout:.0f} s waiting for the DuckDB lock {path}")
-                time.sleep(0.2)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)

@@ -425,7 +425,8 @@ def main() -> int:
         C.line(f"raw drain, Python fetch of (lsn, data) (best of {len(fetches)})",
                f"{py_s:.2f} s  (ratio base; runs: {', '.join(format(f, '.2f') for f in fetches)} s)")
         C.line("apply loop: execute() calls", f"{len(r['calls'])} (changes per call: "
-               f"{', '.join(format(c['changes'], ',') for c in r['calls'])})")
+               f"{', '.join(format(c['changes'], ',') for c in r['calls'])}; batches per call: "
+               f"{', '.join(str(c.get('batches', 1)) for c in r['calls'])})")
         C.line("apply loop: changes applied / generated", f"{applied:,} / {args.changes:,} (every run)")
         C.line(f"apply loop wall time (best of {len(applies)})",
                f"{apply_s:.2f} s  ({args.changes / apply_s:,.0f} changes/s; per call: "

@@ -44,8 +44,9 @@ def choose_next_task(
                         t.qualified_name, t.slot)
             return FULL_REFRESH_TASK
         judge_slot(info, slot_name=t.slot, table=t.qualified_name, min_lag_bytes=0, max_lag_bytes=2**63 - 1)
+    # read-only, under the shared lock: one small query, and readers of the warehouse need not wait
     dest = TableDestination(destination, table_name=t.qualified_name, destination_table=t.destination_table,
-                            pipeline_name=t.pipeline_name)
+                            pipeline_name=t.pipeline_name, read_only=True)
     with dest:
         state = dest.read_state()
     if state is None or state.status != "ready" or state.slot != t.slot:

@@ -194,6 +194,7 @@ def test_transaction_larger_than_batch(pg_db, duck):
     pg_db.execute("INSERT INTO big SELECT g, 0 FROM generate_series(1, 1000) g")
     full, apply = run_ops(duck, "big", max_batch_changes=10_000)
     apply.max_rows_in_memory = 50_000  # the 200k-row transaction is folded and applied in 4 parts
+    apply.max_run_seconds = 0  # one batch per run: the first run is the big transaction alone
     full.execute({})
     pg_db.execute("INSERT INTO big SELECT g, 1 FROM generate_series(1001, 201000) g")  # 200k rows, one transaction
     pg_db.execute("UPDATE big SET v = 2 WHERE id <= 10")
