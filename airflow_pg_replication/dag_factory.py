@@ -102,12 +102,14 @@ def table_dag(registry: Registry, cfg: TableConfig) -> DAG:
     )
     with dag:
         if cfg.mode == "full_refresh":
-            PgFullRefreshOperator(task_id="full_refresh", mode="full_refresh", outlets=[asset], **common)
+            PgFullRefreshOperator(task_id="full_refresh", mode="full_refresh", outlets=[asset],
+                                  back_off_after_failed_runs=True, **common)
         elif cfg.mode == "incremental":
             from airflow_pg_replication.operators.incremental import PgIncrementalOperator
 
             PgIncrementalOperator(task_id="incremental_refresh", cursor_column=cfg.cursor_column,
-                                  cursor_lookback=cfg.cursor_lookback, outlets=[asset], **common)
+                                  cursor_lookback=cfg.cursor_lookback, outlets=[asset],
+                                  back_off_after_failed_runs=True, **common)
         else:
             _cdc_tasks(registry, cfg, common, asset)
     return dag
@@ -125,18 +127,15 @@ def _schedule(schedule: str | None) -> Any:
 
 
 def _cdc_tasks(registry: Registry, cfg: TableConfig, common: dict[str, Any], asset: Asset) -> None:
-    from airflow.providers.standard.operators.python import BranchPythonOperator
-
     from airflow_pg_replication.operators.cdc_apply import PgCdcApplyOperator
     from airflow_pg_replication.operators.full_refresh import PgFullRefreshOperator
-    from airflow_pg_replication.operators.plan import choose_next_task
+    from airflow_pg_replication.operators.plan import PgPlanOperator
     from airflow_pg_replication.sensors.slot_lag import PgSlotLagSensor
 
-    plan = BranchPythonOperator(
-        task_id="plan", python_callable=choose_next_task, **RETRIES,
-        op_kwargs={"table": cfg.qualified_name, "source_conn_id": registry.source.conn_id,
-                   "destination": common["destination"], "slot": cfg.slot,
-                   "destination_table": cfg.destination_table_name, "on_slot_lost": cfg.on_slot_lost},
+    plan = PgPlanOperator(
+        task_id="plan", table=cfg.qualified_name, source_conn_id=registry.source.conn_id,
+        destination=common["destination"], slot=cfg.slot, destination_table=cfg.destination_table_name,
+        on_slot_lost=cfg.on_slot_lost, **RETRIES,
     )
     full = PgFullRefreshOperator(task_id="full_refresh", mode="cdc", outlets=[asset], **common)
     # deferrable: waits in the triggerer, holding no worker slot; else reschedule mode (a task

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Sequence
 
-from airflow_pg_replication.errors import ReplicationError
+from airflow_pg_replication.errors import NeedsAttentionError
 from airflow_pg_replication.typemap import TYPE_CATALOG_SQL, PgColumn, PgType, resolve_types
 
 if TYPE_CHECKING:
@@ -112,18 +112,18 @@ def read_table_info(
     """Read a table's columns and key; a missing table or column is a clear error."""
     rows = conn.execute(_COLUMNS_SQL, (schema, table)).fetchall()
     if not rows:
-        raise ReplicationError(
+        raise NeedsAttentionError(
             f"table {schema}.{table} does not exist in {source} (or this role cannot see it). "
             "Check the registry's table name (case matters: names are quoted) and GRANT SELECT on it."
         )
     oid, relkind, replident = rows[0][0], rows[0][1], rows[0][2]
     if relkind not in ("r", "p"):
-        raise ReplicationError(f"{schema}.{table} is not a table (relkind {relkind!r}); only tables replicate")
+        raise NeedsAttentionError(f"{schema}.{table} is not a table (relkind {relkind!r}); only tables replicate")
     by_name = {r[3]: r for r in rows}
     if columns:
         missing = [c for c in columns if c not in by_name]
         if missing:
-            raise ReplicationError(
+            raise NeedsAttentionError(
                 f"column(s) {', '.join(missing)} of the registry's columns list do not exist in {schema}.{table}; "
                 f"its columns are: {', '.join(by_name)}"
             )
@@ -133,14 +133,14 @@ def read_table_info(
     if primary_key:
         missing = [c for c in primary_key if c not in by_name]
         if missing:
-            raise ReplicationError(f"primary_key column(s) {', '.join(missing)} do not exist in {schema}.{table}")
+            raise NeedsAttentionError(f"primary_key column(s) {', '.join(missing)} do not exist in {schema}.{table}")
         pk = tuple(primary_key)
     else:
         pk = tuple(r[0] for r in conn.execute(_PK_ORDER_SQL, (oid,)).fetchall())
     if columns and pk:
         outside = [c for c in pk if c not in columns]
         if outside:
-            raise ReplicationError(f"the key column(s) {', '.join(outside)} of {schema}.{table} must be in `columns`")
+            raise NeedsAttentionError(f"the key column(s) {', '.join(outside)} of {schema}.{table} must be in `columns`")
     return TableInfo(schema, table, oid, relkind, replident, cols, pk)
 
 
@@ -157,7 +157,7 @@ def require_key(info: TableInfo, *, mode: str) -> None:
     if mode == "cdc" and info.replica_identity == "f":
         return
     reason = _KEY_NEEDED_BY.get(mode, f"{mode} cannot tell its rows apart")
-    raise ReplicationError(
+    raise NeedsAttentionError(
         f"{info.qualified_name} has no primary key, so {reason}. Fix: add a "
         f"primary_key entry to the table in the registry (columns that identify a row), or add a primary key "
         f"to the table"

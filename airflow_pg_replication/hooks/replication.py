@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 
 from airflow.providers.postgres.hooks.postgres import PostgresHook
 
-from airflow_pg_replication.errors import ReplicationError
+from airflow_pg_replication.errors import NeedsAttentionError, ReplicationError, TransientError
 from airflow_pg_replication.source_catalog import SlotInfo, TableInfo, read_slot_info, read_table_info
 
 if TYPE_CHECKING:
@@ -77,7 +77,7 @@ class PgReplicationHook(PostgresHook):
         try:
             return psycopg.connect(**self.connect_params(), options=SESSION_OPTIONS, autocommit=autocommit)
         except psycopg.OperationalError as exc:
-            raise ReplicationError(f"cannot connect to the source, {self.describe()}: {exc}".strip()) from exc
+            raise _connect_error(f"cannot connect to the source, {self.describe()}: {exc}".strip()) from exc
 
     def replication_connection(self):
         """A psycopg2 logical replication connection (the walsender protocol psycopg 3 lacks)."""
@@ -94,7 +94,7 @@ class PgReplicationHook(PostgresHook):
             hint = ""
             if "replication" in str(exc):
                 hint = " The role needs the REPLICATION attribute (ALTER ROLE ... REPLICATION) and pg_hba.conf must allow it."
-            raise ReplicationError(f"cannot open a replication connection, {self.describe()}: {exc}{hint}") from exc
+            raise _connect_error(f"cannot open a replication connection, {self.describe()}: {exc}{hint}") from exc
 
     # -- checks and catalog ------------------------------------------------------------------
 
@@ -102,7 +102,7 @@ class PgReplicationHook(PostgresHook):
         """Fail with the fix when the server cannot do logical decoding."""
         level = conn.execute("SHOW wal_level").fetchone()[0]
         if level != "logical":
-            raise ReplicationError(
+            raise NeedsAttentionError(
                 f"the source has wal_level={level}, but change data capture needs wal_level=logical "
                 f"({self.describe()}). Fix: ALTER SYSTEM SET wal_level = logical; then restart PostgreSQL "
                 "(on RDS/Aurora: set rds.logical_replication = 1 in the parameter group; on Cloud SQL: "
@@ -130,7 +130,7 @@ class PgReplicationHook(PostgresHook):
                 (publication, schema, table),
             ).fetchone()
             if not in_pub:
-                raise ReplicationError(
+                raise NeedsAttentionError(
                     f"publication {publication!r} exists but does not publish {schema}.{table}. Fix: "
                     f"ALTER PUBLICATION {publication} ADD TABLE {schema}.{table}; or drop the publication."
                 )
@@ -141,7 +141,7 @@ class PgReplicationHook(PostgresHook):
         try:
             conn.execute(stmt)
         except Exception as exc:  # psycopg.errors.InsufficientPrivilege and friends
-            raise ReplicationError(
+            raise NeedsAttentionError(
                 f"cannot create publication {publication!r} for {schema}.{table}: {exc}. Fix: let the table's "
                 f"owner run: CREATE PUBLICATION {publication} FOR TABLE {schema}.{table} "
                 "WITH (publish_via_partition_root = true);"
@@ -178,7 +178,7 @@ class PgReplicationHook(PostgresHook):
                 import time
 
                 time.sleep(0.1)
-        raise ReplicationError(f"replication slot {slot!r} stays active; stop its consumer and retry")
+        raise TransientError(f"replication slot {slot!r} stays active; stop its consumer and retry")
 
     @contextlib.contextmanager
     def create_slot_with_snapshot(self, slot: str) -> Iterator[CreatedSlot]:
@@ -276,3 +276,15 @@ class PgReplicationHook(PostgresHook):
         from airflow_pg_replication.pgoutput import format_lsn
 
         conn.execute("SELECT pg_replication_slot_advance(%s, %s::pg_lsn)", (slot, format_lsn(lsn)))
+
+
+_NEEDS_A_PERSON = ("password authentication failed", "no pg_hba.conf entry", "does not exist",
+                   "must be superuser or replication role", "permission denied", "must have replication")
+
+
+def _connect_error(message: str) -> ReplicationError:
+    """A failed connection: a person must act on credentials, pg_hba.conf, rights or a missing
+    database; anything else (refused, timed out, too many clients) may pass on its own."""
+    if any(cause in message for cause in _NEEDS_A_PERSON):
+        return NeedsAttentionError(message)
+    return TransientError(message)

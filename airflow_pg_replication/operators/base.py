@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import datetime
+import functools
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from airflow.sdk import BaseOperator
 
 from airflow_pg_replication import naming
+from airflow_pg_replication.errors import NeedsAttentionError
 
 
 @dataclass(frozen=True)
@@ -48,7 +52,74 @@ REGISTRY_KNOBS = frozenset({
 })
 
 
-class PgTableOperator(BaseOperator):
+@contextlib.contextmanager
+def failing_fast_when_a_person_must_act() -> Iterator[None]:
+    """Raise a :class:`NeedsAttentionError` as Airflow's AirflowFailException too: no retries, the fix in the log.
+
+    The error raised is both (see :func:`_failing_without_retries`), so a script calling
+    ``execute({})`` still catches the package's own exception types. Other errors keep the
+    task's retries (exponential backoff): a dropped connection or a busy lock may pass on its own.
+    """
+    try:
+        yield
+    except NeedsAttentionError as exc:
+        raise _failing_without_retries(type(exc))(*exc.args) from exc
+
+
+@functools.lru_cache(maxsize=None)
+def _failing_without_retries(kind: type[NeedsAttentionError]) -> type[Exception]:
+    """``kind`` that Airflow also reads as AirflowFailException (fail at once, no retries)."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    both = type(kind.__name__, (AirflowFailException, kind), {"__module__": kind.__module__})
+    both.__qualname__ = kind.__qualname__
+    return both
+
+
+class BacksOffAfterFailedRuns:
+    """For the first task of a table's DAG: defer while the DAG backs off after failed runs.
+
+    See :mod:`.failed_run_backoff`. :func:`table_task` calls :meth:`wait_out_failed_runs` before
+    the work; when the task comes back from the wait, ``execute`` runs again and goes on.
+    """
+
+    back_off_after_failed_runs: bool = False
+
+    def wait_out_failed_runs(self, context: Any) -> None:
+        if not self.back_off_after_failed_runs:
+            return
+        from airflow_pg_replication.operators.failed_run_backoff import run_not_before
+
+        moment, failed = run_not_before(context, self.task_id)  # type: ignore[attr-defined]
+        now = datetime.datetime.now(datetime.timezone.utc)
+        if moment is None or moment <= now + datetime.timedelta(seconds=1):
+            return
+        from airflow.providers.standard.triggers.temporal import DateTimeTrigger
+
+        self.log.warning(  # type: ignore[attr-defined]
+            "the last %d run(s) of this DAG failed: backing off until %s (%.0f s) before trying again; "
+            "trigger the DAG by hand to try at once", failed, moment.isoformat(), (moment - now).total_seconds())
+        self.defer(trigger=DateTimeTrigger(moment=moment), method_name="resume_after_backoff")  # type: ignore[attr-defined]
+
+    def resume_after_backoff(self, context: Any, event: Any = None) -> Any:
+        """Back from the backoff wait: run the task."""
+        return self.execute(context)  # type: ignore[attr-defined]
+
+
+def table_task(execute: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
+    """Wrap an operator's ``execute``: back off after failed runs (first task of a DAG), then do the
+    work, failing at once (no retries) when a person must act."""
+
+    @functools.wraps(execute)
+    def wrapper(self: Any, context: Any) -> Any:
+        self.wait_out_failed_runs(context)
+        with failing_fast_when_a_person_must_act():
+            return execute(self, context)
+
+    return wrapper
+
+
+class PgTableOperator(BacksOffAfterFailedRuns, BaseOperator):
     """Base of the table operators: takes the registry's per-table knobs as keyword arguments."""
 
     template_fields: Sequence[str] = ("table", "source_conn_id", "destination", "destination_table", "slot")
@@ -65,9 +136,11 @@ class PgTableOperator(BaseOperator):
         destination_table: str | None = None,
         slot: str | None = None,
         deletes: str = "hard",
+        back_off_after_failed_runs: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**{k: v for k, v in kwargs.items() if k not in REGISTRY_KNOBS})
+        self.back_off_after_failed_runs = back_off_after_failed_runs
         self.table = table
         self.source_conn_id = source_conn_id
         self.destination = dict(destination or {})

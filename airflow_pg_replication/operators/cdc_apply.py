@@ -7,8 +7,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
-from airflow_pg_replication.errors import ReplicationError, TransientError
-from airflow_pg_replication.operators.base import PgTableOperator
+from airflow_pg_replication.errors import NeedsAttentionError, TransientError
+from airflow_pg_replication.operators.base import PgTableOperator, table_task
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +46,7 @@ class PgCdcApplyOperator(PgTableOperator):
         self.max_lag_bytes = max_lag_bytes
         self.max_run_seconds = max_run_seconds
 
+    @table_task
     def execute(self, context: Any) -> dict[str, Any]:
         from airflow_pg_replication.arrow_memory import use_jemalloc
         from airflow_pg_replication.pgoutput import format_lsn, parse_lsn
@@ -163,7 +164,7 @@ class PgCdcApplyOperator(PgTableOperator):
         t = self.target
         state = dest.read_state()
         if state is None or state.status != "ready" or state.slot != t.slot:
-            raise ReplicationError(
+            raise NeedsAttentionError(
                 f"{t.qualified_name} has no loaded snapshot for slot {t.slot} in {dest.describe()}"
                 f" (state: {state.status if state else 'none'}). Run the full_refresh task first "
                 "(trigger the DAG with full_refresh=true)."
@@ -270,7 +271,7 @@ class PgCdcApplyOperator(PgTableOperator):
         t = self.target
         judge_slot(slot, slot_name=t.slot, table=t.qualified_name, min_lag_bytes=0, max_lag_bytes=2**63 - 1)
         if not slot.in_this_database:
-            raise ReplicationError(f"replication slot {t.slot} belongs to database {slot.database}, not this one; "
+            raise NeedsAttentionError(f"replication slot {t.slot} belongs to database {slot.database}, not this one; "
                                    "set a distinct `slot` name for this table in the registry")
         if self.max_lag_bytes and slot.lag_bytes and slot.lag_bytes > self.max_lag_bytes:
             log.warning("%s: slot %s holds %s bytes of WAL, past max_lag_bytes=%s; catching up batch after batch",

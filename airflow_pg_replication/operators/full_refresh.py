@@ -6,7 +6,7 @@ import logging
 import time
 from typing import Any, Sequence
 
-from airflow_pg_replication.operators.base import PgTableOperator
+from airflow_pg_replication.operators.base import PgTableOperator, table_task
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +30,7 @@ class PgFullRefreshOperator(PgTableOperator):
         self.mode = mode
         self.chunk_bytes = chunk_bytes
 
+    @table_task
     def execute(self, context: Any) -> dict[str, Any]:
         from airflow_pg_replication.arrow_memory import use_jemalloc
         from airflow_pg_replication.loading import destination_columns

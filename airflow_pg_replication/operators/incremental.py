@@ -8,8 +8,8 @@ import time
 from typing import TYPE_CHECKING, Any, Mapping
 
 from airflow_pg_replication import naming
-from airflow_pg_replication.errors import ReplicationError
-from airflow_pg_replication.operators.base import PgTableOperator
+from airflow_pg_replication.errors import NeedsAttentionError
+from airflow_pg_replication.operators.base import PgTableOperator, table_task
 
 if TYPE_CHECKING:
     from psycopg import sql
@@ -88,20 +88,20 @@ class PgIncrementalOperator(PgTableOperator):
         """The cursor column's description; a missing column or an unsupported type is a clear error."""
         found = [c for c in info.columns if c.name == self.cursor_column]
         if not found:
-            raise ReplicationError(
+            raise NeedsAttentionError(
                 f"cursor_column {self.cursor_column!r} does not exist in {info.qualified_name} (names are "
                 f"case-sensitive); its columns are: {', '.join(info.column_names)}. Fix cursor_column in the registry."
             )
         col = found[0]
         kind = col.type.name
         if col.type.element is not None or kind not in TEMPORAL_CURSOR_TYPES | NUMERIC_CURSOR_TYPES:
-            raise ReplicationError(
+            raise NeedsAttentionError(
                 f"cursor_column {info.qualified_name}.{col.name} has type {kind}{'[]' if col.type.element else ''}; "
                 "an incremental cursor must be timestamptz, timestamp, date, an integer or numeric column "
                 "that grows when a row is written (e.g. updated_at timestamptz DEFAULT now())."
             )
         if self.lookback and kind not in TEMPORAL_CURSOR_TYPES:
-            raise ReplicationError(
+            raise NeedsAttentionError(
                 f"cursor_lookback {self.cursor_lookback!r} is a time interval, but cursor_column "
                 f"{info.qualified_name}.{col.name} is {kind}; remove cursor_lookback (it only applies to "
                 "timestamptz, timestamp and date cursors)."
@@ -117,6 +117,7 @@ class PgIncrementalOperator(PgTableOperator):
             bound = sql.SQL("({} - {})").format(bound, sql.Literal(self.lookback))
         return bound
 
+    @table_task
     def execute(self, context: Any) -> dict[str, Any]:
         from psycopg import sql
 

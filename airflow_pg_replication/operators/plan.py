@@ -5,7 +5,13 @@ from __future__ import annotations
 import logging
 from typing import Any, Mapping
 
-from airflow_pg_replication.operators.base import TableTarget
+from airflow.sdk import BaseBranchOperator
+
+from airflow_pg_replication.operators.base import (
+    BacksOffAfterFailedRuns,
+    TableTarget,
+    failing_fast_when_a_person_must_act,
+)
 
 log = logging.getLogger(__name__)
 
@@ -56,3 +62,38 @@ def choose_next_task(
     log.info("%s: snapshot loaded, slot %s healthy (lag %s bytes): waiting for changes", t.qualified_name,
              t.slot, f"{info.lag_bytes or 0:,}")
     return WAIT_TASK
+
+
+class PgPlanOperator(BacksOffAfterFailedRuns, BaseBranchOperator):
+    """The ``plan`` task: branch to ``full_refresh`` or ``wait_for_changes`` (see :func:`choose_next_task`).
+
+    As the first task of a CDC table's DAG it backs off after failed runs (so a table that keeps
+    failing for a reason only a person can fix does not spin under ``@continuous``), and fails
+    without retries when a person must act.
+    """
+
+    template_fields = ("table", "source_conn_id", "destination", "destination_table", "slot")
+    ui_color = "#dbe9f6"
+
+    def __init__(self, *, table: str, source_conn_id: str = "pg_source", destination: Mapping[str, Any] | None = None,
+                 slot: str | None = None, destination_table: str | None = None, on_slot_lost: str = "fail",
+                 back_off_after_failed_runs: bool = True, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.table = table
+        self.source_conn_id = source_conn_id
+        self.destination = dict(destination or {})
+        self.slot = slot
+        self.destination_table = destination_table
+        self.on_slot_lost = on_slot_lost
+        self.back_off_after_failed_runs = back_off_after_failed_runs
+
+    def choose_branch(self, context: Any) -> str:
+        params = context.get("params") if isinstance(context, Mapping) else None
+        return choose_next_task(table=self.table, source_conn_id=self.source_conn_id, destination=self.destination,
+                                slot=self.slot, destination_table=self.destination_table,
+                                on_slot_lost=self.on_slot_lost, params=params)
+
+    def execute(self, context: Any) -> Any:
+        self.wait_out_failed_runs(context)
+        with failing_fast_when_a_person_must_act():
+            return super().execute(context)

@@ -56,8 +56,8 @@ import warnings
 from typing import TYPE_CHECKING, Any, Sequence
 
 from airflow_pg_replication.destination_sql import compose
-from airflow_pg_replication.errors import ReplicationError, SlotLostError
-from airflow_pg_replication.operators.base import PgTableOperator
+from airflow_pg_replication.errors import NeedsAttentionError, ReplicationError, SlotLostError
+from airflow_pg_replication.operators.base import PgTableOperator, table_task
 from airflow_pg_replication.reconcile_hashing import ColumnCanon, RangeDigest
 from airflow_pg_replication.reconcile_ranges import (
     KeySpace, RangePlan, mismatch_message, plan_ranges, public_result, range_result, range_step,
@@ -100,6 +100,7 @@ class PgReconcileOperator(PgTableOperator):
 
     # -- the run ----------------------------------------------------------------------------------
 
+    @table_task
     def execute(self, context: Any) -> dict[str, Any]:
         from airflow_pg_replication.pgoutput import format_lsn
         from airflow_pg_replication.snapshot import begin_snapshot
@@ -162,7 +163,7 @@ class PgReconcileOperator(PgTableOperator):
         message = mismatch_message(t.qualified_name, out, bad, keys.names)
         log.error("%s", message)
         if self.fail_on_mismatch:
-            raise ReplicationError(message)
+            raise NeedsAttentionError(message)
         return out
 
     def _behind(self, message: str) -> None:
