@@ -36,7 +36,7 @@ $(STAMP): pyproject.toml
 # PostgreSQL server binaries (initdb, pg_ctl, postgres) for the throwaway test/demo clusters:
 # the system's if found; else Debian's postgresql package (root + apt-get); else PyPI's pgserver.
 postgres: $(STAMP)
-	@if $(PY) -c 'from airflow_pg_replication.throwaway_cluster import find_server_bindir as f; f()' 2>/dev/null; then \
+	@if $(PY) -c 'from airflow_pg_replication.testing.throwaway_cluster import find_server_bindir as f; f()' 2>/dev/null; then \
 	  exit 0; \
 	fi; \
 	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
@@ -44,11 +44,11 @@ postgres: $(STAMP)
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null) \
 	    || echo "apt-get install postgresql failed; trying pgserver from PyPI"; \
 	fi; \
-	if ! $(PY) -c 'from airflow_pg_replication.throwaway_cluster import find_server_bindir as f; f()' 2>/dev/null; then \
+	if ! $(PY) -c 'from airflow_pg_replication.testing.throwaway_cluster import find_server_bindir as f; f()' 2>/dev/null; then \
 	  echo "No PostgreSQL server binaries found: installing pgserver (bundled PostgreSQL) into $(VENV)"; \
 	  $(UV) pip install --quiet --python $(PY) pgserver; \
 	fi; \
-	$(PY) -c 'from airflow_pg_replication.throwaway_cluster import find_server_bindir as f; print("PostgreSQL server binaries:", f())'
+	$(PY) -c 'from airflow_pg_replication.testing.throwaway_cluster import find_server_bindir as f; print("PostgreSQL server binaries:", f())'
 
 # Best effort: docker-compose lets tests/unit/test_docker_compose.py validate docker-compose.yaml
 # (`docker-compose config -q`); without it that one check is skipped.

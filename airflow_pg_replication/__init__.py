@@ -9,7 +9,7 @@ __version__ = "0.1.0"
 
 # Public names, imported on first use so that `import airflow_pg_replication` stays light at DAG parse time.
 _EXPORTS = {
-    "load_registry": "airflow_pg_replication.registry",
+    "load_registry": "airflow_pg_replication.registry.models",
     "build_dags": "airflow_pg_replication.dag_factory",
     "PgFullRefreshOperator": "airflow_pg_replication.operators.full_refresh",
     "PgIncrementalOperator": "airflow_pg_replication.operators.incremental",
@@ -17,8 +17,8 @@ _EXPORTS = {
     "PgSlotLagSensor": "airflow_pg_replication.sensors.slot_lag",
     "PgReconcileOperator": "airflow_pg_replication.operators.reconcile",
     "PgReplicationHook": "airflow_pg_replication.hooks.replication",
-    "read_warehouse": "airflow_pg_replication.warehouse_readers",
-    "query_warehouse": "airflow_pg_replication.warehouse_readers",
+    "read_warehouse": "airflow_pg_replication.destination.duckdb.readers",
+    "query_warehouse": "airflow_pg_replication.destination.duckdb.readers",
 }
 
 __all__ = [*_EXPORTS, "get_provider_info"]

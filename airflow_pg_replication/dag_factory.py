@@ -11,7 +11,7 @@ from typing import Any
 import pendulum
 from airflow.sdk import DAG, Asset, CronTriggerTimetable, Param
 
-from airflow_pg_replication.registry import Registry, TableConfig, TableError, load_registry_tolerant
+from airflow_pg_replication.registry.models import Registry, TableConfig, TableError, load_registry_tolerant
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ def raise_registry_errors(path: str | os.PathLike) -> None:
     Meant for a DAG file of its own (``dags/pg_replication_registry_errors.py``): the DAG file
     that builds the tables stays importable, so the other tables' DAGs keep loading.
     """
-    from airflow_pg_replication.registry import RegistryError
+    from airflow_pg_replication.registry.models import RegistryError
 
     _, errors = load_registry_tolerant(path)
     if errors:
@@ -165,7 +165,7 @@ def _broken_table_dag(err: TableError) -> DAG:
     message = str(err)
 
     def fail() -> None:
-        from airflow_pg_replication.registry import RegistryError
+        from airflow_pg_replication.registry.models import RegistryError
 
         raise RegistryError(err.errors)
 

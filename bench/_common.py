@@ -74,7 +74,7 @@ def bench_env() -> Iterator[Path]:
 @contextlib.contextmanager
 def cluster(dbname: str = "bench") -> Iterator[tuple[Any, str]]:
     """A throwaway PostgreSQL with one database; yields (cluster, dsn)."""
-    from airflow_pg_replication.throwaway_cluster import ThrowawayCluster
+    from airflow_pg_replication.testing.throwaway_cluster import ThrowawayCluster
 
     with ThrowawayCluster(settings=CLUSTER_SETTINGS) as pg:
         yield pg, pg.create_database(dbname)
@@ -535,13 +535,13 @@ def quiet_logging() -> Iterator[None]:
 
 def wrap_destination_phases(timer: PhaseTimer) -> None:
     """Time the package's destination layer (TableDestination, native DuckDB writes) and dlt under it."""
-    from airflow_pg_replication import loading
+    from airflow_pg_replication.destination import table_destination as loading
 
     for name in ("__enter__", "checkpoint", "read_state", "write_state", "replace", "apply_batch", "merge", "delete_keys",
                  "fetch_rows", "widen_columns", "truncate", "_fits"):
         timer.wrap(loading.TableDestination, name, f"TableDestination.{name}")
     try:
-        from airflow_pg_replication.duckdb_native import NativeDuckDb
+        from airflow_pg_replication.destination.duckdb.native import NativeDuckDb
     except ImportError:
         pass
     else:

@@ -184,8 +184,8 @@ def raw_python_fetch(dsn: str, slot: str, pub: str, binary: bool = False) -> tup
 
 
 def decode_fold_ladder(rows: list) -> list[tuple[str, float]]:
-    from airflow_pg_replication.changes import ChangeFolder
-    from airflow_pg_replication.pgoutput import decode
+    from airflow_pg_replication.changes.reference_fold import ChangeFolder
+    from airflow_pg_replication.source.pgoutput import decode
 
     t0 = time.monotonic()
     msgs = [decode(data) for _lsn, data in rows]
@@ -199,7 +199,7 @@ def decode_fold_ladder(rows: list) -> list[tuple[str, float]]:
     out = [(f"pgoutput.decode of all {len(msgs):,} messages (per-message path)", dec),
            (f"ChangeFolder.feed of all ({b.changes:,} changes -> {len(b.rows):,} keys)", fold)]
     try:
-        from airflow_pg_replication.columnar_fold import fold_columnar
+        from airflow_pg_replication.changes.columnar_fold import fold_columnar
     except ImportError:
         return out
     data = [d for _lsn, d in rows]
@@ -253,9 +253,9 @@ def compare(dsn: str, duck_path: str) -> tuple[int, int, list]:
 
 def phase_timer() -> C.PhaseTimer:
     """Wall-clock timers around the main steps of an apply (used in a child run)."""
-    from airflow_pg_replication import apply as apply_mod
-    from airflow_pg_replication import columnar_fold
-    from airflow_pg_replication.destination_opening import DestinationOpening
+    from airflow_pg_replication.sync import batch_apply as apply as apply_mod
+    from airflow_pg_replication.changes import columnar_fold as columnar_fold
+    from airflow_pg_replication.destination.opening import DestinationOpening
     from airflow_pg_replication.hooks.replication import PgReplicationHook
     from airflow_pg_replication.operators.cdc_apply import PgCdcApplyOperator
 
@@ -309,18 +309,18 @@ def profile(tmp: Path, batch: int) -> None:
     rows = [
         ("hook.peek_change_chunks (ADBC fetch from the slot)", C.cum(s, "hooks/replication.py", "peek_change_chunks")),
         ("columnar_fold.fold_columnar (decode + fold, column-wise)",
-         C.cum(s, "airflow_pg_replication/columnar_fold.py", "fold_columnar")),
-        ("pgoutput.decode (per-message path)", C.cum(s, "airflow_pg_replication/pgoutput.py", "decode")),
-        ("ChangeFolder.feed (fold)", C.cum(s, "airflow_pg_replication/changes.py", "feed")),
-        ("apply.type_columnar (text -> typed Arrow)", C.cum(s, "airflow_pg_replication/apply.py", "type_columnar")),
-        ("apply.apply_typed (all destination work)", C.cum(s, "airflow_pg_replication/apply.py", "apply_typed")),
-        ("apply.apply_changes (per-message path)", C.cum(s, "airflow_pg_replication/apply.py", "apply_changes")),
-        ("  apply._rows_to_table (text -> Arrow)", C.cum(s, "airflow_pg_replication/apply.py", "_rows_to_table")),
-        ("  typemap.text_to_arrow (type conversion)", C.cum(s, "airflow_pg_replication/typemap.py", "text_to_arrow")),
-        ("  TableDestination.apply_batch", C.cum(s, "airflow_pg_replication/loading.py", "apply_batch")),
-        ("    NativeDuckDb.merge (one DuckDB transaction)", C.cum(s, "airflow_pg_replication/duckdb_native.py", "merge")),
-        ("  TableDestination.delete_keys", C.cum(s, "airflow_pg_replication/loading.py", "delete_keys")),
-        ("  TableDestination.merge (dlt run)", C.cum(s, "airflow_pg_replication/loading.py", "merge")),
+         C.cum(s, "airflow_pg_replication/changes/columnar_fold.py", "fold_columnar")),
+        ("pgoutput.decode (per-message path)", C.cum(s, "airflow_pg_replication/source/pgoutput.py", "decode")),
+        ("ChangeFolder.feed (fold)", C.cum(s, "airflow_pg_replication/changes/reference_fold.py", "feed")),
+        ("apply.type_columnar (text -> typed Arrow)", C.cum(s, "airflow_pg_replication/sync/batch_apply.py", "type_columnar")),
+        ("apply.apply_typed (all destination work)", C.cum(s, "airflow_pg_replication/sync/batch_apply.py", "apply_typed")),
+        ("apply.apply_changes (per-message path)", C.cum(s, "airflow_pg_replication/sync/batch_apply.py", "apply_changes")),
+        ("  apply._rows_to_table (text -> Arrow)", C.cum(s, "airflow_pg_replication/sync/batch_apply.py", "_rows_to_table")),
+        ("  typemap.text_to_arrow (type conversion)", C.cum(s, "airflow_pg_replication/source/type_map.py", "text_to_arrow")),
+        ("  TableDestination.apply_batch", C.cum(s, "airflow_pg_replication/destination/table_destination.py", "apply_batch")),
+        ("    NativeDuckDb.merge (one DuckDB transaction)", C.cum(s, "airflow_pg_replication/destination/duckdb/native.py", "merge")),
+        ("  TableDestination.delete_keys", C.cum(s, "airflow_pg_replication/destination/table_destination.py", "delete_keys")),
+        ("  TableDestination.merge (dlt run)", C.cum(s, "airflow_pg_replication/destination/table_destination.py", "merge")),
         ("dlt config resolution (resolve_configuration)", C.cum(s, "dlt/common/configuration/resolve.py", "resolve_configuration")),
         ("waiting on threads (lock.acquire: dlt load jobs)", C.cum(s, "~", "<method 'acquire' of '_thread.lock' objects>")),
     ]
@@ -372,7 +372,7 @@ def main() -> int:
             return 1
         print(f"  snapshot (PgFullRefreshOperator, creates the slot): {snap.result['execute_s']:.2f} s")
 
-        from airflow_pg_replication.naming import publication_name
+        from airflow_pg_replication.registry.names import publication_name
 
         pub = publication_name("public", "customers")
         slot = "pgrepl_bench_raw"  # the raw drains' own slot: peeked, never advanced

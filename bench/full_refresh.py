@@ -78,7 +78,7 @@ def duck_count(path: str) -> int:
 
 def read_arrow(chunk_bytes: int | None) -> tuple[float, int]:
     """The package's snapshot read alone: binary COPY (ADBC) -> typed Arrow batches, dropped (no destination)."""
-    from airflow_pg_replication import snapshot
+    from airflow_pg_replication.source import snapshot_reads as snapshot
     from airflow_pg_replication.hooks.replication import PgReplicationHook
 
     hook = PgReplicationHook(postgres_conn_id="pg_source")
@@ -100,8 +100,8 @@ def ladder(dsn: str, tmp: Path, chunk_bytes: int | None) -> list[tuple[str, str]
     """Cumulative stages of the read path, each timed alone (best of 2)."""
     import psycopg
 
-    from airflow_pg_replication.binary_copy import BinaryCopyReader
-    from airflow_pg_replication.source_catalog import read_table_info
+    from airflow_pg_replication.source.binary_copy import BinaryCopyReader
+    from airflow_pg_replication.source.catalog import read_table_info
 
     with psycopg.connect(dsn) as conn:  # the query the package sends (numeric as text, array guards)
         query = BinaryCopyReader(conn, read_table_info(conn, "public", "customers")).query().as_string(conn)
@@ -118,7 +118,7 @@ def ladder(dsn: str, tmp: Path, chunk_bytes: int | None) -> list[tuple[str, str]
 
 def phase_timer() -> C.PhaseTimer:
     """Wall-clock timers around the main steps of a full refresh (used in a child run)."""
-    from airflow_pg_replication import snapshot
+    from airflow_pg_replication.source import snapshot_reads as snapshot
     from airflow_pg_replication.hooks.replication import PgReplicationHook
 
     timer = C.PhaseTimer()
@@ -137,7 +137,7 @@ def record_timeline(timeline: list) -> None:
 
     import pyarrow as pa
 
-    from airflow_pg_replication import snapshot
+    from airflow_pg_replication.source import snapshot_reads as snapshot
 
     inner = snapshot.copy_batches
 
@@ -182,10 +182,10 @@ def profile(tmp: Path, chunk_bytes: int | None) -> None:
     C.print_top(stats, 30, total=wall)
     s = stats
     rows = [
-        ("typemap.text_to_arrow (type conversion)", C.cum(s, "airflow_pg_replication/typemap.py", "text_to_arrow")),
-        ("snapshot.copy_batches (binary COPY via ADBC + conversion)", C.cum(s, "airflow_pg_replication/snapshot.py", "copy_batches")),
+        ("typemap.text_to_arrow (type conversion)", C.cum(s, "airflow_pg_replication/source/type_map.py", "text_to_arrow")),
+        ("snapshot.copy_batches (binary COPY via ADBC + conversion)", C.cum(s, "airflow_pg_replication/source/snapshot_reads.py", "copy_batches")),
         ("NativeDuckDb.replace (Arrow stream -> DuckDB; pulls the COPY generator)",
-         C.cum(s, "airflow_pg_replication/duckdb_native.py", "replace")),
+         C.cum(s, "airflow_pg_replication/destination/duckdb/native.py", "replace")),
         ("pyarrow parquet writing (ParquetWriter.write_*)", C.cum(s, "pyarrow/parquet/core.py", "write_batch")
          + C.cum(s, "pyarrow/parquet/core.py", "write_table")),
         ("dlt config resolution (resolve_configuration)", C.cum(s, "dlt/common/configuration/resolve.py", "resolve_configuration")),

@@ -91,7 +91,7 @@ def setup(dsn: str) -> None:
 def one_poke(dsn: str, k: int, own_change: bool) -> dict:
     import psycopg
 
-    from airflow_pg_replication.table_changes import peek_bound, poke_sync, poke_target
+    from airflow_pg_replication.source.table_changes import peek_bound, poke_sync, poke_target
 
     target = poke_target("public.quiet", slot=SLOT, publication=PUB, min_lag_bytes=1, max_lag_bytes=10**13)
     with psycopg.connect(dsn, autocommit=True) as conn:

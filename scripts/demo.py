@@ -218,7 +218,7 @@ def main() -> int:
     parser.add_argument("--keep", action="store_true", help="keep the demo dir (AIRFLOW_HOME, logs, DuckDB file)")
     args = parser.parse_args()
 
-    from airflow_pg_replication.throwaway_cluster import ThrowawayCluster
+    from airflow_pg_replication.testing.throwaway_cluster import ThrowawayCluster
 
     workdir = Path(tempfile.mkdtemp(prefix="pg-replication-demo-"))
     cluster = ThrowawayCluster()

@@ -11,7 +11,7 @@ from typing import Any, Callable, Iterator
 import psycopg
 import pytest
 
-from airflow_pg_replication.throwaway_cluster import ThrowawayCluster
+from airflow_pg_replication.testing.throwaway_cluster import ThrowawayCluster
 
 _INTEGRATION_DIR = Path(__file__).parent / "integration"
 

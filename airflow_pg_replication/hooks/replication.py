@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 from airflow.providers.postgres.hooks.postgres import PostgresHook
 
 from airflow_pg_replication.errors import NeedsAttentionError, ReplicationError, TransientError
-from airflow_pg_replication.source_catalog import SlotInfo, TableInfo, read_slot_info, read_table_info
+from airflow_pg_replication.source.catalog import SlotInfo, TableInfo, read_slot_info, read_table_info
 
 if TYPE_CHECKING:
     import psycopg
@@ -185,7 +185,7 @@ class PgReplicationHook(PostgresHook):
         """Create a pgoutput slot exporting its snapshot; the snapshot is usable inside the ``with``."""
         from psycopg2 import sql as sql2
 
-        from airflow_pg_replication.pgoutput import parse_lsn
+        from airflow_pg_replication.source.pgoutput import parse_lsn
 
         rconn = self.replication_connection()
         try:
@@ -204,7 +204,7 @@ class PgReplicationHook(PostgresHook):
 
     def create_slot(self, conn: psycopg.Connection, slot: str) -> int:
         """Create a pgoutput slot without a snapshot; returns its consistent LSN."""
-        from airflow_pg_replication.pgoutput import parse_lsn
+        from airflow_pg_replication.source.pgoutput import parse_lsn
 
         row = conn.execute("SELECT lsn FROM pg_create_logical_replication_slot(%s, 'pgoutput')", (slot,)).fetchone()
         return parse_lsn(str(row[0]))
@@ -213,7 +213,7 @@ class PgReplicationHook(PostgresHook):
 
     def current_wal_lsn(self, conn: psycopg.Connection) -> int:
         """The server's current WAL insert position."""
-        from airflow_pg_replication.pgoutput import parse_lsn
+        from airflow_pg_replication.source.pgoutput import parse_lsn
 
         return parse_lsn(str(conn.execute("SELECT pg_current_wal_lsn()").fetchone()[0]))
 
@@ -224,7 +224,7 @@ class PgReplicationHook(PostgresHook):
         (the write position) may be ahead of it, so an upper bound a slot is advanced to after a
         peek should be this one.
         """
-        from airflow_pg_replication.pgoutput import parse_lsn
+        from airflow_pg_replication.source.pgoutput import parse_lsn
 
         return parse_lsn(str(conn.execute("SELECT pg_current_wal_flush_lsn()").fetchone()[0]))
 
@@ -241,7 +241,7 @@ class PgReplicationHook(PostgresHook):
         """
         from psycopg import sql
 
-        from airflow_pg_replication.pgoutput import format_lsn
+        from airflow_pg_replication.source.pgoutput import format_lsn
 
         return sql.SQL(
             "SELECT data FROM pg_logical_slot_peek_binary_changes("
@@ -259,7 +259,7 @@ class PgReplicationHook(PostgresHook):
         ``arrow_conn``: an open autocommit ADBC connection to use (the caller closes it); by
         default one is opened and closed here.
         """
-        from airflow_pg_replication.binary_copy import adbc_connect
+        from airflow_pg_replication.source.binary_copy import adbc_connect
 
         query = self.peek_changes_query(conn, slot, publication, upto_lsn=upto_lsn, max_changes=max_changes)
         with contextlib.ExitStack() as stack:
@@ -273,7 +273,7 @@ class PgReplicationHook(PostgresHook):
 
     def advance_slot(self, conn: psycopg.Connection, slot: str, lsn: int) -> None:
         """Confirm everything up to ``lsn`` as consumed, so the server may recycle that WAL."""
-        from airflow_pg_replication.pgoutput import format_lsn
+        from airflow_pg_replication.source.pgoutput import format_lsn
 
         conn.execute("SELECT pg_replication_slot_advance(%s, %s::pg_lsn)", (slot, format_lsn(lsn)))
 

@@ -10,7 +10,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from airflow.sdk import BaseOperator
 
-from airflow_pg_replication import naming
+from airflow_pg_replication.registry import names as naming
 from airflow_pg_replication.errors import NeedsAttentionError
 
 
@@ -162,7 +162,7 @@ class PgTableOperator(BacksOffAfterFailedRuns, BaseOperator):
         return PgReplicationHook(postgres_conn_id=self.source_conn_id)
 
     def table_destination(self):
-        from airflow_pg_replication.loading import TableDestination
+        from airflow_pg_replication.destination.table_destination import TableDestination
 
         t = self.target
         return TableDestination(

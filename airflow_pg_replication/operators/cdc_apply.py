@@ -48,9 +48,9 @@ class PgCdcApplyOperator(PgTableOperator):
 
     @table_task
     def execute(self, context: Any) -> dict[str, Any]:
-        from airflow_pg_replication.arrow_memory import use_jemalloc
-        from airflow_pg_replication.pgoutput import format_lsn, parse_lsn
-        from airflow_pg_replication.source_catalog import require_key
+        from airflow_pg_replication.sync.arrow_memory import use_jemalloc
+        from airflow_pg_replication.source.pgoutput import format_lsn, parse_lsn
+        from airflow_pg_replication.source.catalog import require_key
 
         use_jemalloc()  # lower peak RSS for the batches' Arrow buffers
         t = self.target
@@ -116,8 +116,8 @@ class PgCdcApplyOperator(PgTableOperator):
         file is held for that and for the write; between the two only when nobody waits for it
         (see :func:`_let_go_while_folding`).
         """
-        from airflow_pg_replication.destination_opening import DestinationOpening
-        from airflow_pg_replication.pgoutput import format_lsn
+        from airflow_pg_replication.destination.opening import DestinationOpening
+        from airflow_pg_replication.source.pgoutput import format_lsn
 
         t = self.target
         started = time.monotonic()
@@ -192,10 +192,10 @@ class PgCdcApplyOperator(PgTableOperator):
         """
         import pyarrow as pa
 
-        from airflow_pg_replication.apply import apply_changes, apply_typed, type_columnar
-        from airflow_pg_replication.changes import ChangeFolder
-        from airflow_pg_replication.columnar_fold import fold_columnar
-        from airflow_pg_replication.pgoutput import decode
+        from airflow_pg_replication.sync.batch_apply import apply_changes, apply_typed, type_columnar
+        from airflow_pg_replication.changes.reference_fold import ChangeFolder
+        from airflow_pg_replication.changes.columnar_fold import fold_columnar
+        from airflow_pg_replication.source.pgoutput import decode
 
         t = self.target
         names = {(t.schema, t.name)}
@@ -266,7 +266,7 @@ class PgCdcApplyOperator(PgTableOperator):
 
     def _check_slot(self, slot: Any) -> None:
         """A missing or invalidated slot fails with the fix (as the sensor does); lag past the limit warns."""
-        from airflow_pg_replication.slot_health import judge_slot
+        from airflow_pg_replication.source.slot_health import judge_slot
 
         t = self.target
         judge_slot(slot, slot_name=t.slot, table=t.qualified_name, min_lag_bytes=0, max_lag_bytes=2**63 - 1)
@@ -280,8 +280,8 @@ class PgCdcApplyOperator(PgTableOperator):
     @staticmethod
     def _columns_of_relations(conn: Any, rels: Sequence[Any], info: Any) -> dict:
         """Types of every column the batch's relation messages carried (schema changes included)."""
-        from airflow_pg_replication.source_catalog import resolve_column_types
-        from airflow_pg_replication.typemap import PgColumn
+        from airflow_pg_replication.source.catalog import resolve_column_types
+        from airflow_pg_replication.source.type_map import PgColumn
 
         types = {c.type.oid: c.type for c in info.columns}  # read at the run's start: no query for these
         unknown = [c.type_oid for rel in rels for c in rel.columns if c.type_oid not in types]
@@ -345,7 +345,7 @@ class _ArrowConnection:
     def __enter__(self) -> _ArrowConnection:
         from concurrent.futures import ThreadPoolExecutor
 
-        from airflow_pg_replication.binary_copy import adbc_connect
+        from airflow_pg_replication.source.binary_copy import adbc_connect
 
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="pg_replication_connect")
         self._future = self._pool.submit(adbc_connect, self._params, autocommit=True)

@@ -32,18 +32,18 @@ class PgFullRefreshOperator(PgTableOperator):
 
     @table_task
     def execute(self, context: Any) -> dict[str, Any]:
-        from airflow_pg_replication.arrow_memory import use_jemalloc
-        from airflow_pg_replication.loading import destination_columns
-        from airflow_pg_replication.replication_state import ReplicationState
-        from airflow_pg_replication.pgoutput import format_lsn
-        from airflow_pg_replication.snapshot import (
+        from airflow_pg_replication.sync.arrow_memory import use_jemalloc
+        from airflow_pg_replication.destination.table_destination import destination_columns
+        from airflow_pg_replication.destination.state_table import ReplicationState
+        from airflow_pg_replication.source.pgoutput import format_lsn
+        from airflow_pg_replication.source.snapshot_reads import (
             CopyProgress,
             begin_snapshot,
             copy_batches,
             prefetched,
             snapshot_schema,
         )
-        from airflow_pg_replication.source_catalog import require_key
+        from airflow_pg_replication.source.catalog import require_key
 
         use_jemalloc()  # lower peak RSS for the batches' Arrow buffers
         t = self.target

@@ -7,16 +7,16 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any, Mapping
 
-from airflow_pg_replication import naming
+from airflow_pg_replication.registry import names as naming
 from airflow_pg_replication.errors import NeedsAttentionError
 from airflow_pg_replication.operators.base import PgTableOperator, table_task
 
 if TYPE_CHECKING:
     from psycopg import sql
 
-    from airflow_pg_replication.loading import TableDestination
-    from airflow_pg_replication.source_catalog import TableInfo
-    from airflow_pg_replication.typemap import PgColumn
+    from airflow_pg_replication.destination.table_destination import TableDestination
+    from airflow_pg_replication.source.catalog import TableInfo
+    from airflow_pg_replication.source.type_map import PgColumn
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +27,7 @@ NUMERIC_CURSOR_TYPES = frozenset({"int2", "int4", "int8", "numeric", "float4", "
 
 def parse_lookback(value: str | None) -> datetime.timedelta | None:
     """``cursor_lookback`` as a timedelta (None when unset); a bad interval is a ValueError."""
-    from airflow_pg_replication.registry import parse_interval
+    from airflow_pg_replication.registry.models import parse_interval
 
     if value is None:
         return None
@@ -121,12 +121,12 @@ class PgIncrementalOperator(PgTableOperator):
     def execute(self, context: Any) -> dict[str, Any]:
         from psycopg import sql
 
-        from airflow_pg_replication.arrow_memory import use_jemalloc
-        from airflow_pg_replication.loading import destination_columns
-        from airflow_pg_replication.replication_state import ReplicationState
-        from airflow_pg_replication.pgoutput import format_lsn
-        from airflow_pg_replication.snapshot import snapshot_schema, CopyProgress, begin_snapshot, copy_batches
-        from airflow_pg_replication.source_catalog import require_key
+        from airflow_pg_replication.sync.arrow_memory import use_jemalloc
+        from airflow_pg_replication.destination.table_destination import destination_columns
+        from airflow_pg_replication.destination.state_table import ReplicationState
+        from airflow_pg_replication.source.pgoutput import format_lsn
+        from airflow_pg_replication.source.snapshot_reads import snapshot_schema, CopyProgress, begin_snapshot, copy_batches
+        from airflow_pg_replication.source.catalog import require_key
 
         use_jemalloc()  # lower peak RSS for the batches' Arrow buffers
         t = self.target

@@ -31,8 +31,8 @@ def choose_next_task(
     or with ``on_slot_lost="resync"`` leads to a new snapshot.
     """
     from airflow_pg_replication.hooks.replication import PgReplicationHook
-    from airflow_pg_replication.loading import TableDestination
-    from airflow_pg_replication.slot_health import judge_slot
+    from airflow_pg_replication.destination.table_destination import TableDestination
+    from airflow_pg_replication.source.slot_health import judge_slot
 
     t = TableTarget.build(table, slot=slot, destination_table=destination_table)
     if params and params.get("full_refresh"):

@@ -55,16 +55,16 @@ import time
 import warnings
 from typing import TYPE_CHECKING, Any, Sequence
 
-from airflow_pg_replication.destination_sql import compose
+from airflow_pg_replication.destination.sql import compose
 from airflow_pg_replication.errors import NeedsAttentionError, ReplicationError, SlotLostError
 from airflow_pg_replication.operators.base import PgTableOperator, table_task
-from airflow_pg_replication.reconcile_hashing import ColumnCanon, RangeDigest
-from airflow_pg_replication.reconcile_ranges import (
+from airflow_pg_replication.reconcile.hashing import ColumnCanon, RangeDigest
+from airflow_pg_replication.reconcile.ranges import (
     KeySpace, RangePlan, mismatch_message, plan_ranges, public_result, range_result, range_step,
 )
 
 if TYPE_CHECKING:
-    from airflow_pg_replication.source_catalog import TableInfo
+    from airflow_pg_replication.source.catalog import TableInfo
 
 log = logging.getLogger(__name__)
 
@@ -102,8 +102,8 @@ class PgReconcileOperator(PgTableOperator):
 
     @table_task
     def execute(self, context: Any) -> dict[str, Any]:
-        from airflow_pg_replication.pgoutput import format_lsn
-        from airflow_pg_replication.snapshot import begin_snapshot
+        from airflow_pg_replication.source.pgoutput import format_lsn
+        from airflow_pg_replication.source.snapshot_reads import begin_snapshot
 
         t = self.target
         n_ranges = int(self.ranges)
@@ -176,8 +176,8 @@ class PgReconcileOperator(PgTableOperator):
 
     def _check_pending(self, hook: Any, conn: Any, info: TableInfo, applied: int, lsn: int) -> None:
         """Skip/fail when the slot holds changes of the table committed after ``applied``, up to ``lsn``."""
-        from airflow_pg_replication.changes import ChangeFolder
-        from airflow_pg_replication.pgoutput import decode, format_lsn
+        from airflow_pg_replication.changes.reference_fold import ChangeFolder
+        from airflow_pg_replication.source.pgoutput import decode, format_lsn
 
         t = self.target
         slot = hook.slot_info(conn, t.slot)
@@ -206,8 +206,8 @@ class PgReconcileOperator(PgTableOperator):
     def _compare(self, snap: Any, dest: Any, info: TableInfo, keys: KeySpace, plan: RangePlan) -> list[dict]:
         from dlt.destinations.exceptions import DatabaseUndefinedRelation
 
-        from airflow_pg_replication.loading import DELETED_AT_COLUMN
-        from airflow_pg_replication.snapshot import CopyProgress, copy_batches
+        from airflow_pg_replication.destination.table_destination import DELETED_AT_COLUMN
+        from airflow_pg_replication.source.snapshot_reads import CopyProgress, copy_batches
 
         t = self.target
         canon = [ColumnCanon(c) for c in info.columns]
@@ -272,6 +272,6 @@ def _nullable_key_columns(conn: Any, info: TableInfo) -> bool:
 
 
 def _fmt_lsn(lsn: int | None) -> str:
-    from airflow_pg_replication.pgoutput import format_lsn
+    from airflow_pg_replication.source.pgoutput import format_lsn
 
     return format_lsn(lsn) if lsn else "none"

@@ -15,7 +15,7 @@ class PgSlotLagSensor(BaseSensorOperator):
     """Succeed when the table's slot holds at least ``min_lag_bytes`` of the table's own change data.
 
     WAL of other tables and of PostgreSQL itself never counts: each poke peeks the slot with the
-    table's publication (see :mod:`airflow_pg_replication.table_changes`), and when it found no
+    table's publication (see :mod:`airflow_pg_replication.source.table_changes`), and when it found no
     change of the table it advances the slot past that WAL, so later pokes do not count it again.
     Fails (not skips) when the slot is missing, invalidated (``wal_status = lost``) or holds
     more than ``max_lag_bytes`` of WAL. With ``deferrable=True`` the wait runs in the triggerer.
@@ -47,7 +47,7 @@ class PgSlotLagSensor(BaseSensorOperator):
 
     def poke(self, context: Any) -> bool:
         from airflow_pg_replication.hooks.replication import PgReplicationHook
-        from airflow_pg_replication.table_changes import poke_sync, poke_target
+        from airflow_pg_replication.source.table_changes import poke_sync, poke_target
 
         target = poke_target(self.table, slot=self.slot_name, publication=self.publication,
                              min_lag_bytes=self.min_lag_bytes, max_lag_bytes=self.max_lag_bytes)

@@ -11,7 +11,7 @@ from airflow.triggers.base import BaseTrigger, TriggerEvent
 class SlotLagTrigger(BaseTrigger):
     """Poke every ``poke_interval`` s; ``ready`` when the table's own changes reach ``min_lag_bytes``.
 
-    The same poke as the sensor's (:func:`airflow_pg_replication.table_changes.poke_async`):
+    The same poke as the sensor's (:func:`airflow_pg_replication.source.table_changes.poke_async`):
     other tables' WAL never counts and is advanced past. ``error`` on a lost, missing or overfull
     slot (or an unreachable source); a slot busy with ``apply_changes`` is looked at again later.
     """
@@ -42,7 +42,7 @@ class SlotLagTrigger(BaseTrigger):
         from asgiref.sync import sync_to_async
 
         from airflow_pg_replication.hooks.replication import SESSION_OPTIONS, PgReplicationHook
-        from airflow_pg_replication.table_changes import poke_async, poke_target
+        from airflow_pg_replication.source.table_changes import poke_async, poke_target
 
         target = poke_target(self.table, slot=self.slot, publication=self.publication,
                              min_lag_bytes=self.min_lag_bytes, max_lag_bytes=self.max_lag_bytes)

@@ -7,9 +7,9 @@ import pytest
 from psycopg.types.string import TextLoader
 
 from airflow_pg_replication.hooks.replication import PgReplicationHook
-from airflow_pg_replication.snapshot import begin_snapshot, copy_batches
-from airflow_pg_replication.textparse import TextParseError
-from airflow_pg_replication.typemap import text_to_arrow
+from airflow_pg_replication.source.snapshot_reads import begin_snapshot, copy_batches
+from airflow_pg_replication.source.text_values import TextParseError
+from airflow_pg_replication.source.type_map import text_to_arrow
 
 DDL = """
 CREATE DOMAIN small_pos AS smallint CHECK (VALUE > 0);

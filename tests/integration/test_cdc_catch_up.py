@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-import airflow_pg_replication.apply as apply_module
-from airflow_pg_replication.pgoutput import parse_lsn
+import airflow_pg_replication.sync.batch_apply as apply_module
+from airflow_pg_replication.source.pgoutput import parse_lsn
 from tests.integration.conftest import source_rows
 from tests.integration.test_cdc_end_to_end import COLS, assert_same, make_customers, ops
 
@@ -97,7 +97,7 @@ def test_a_state_changed_while_the_file_was_let_go_fails_the_batch_unwritten(pg_
     import duckdb
 
     import airflow_pg_replication.operators.cdc_apply as cdc_apply
-    from airflow_pg_replication.destination_opening import DestinationOpening
+    from airflow_pg_replication.destination.opening import DestinationOpening
     from airflow_pg_replication.errors import TransientError
 
     make_customers(pg_db, rows=100)

@@ -9,12 +9,12 @@ import psycopg
 import pytest
 
 from airflow_pg_replication import PgCdcApplyOperator, PgFullRefreshOperator
-from airflow_pg_replication import snapshot as snapshot_module
+from airflow_pg_replication.source import snapshot_reads as snapshot_module
 from airflow_pg_replication.errors import ReplicationError
 from airflow_pg_replication.hooks.replication import PgReplicationHook
-from airflow_pg_replication.loading import TableDestination
+from airflow_pg_replication.destination.table_destination import TableDestination
 from airflow_pg_replication.operators.plan import choose_next_task
-from airflow_pg_replication.throwaway_cluster import ThrowawayCluster
+from airflow_pg_replication.testing.throwaway_cluster import ThrowawayCluster
 from tests.integration.test_cdc_end_to_end import COLS, assert_same, make_customers, ops
 
 
@@ -114,7 +114,7 @@ def test_cdc_crash_after_load_before_slot_advance(pg_db, duck, monkeypatch):
 def test_cdc_crash_when_recording_state(pg_db, duck, monkeypatch, path):
     """DuckDB commits data and state together (a crash rolls both back); the generic path loads the data,
     then records the state, so a crash between them re-applies the batch: idempotent either way."""
-    import airflow_pg_replication.loading as loading
+    import airflow_pg_replication.destination.table_destination as loading
 
     make_customers(pg_db, rows=50)
     full, apply = ops(duck)

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from airflow_pg_replication import build_dags
-from airflow_pg_replication.registry import RegistryError
+from airflow_pg_replication.registry.models import RegistryError
 from tests.integration.conftest import source_rows
 
 REPO = Path(__file__).resolve().parents[2]

@@ -12,7 +12,7 @@ from airflow.sdk.exceptions import TaskDeferred
 from airflow_pg_replication import PgCdcApplyOperator, PgFullRefreshOperator, PgSlotLagSensor
 from airflow_pg_replication.errors import ReplicationError, SlotLostError
 from airflow_pg_replication.operators.plan import choose_next_task
-from airflow_pg_replication.throwaway_cluster import ThrowawayCluster
+from airflow_pg_replication.testing.throwaway_cluster import ThrowawayCluster
 from airflow_pg_replication.triggers.slot_lag import SlotLagTrigger
 from tests.integration.conftest import source_rows
 
@@ -104,8 +104,8 @@ def invalidate_slot(dsn: str) -> None:
 
 
 def test_invalidated_slot_fail_policy(small_wal_cluster, duck):
-    from airflow_pg_replication.slot_health import judge_slot
-    from airflow_pg_replication.source_catalog import read_slot_info
+    from airflow_pg_replication.source.slot_health import judge_slot
+    from airflow_pg_replication.source.catalog import read_slot_info
 
     dsn = small_wal_cluster.dsn("src")
     make_table(dsn)

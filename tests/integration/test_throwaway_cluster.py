@@ -9,7 +9,7 @@ import time
 import psycopg
 import pytest
 
-from airflow_pg_replication.throwaway_cluster import ThrowawayCluster
+from airflow_pg_replication.testing.throwaway_cluster import ThrowawayCluster
 
 
 def _show(dsn: str, setting: str) -> str:

@@ -11,11 +11,11 @@ import duckdb
 import pytest
 from psycopg import sql
 
-import airflow_pg_replication.apply as apply_module
-import airflow_pg_replication.loading as loading
+import airflow_pg_replication.sync.batch_apply as apply_module
+import airflow_pg_replication.destination.table_destination as loading
 from airflow_pg_replication import PgCdcApplyOperator, PgFullRefreshOperator
 from airflow_pg_replication.errors import NeedsAttentionError
-from airflow_pg_replication.loading import TableDestination
+from airflow_pg_replication.destination.table_destination import TableDestination
 from tests.integration.conftest import source_rows
 
 COLS = ["id", "title", "body"]

@@ -16,8 +16,8 @@ from airflow.sdk.exceptions import TaskDeferred
 
 from airflow_pg_replication import PgCdcApplyOperator, PgFullRefreshOperator, PgSlotLagSensor
 from airflow_pg_replication.errors import SlotLostError
-from airflow_pg_replication.pgoutput import parse_lsn
-from airflow_pg_replication.table_changes import PokeResult, _poke_steps, poke_sync, poke_target
+from airflow_pg_replication.source.pgoutput import parse_lsn
+from airflow_pg_replication.source.table_changes import PokeResult, _poke_steps, poke_sync, poke_target
 from airflow_pg_replication.triggers.slot_lag import SlotLagTrigger
 from tests.integration.conftest import source_rows
 
@@ -346,7 +346,7 @@ def test_trigger_waits_while_the_slot_is_busy(snapshotted, duck):
 
 def test_missing_publication_needs_attention_sync_and_async(snapshotted):
     from airflow_pg_replication.errors import NeedsAttentionError
-    from airflow_pg_replication.table_changes import poke_async
+    from airflow_pg_replication.source.table_changes import poke_async
 
     db = snapshotted
     db.execute(sql.SQL("DROP PUBLICATION {}").format(sql.Identifier(SLOT)))

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from airflow_pg_replication import PgCdcApplyOperator, PgFullRefreshOperator, query_warehouse
-from airflow_pg_replication.duckdb_file import BUSY_TIMEOUT_ENV
+from airflow_pg_replication.destination.duckdb.file_lock import BUSY_TIMEOUT_ENV
 from airflow_pg_replication.errors import TransientError
 from airflow_pg_replication.operators.plan import WAIT_TASK, choose_next_task
 from tests.integration.conftest import source_rows

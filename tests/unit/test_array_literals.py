@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from airflow_pg_replication.array_literals import _elements_by_regex, _elements_exact, parse_array
+from airflow_pg_replication.source.array_literals import _elements_by_regex, _elements_exact, parse_array
 
 TEXT_LIST = pa.list_(pa.string())
 

@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 
-CODE = ("import pyarrow as pa; from airflow_pg_replication.arrow_memory import use_jemalloc; "
+CODE = ("import pyarrow as pa; from airflow_pg_replication.sync.arrow_memory import use_jemalloc; "
         "use_jemalloc(); print(pa.default_memory_pool().backend_name)")
 
 

@@ -6,11 +6,11 @@ from __future__ import annotations
 import pyarrow as pa
 import pytest
 
-from airflow_pg_replication.apply import apply_changes
-from airflow_pg_replication.changes import ChangeFolder, fold_changes
+from airflow_pg_replication.sync.batch_apply import apply_changes
+from airflow_pg_replication.changes.reference_fold import ChangeFolder, fold_changes
 from airflow_pg_replication.errors import NeedsAttentionError
-from airflow_pg_replication.pgoutput import UNCHANGED_TOAST, decode
-from airflow_pg_replication.typemap import PgColumn, PgType
+from airflow_pg_replication.source.pgoutput import UNCHANGED_TOAST, decode
+from airflow_pg_replication.source.type_map import PgColumn, PgType
 from tests.unit.test_columnar_fold import begin, commit, delete, insert, relation, update
 
 U = UNCHANGED_TOAST

@@ -10,9 +10,9 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from airflow_pg_replication.changes import fold_changes
-from airflow_pg_replication.columnar_fold import ColumnarBatch, fold_columnar
-from airflow_pg_replication.pgoutput import UNCHANGED_TOAST, decode
+from airflow_pg_replication.changes.reference_fold import fold_changes
+from airflow_pg_replication.changes.columnar_fold import ColumnarBatch, fold_columnar
+from airflow_pg_replication.source.pgoutput import UNCHANGED_TOAST, decode
 
 FIXTURE = json.loads((Path(__file__).parent / "data" / "pgoutput_v1_pg15.json").read_text(encoding="utf-8"))
 RAW = [bytes.fromhex(m["data"]) for m in FIXTURE["messages"]]

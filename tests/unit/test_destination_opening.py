@@ -9,8 +9,8 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from airflow_pg_replication.destination_opening import DestinationOpening
-from airflow_pg_replication.loading import TableDestination, wal_bytes
+from airflow_pg_replication.destination.opening import DestinationOpening
+from airflow_pg_replication.destination.table_destination import TableDestination, wal_bytes
 
 
 def _dest(path: Path) -> TableDestination:

@@ -13,10 +13,10 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from airflow_pg_replication import duckdb_file
+from airflow_pg_replication.destination.duckdb import file_lock as duckdb_file
 from airflow_pg_replication.errors import ReplicationError, TransientError
-from airflow_pg_replication.loading import TableDestination
-from airflow_pg_replication.warehouse_readers import query_warehouse, read_warehouse
+from airflow_pg_replication.destination.table_destination import TableDestination
+from airflow_pg_replication.destination.duckdb.readers import query_warehouse, read_warehouse
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -66,7 +66,7 @@ def _hold_lock(path: Path, mode: str, seconds: float) -> _Child:
     """Another process holding the package's lock (through the turnstile) for ``seconds``."""
     return _Child(f"""
         import time
-        from airflow_pg_replication import duckdb_file
+        from airflow_pg_replication.destination.duckdb import file_lock as duckdb_file
         with duckdb_file.locked({str(path)!r}, {mode!r}, timeout=60, what="test"):
             print("ready", flush=True)
             time.sleep({seconds})
@@ -105,7 +105,7 @@ def test_a_writer_is_not_starved_by_readers_that_loop(tmp_path: Path) -> None:
     # two processes whose reads overlap without a gap: without the turnstile, the writer never gets in
     loops = [_Child(f"""
         import time
-        from airflow_pg_replication import duckdb_file
+        from airflow_pg_replication.destination.duckdb import file_lock as duckdb_file
         print("ready", flush=True)
         end = time.monotonic() + 20
         while time.monotonic() < end:
@@ -129,7 +129,7 @@ def test_a_reader_is_not_starved_by_a_writer_that_loops(tmp_path: Path) -> None:
     _warehouse(path)
     writer = _Child(f"""
         import time
-        from airflow_pg_replication import duckdb_file
+        from airflow_pg_replication.destination.duckdb import file_lock as duckdb_file
         print("ready", flush=True)
         end = time.monotonic() + 20
         while time.monotonic() < end:  # batch after batch, with almost no gap between them
@@ -262,7 +262,7 @@ def test_no_warehouse_yet_is_a_clear_error(tmp_path: Path) -> None:
 def test_an_opening_lets_go_of_the_file_while_the_caller_folds_and_takes_it_again(tmp_path: Path) -> None:
     from dataclasses import dataclass
 
-    from airflow_pg_replication.destination_opening import DestinationOpening
+    from airflow_pg_replication.destination.opening import DestinationOpening
 
     @dataclass
     class State:

@@ -6,8 +6,8 @@ import duckdb
 import pyarrow as pa
 import pytest
 
-from airflow_pg_replication.duckdb_native import NativeDuckDb
-from airflow_pg_replication.duckdb_session import DuckDbSession
+from airflow_pg_replication.destination.duckdb.native import NativeDuckDb
+from airflow_pg_replication.destination.duckdb.session import DuckDbSession
 
 
 @pytest.fixture

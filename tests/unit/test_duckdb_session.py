@@ -6,7 +6,7 @@ import duckdb
 import pytest
 from dlt.destinations.exceptions import DatabaseUndefinedRelation
 
-from airflow_pg_replication.duckdb_session import DuckDbSession
+from airflow_pg_replication.destination.duckdb.session import DuckDbSession
 
 NAMES = ["plain", "Mixed Case", 'with "quotes"', "dollar$sign", "ünïcode"]
 

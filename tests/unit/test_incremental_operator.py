@@ -53,7 +53,7 @@ def test_other_modes_are_rejected():
 def test_lower_bound_is_a_typed_literal():
     from psycopg import sql
 
-    from airflow_pg_replication.typemap import PgColumn, PgType
+    from airflow_pg_replication.source.type_map import PgColumn, PgType
 
     col = PgColumn("updated_at", PgType(1184, "timestamptz"))
     assert make()._lower_bound(col, "2024-01-01 00:00:00+00").as_string(None) == \

@@ -1,4 +1,4 @@
-"""Unit tests for airflow_pg_replication.naming: identifier rules and derived names."""
+"""Unit tests for airflow_pg_replication.registry.names: identifier rules and derived names."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from airflow_pg_replication import naming
+from airflow_pg_replication.registry import names as naming
 
 
 @pytest.mark.parametrize("name", ["customers", "Customers", "_x", "a1", "a$b", "T_2$", "x" * 100])

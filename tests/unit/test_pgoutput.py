@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from airflow_pg_replication.pgoutput import (
+from airflow_pg_replication.source.pgoutput import (
     UNCHANGED_TOAST,
     Begin,
     Commit,

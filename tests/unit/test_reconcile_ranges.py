@@ -8,15 +8,15 @@ from decimal import Decimal
 import pyarrow as pa
 import pytest
 
-from airflow_pg_replication.reconcile_hashing import (
+from airflow_pg_replication.reconcile.hashing import (
     HASH_MASK, ColumnCanon, RangeDigest, canonical_json, canonical_number, row_hash,
 )
-from airflow_pg_replication.reconcile_ranges import (
+from airflow_pg_replication.reconcile.ranges import (
     SHOWN_KEYS, KeyRange, KeySpace, format_key, mismatch_message, plan_ranges, public_result, range_result,
     range_step,
 )
-from airflow_pg_replication.source_catalog import TableInfo
-from airflow_pg_replication.typemap import PgColumn, PgType, text_to_arrow
+from airflow_pg_replication.source.catalog import TableInfo
+from airflow_pg_replication.source.type_map import PgColumn, PgType, text_to_arrow
 
 
 def pg(name: str, **kw) -> PgType:

@@ -10,7 +10,7 @@ import textwrap
 import pydantic
 import pytest
 
-from airflow_pg_replication.registry import (
+from airflow_pg_replication.registry.models import (
     DestinationConfig,
     Registry,
     RegistryError,

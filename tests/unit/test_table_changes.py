@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from airflow_pg_replication.pgoutput import parse_lsn
-from airflow_pg_replication.table_changes import (
+from airflow_pg_replication.source.pgoutput import parse_lsn
+from airflow_pg_replication.source.table_changes import (
     MAX_PEEK_MESSAGES,
     MIN_PEEK_MESSAGES,
     SMALLEST_CHANGE_BYTES,

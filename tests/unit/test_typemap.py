@@ -9,8 +9,8 @@ from decimal import Decimal
 import pyarrow as pa
 import pytest
 
-from airflow_pg_replication import textparse
-from airflow_pg_replication.typemap import (
+from airflow_pg_replication.source import text_values as textparse
+from airflow_pg_replication.source.type_map import (
     TYPE_CATALOG_SQL,
     PgColumn,
     PgType,

@@ -11,7 +11,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from airflow_pg_replication import naming
+from airflow_pg_replication.registry import names as naming
 
 CREDENTIALS_HINT = ("credentials must not be written in the registry; store them in an Airflow connection and "
                     "reference it with conn_id, or pass them through an environment variable")

@@ -14,7 +14,7 @@ import os
 import time
 from typing import Any, Iterator, Sequence
 
-from airflow_pg_replication import duckdb_file
+from airflow_pg_replication.destination.duckdb import file_lock as duckdb_file
 
 _ADVICE = "try again, or pass a longer timeout"
 
@@ -32,7 +32,7 @@ def read_warehouse(path: str | os.PathLike | None = None, *,
 
     ``with read_warehouse() as con: con.sql("SELECT count(*) FROM replica.customers").fetchall()``
     """
-    from airflow_pg_replication.registry import default_duckdb_path
+    from airflow_pg_replication.registry.models import default_duckdb_path
 
     where = os.path.abspath(os.fspath(path)) if path else default_duckdb_path()
     if not os.path.exists(where):

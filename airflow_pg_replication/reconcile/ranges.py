@@ -11,9 +11,9 @@ from typing import TYPE_CHECKING, Any, Sequence
 if TYPE_CHECKING:
     from psycopg import sql
 
-    from airflow_pg_replication.reconcile_hashing import RangeDigest
-    from airflow_pg_replication.source_catalog import TableInfo
-    from airflow_pg_replication.typemap import PgColumn
+    from airflow_pg_replication.reconcile.hashing import RangeDigest
+    from airflow_pg_replication.source.catalog import TableInfo
+    from airflow_pg_replication.source.type_map import PgColumn
 
 __all__ = ["KeyRange", "KeySpace", "RangePlan", "format_key", "mismatch_message", "plain", "plan_ranges",
            "public_result", "range_result", "range_step"]
@@ -64,7 +64,7 @@ class KeySpace:
         import pyarrow as pa
         from psycopg import sql
 
-        from airflow_pg_replication.typemap import arrow_type
+        from airflow_pg_replication.source.type_map import arrow_type
 
         ident = sql.Identifier(col.name)
         if col.type.element is None and col.type.schema == "pg_catalog" and not col.type.is_enum \
@@ -102,7 +102,7 @@ class KeySpace:
             return []
         import pyarrow as pa
 
-        from airflow_pg_replication.typemap import text_to_arrow
+        from airflow_pg_replication.source.type_map import text_to_arrow
 
         typed = list(zip(*[
             text_to_arrow(pa.array([r[j] for r in texts], pa.string()), c).to_pylist()

@@ -14,22 +14,22 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from airflow_pg_replication.textparse import (
+from airflow_pg_replication.source.text_values import (
     DATE_INFINITY,
     DATE_NEG_INFINITY,
     TIMESTAMP_INFINITY,
     TIMESTAMP_NEG_INFINITY,
     TextParseError,
 )
-from airflow_pg_replication.typemap import arrow_type, base_type_name, text_to_arrow
+from airflow_pg_replication.source.type_map import arrow_type, base_type_name, text_to_arrow
 
 if TYPE_CHECKING:
     import psycopg
     import pyarrow as pa
     from psycopg import sql
 
-    from airflow_pg_replication.source_catalog import TableInfo
-    from airflow_pg_replication.typemap import PgColumn
+    from airflow_pg_replication.source.catalog import TableInfo
+    from airflow_pg_replication.source.type_map import PgColumn
 
 #: PostgreSQL base types read binary: ADBC's Arrow type for them is our type map's.
 NATIVE = frozenset({"int2", "int4", "int8", "float4", "float8", "bool", "text", "varchar", "bpchar", "bytea",

@@ -5,7 +5,7 @@ steps, written once in :func:`_poke_steps` as a generator of SQL statements that
 execute over a psycopg ``Connection`` or ``AsyncConnection``:
 
 1. Read the slot and the server's WAL flush position ``X`` in one statement; a missing, lost or
-   overfull slot fails loudly (:func:`~airflow_pg_replication.slot_health.judge_slot`). No WAL past
+   overfull slot fails loudly (:func:`~airflow_pg_replication.source.slot_health.judge_slot`). No WAL past
    the slot's confirmed point: not ready, nothing decoded. The slot in use by another backend
    (``apply_changes``): busy, look again next poke.
 2. Peek the slot with the table's publication up to ``X`` (nothing is consumed), at most
@@ -30,9 +30,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generator, Iterable, Union
 
 from airflow_pg_replication.errors import NeedsAttentionError, ReplicationError
-from airflow_pg_replication.pgoutput import Commit, Relation, Truncate, decode, format_lsn, parse_lsn
-from airflow_pg_replication.slot_health import judge_slot
-from airflow_pg_replication.source_catalog import SLOT_SQL, SlotInfo, slot_info_from_row
+from airflow_pg_replication.source.pgoutput import Commit, Relation, Truncate, decode, format_lsn, parse_lsn
+from airflow_pg_replication.source.slot_health import judge_slot
+from airflow_pg_replication.source.catalog import SLOT_SQL, SlotInfo, slot_info_from_row
 
 if TYPE_CHECKING:
     import psycopg
@@ -375,7 +375,7 @@ async def poke_async(conn: psycopg.AsyncConnection, target: PokeTarget) -> PokeR
 
 def poke_target(table: str, *, slot: str, publication: str, min_lag_bytes: int, max_lag_bytes: int) -> PokeTarget:
     """The :class:`PokeTarget` of ``table`` (``schema.table`` or ``table``, meaning schema public)."""
-    from airflow_pg_replication.naming import parse_table_name
+    from airflow_pg_replication.registry.names import parse_table_name
 
     schema, name = parse_table_name(table)
     return PokeTarget(schema, name, slot, publication, min_lag_bytes, max_lag_bytes)

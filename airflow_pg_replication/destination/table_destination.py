@@ -10,12 +10,13 @@ import tempfile
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, Sequence
 
-from airflow_pg_replication import destination_sql, duckdb_file
-from airflow_pg_replication.destination_sql import compose
-from airflow_pg_replication.registry import default_duckdb_path
-from airflow_pg_replication.duckdb_native import MEMORY_LIMIT_MB, NativeDuckDb
-from airflow_pg_replication.duckdb_session import DuckDbSession
-from airflow_pg_replication.replication_state import (
+from airflow_pg_replication.destination import sql as destination_sql
+from airflow_pg_replication.destination.duckdb import file_lock as duckdb_file
+from airflow_pg_replication.destination.sql import compose
+from airflow_pg_replication.registry.models import default_duckdb_path
+from airflow_pg_replication.destination.duckdb.native import MEMORY_LIMIT_MB, NativeDuckDb
+from airflow_pg_replication.destination.duckdb.session import DuckDbSession
+from airflow_pg_replication.destination.state_table import (
     STATE_TABLE,
     ReplicationState,
     read_state,
@@ -36,7 +37,7 @@ DELETED_AT_COLUMN = "_pg_deleted_at"
 
 def destination_columns(columns: Sequence[Any], *, soft_deletes: bool) -> list[dict]:
     """dlt column schema for the source columns plus ``_pg_lsn`` (and ``_pg_deleted_at`` for soft deletes)."""
-    from airflow_pg_replication.typemap import dlt_column_hints
+    from airflow_pg_replication.source.type_map import dlt_column_hints
 
     out = [{**dlt_column_hints(c), "name": c.name} for c in columns]
     for col in out:  # explicit, so a widened int4 -> int8 column overrides dlt's stored precision

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Iterable, Sequence
 
-from airflow_pg_replication.pgoutput import (
+from airflow_pg_replication.source.pgoutput import (
     UNCHANGED_TOAST,
     Begin,
     Commit,

@@ -12,8 +12,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt, model_validator
 
-from airflow_pg_replication import naming
-from airflow_pg_replication.registry_diagnostics import (  # the error types are part of this module's API
+from airflow_pg_replication.registry import names as naming
+from airflow_pg_replication.registry.diagnostics import (  # the error types are part of this module's API
     CREDENTIALS_HINT,
     KeyedProblems,
     RegistryError,

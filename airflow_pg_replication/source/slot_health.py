@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from airflow_pg_replication.errors import ReplicationError, SlotLostError
-from airflow_pg_replication.source_catalog import SlotInfo
+from airflow_pg_replication.source.catalog import SlotInfo
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
-from airflow_pg_replication.destination_sql import compose
+from airflow_pg_replication.destination.sql import compose
 
 COMMIT_ROWS = 245_760  # rows per transaction of a staged load: two DuckDB row groups; fewer commits are faster, more use memory
 MEMORY_LIMIT_MB = 64  # DuckDB's buffer pool (set by TableDestination when it opens the file)

@@ -6,17 +6,17 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Mapping, Sequence
 
-from airflow_pg_replication.changes import ChangeBatch, RowState
+from airflow_pg_replication.changes.reference_fold import ChangeBatch, RowState
 from airflow_pg_replication.errors import NeedsAttentionError
-from airflow_pg_replication.loading import DELETED_AT_COLUMN, LSN_COLUMN, TableDestination, destination_columns
-from airflow_pg_replication.replication_state import ReplicationState
-from airflow_pg_replication.pgoutput import UNCHANGED_TOAST, format_lsn
-from airflow_pg_replication.typemap import PgColumn, arrow_type, text_to_arrow
+from airflow_pg_replication.destination.table_destination import DELETED_AT_COLUMN, LSN_COLUMN, TableDestination, destination_columns
+from airflow_pg_replication.destination.state_table import ReplicationState
+from airflow_pg_replication.source.pgoutput import UNCHANGED_TOAST, format_lsn
+from airflow_pg_replication.source.type_map import PgColumn, arrow_type, text_to_arrow
 
 if TYPE_CHECKING:
     import pyarrow as pa
 
-    from airflow_pg_replication.columnar_fold import ColumnarBatch
+    from airflow_pg_replication.changes.columnar_fold import ColumnarBatch
 
 log = logging.getLogger(__name__)
 

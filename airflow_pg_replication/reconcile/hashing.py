@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import pyarrow as pa
 
-    from airflow_pg_replication.typemap import PgColumn
+    from airflow_pg_replication.source.type_map import PgColumn
 
 __all__ = ["ColumnCanon", "RangeDigest", "canonical_json", "canonical_number", "display_key", "row_hash"]
 
@@ -56,7 +56,7 @@ class ColumnCanon:
     def __init__(self, col: PgColumn) -> None:
         import pyarrow as pa
 
-        from airflow_pg_replication.typemap import arrow_type
+        from airflow_pg_replication.source.type_map import arrow_type
 
         self.col = col
         self.target = arrow_type(col)
@@ -123,7 +123,7 @@ class ColumnCanon:
     def _temporal_column(self, arr: Any) -> list:
         import pyarrow as pa
 
-        from airflow_pg_replication.typemap import text_to_arrow
+        from airflow_pg_replication.source.type_map import text_to_arrow
 
         if pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type):
             arr = text_to_arrow(arr.cast(pa.string()), self.col)
@@ -168,7 +168,7 @@ class ColumnCanon:
     def _temporal_value(self, v: Any) -> int:
         import pyarrow as pa
 
-        from airflow_pg_replication.typemap import text_to_arrow
+        from airflow_pg_replication.source.type_map import text_to_arrow
 
         at = self.target
         if isinstance(v, str):
@@ -210,7 +210,7 @@ class ColumnCanon:
 
 
 def _element_of(col: PgColumn) -> PgColumn:
-    from airflow_pg_replication.typemap import PgColumn
+    from airflow_pg_replication.source.type_map import PgColumn
 
     return PgColumn(f"{col.name}[]", col.type.element, col.typmod if col.typmod >= 0 else col.type.typmod)
 

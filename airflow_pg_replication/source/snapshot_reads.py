@@ -7,15 +7,15 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Iterable, Iterator, TypeVar
 
-from airflow_pg_replication.loading import LSN_COLUMN
-from airflow_pg_replication.typemap import arrow_type
+from airflow_pg_replication.destination.table_destination import LSN_COLUMN
+from airflow_pg_replication.source.type_map import arrow_type
 
 if TYPE_CHECKING:
     import psycopg
     import pyarrow as pa
     from psycopg import sql
 
-    from airflow_pg_replication.source_catalog import TableInfo
+    from airflow_pg_replication.source.catalog import TableInfo
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -122,7 +122,7 @@ def copy_batches(
     """
     import pyarrow as pa
 
-    from airflow_pg_replication.binary_copy import BinaryCopyReader
+    from airflow_pg_replication.source.binary_copy import BinaryCopyReader
 
     progress = progress or CopyProgress(info.qualified_name)
     lsn_type = pa.int64()

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Callable, ContextManager
 
-from airflow_pg_replication.destination_sql import compose
+from airflow_pg_replication.destination.sql import compose
 
 if TYPE_CHECKING:
     import pyarrow as pa

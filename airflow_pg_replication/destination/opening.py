@@ -8,7 +8,7 @@ import threading
 from typing import TYPE_CHECKING, Any, Callable, Generic, TypeVar
 
 if TYPE_CHECKING:
-    from airflow_pg_replication.loading import TableDestination
+    from airflow_pg_replication.destination.table_destination import TableDestination
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ from typing import Sequence
 import numpy as np
 import pyarrow as pa
 
-from airflow_pg_replication.pgoutput import PgOutputError, Relation, Truncate, decode
+from airflow_pg_replication.source.pgoutput import PgOutputError, Relation, Truncate, decode
 
 __all__ = ["ColumnarBatch", "fold_columnar"]
 

@@ -55,8 +55,8 @@ from typing import Any
 
 import pyarrow as pa
 
-from airflow_pg_replication import array_literals, textparse
-from airflow_pg_replication.textparse import TextParseError
+from airflow_pg_replication.source import array_literals, text_values as textparse
+from airflow_pg_replication.source.text_values import TextParseError
 
 __all__ = [
     "TYPE_CATALOG_SQL", "UNBOUNDED_NUMERIC", "PgColumn", "PgType", "TextParseError",

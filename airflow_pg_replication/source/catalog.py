@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Sequence
 
 from airflow_pg_replication.errors import NeedsAttentionError
-from airflow_pg_replication.typemap import TYPE_CATALOG_SQL, PgColumn, PgType, resolve_types
+from airflow_pg_replication.source.type_map import TYPE_CATALOG_SQL, PgColumn, PgType, resolve_types
 
 if TYPE_CHECKING:
     import psycopg

@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from airflow_pg_replication.textparse import TextParseError, map_where
+from airflow_pg_replication.source.text_values import TextParseError, map_where
 
 _QUOTE, _BACKSLASH = ord('"'), ord("\\")
 

@@ -1,0 +1,1 @@
+"""Where copies land: one small interface, the native DuckDB path and dlt for every other destination."""

@@ -1,0 +1,1 @@
+"""Reconciliation: key ranges on both sides and order-independent row hashes."""

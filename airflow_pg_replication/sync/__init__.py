@@ -1,0 +1,1 @@
+"""The replication protocols, no Airflow: snapshot and cutover, CDC batches, incremental refresh, reconcile."""
