@@ -13,9 +13,10 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, Sequence
 from airflow_pg_replication.destination import sql as destination_sql
 from airflow_pg_replication.destination.duckdb import file_lock as duckdb_file
 from airflow_pg_replication.destination.sql import compose
-from airflow_pg_replication.registry.models import default_duckdb_path
+from airflow_pg_replication.destination.duckdb.default_file import default_duckdb_path
 from airflow_pg_replication.destination.duckdb.native import MEMORY_LIMIT_MB, NativeDuckDb
 from airflow_pg_replication.destination.duckdb.session import DuckDbSession
+from airflow_pg_replication.replica_columns import DELETED_AT_COLUMN, LSN_COLUMN
 from airflow_pg_replication.destination.state_table import (
     STATE_TABLE,
     ReplicationState,
@@ -31,8 +32,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-LSN_COLUMN = "_pg_lsn"
-DELETED_AT_COLUMN = "_pg_deleted_at"
 
 
 def destination_columns(columns: Sequence[Any], *, soft_deletes: bool) -> list[dict]:
@@ -76,12 +75,7 @@ def _dlt_destination(spec: Mapping[str, Any], duckdb_connection: Any = None):
     from dlt.common.destination import Destination
 
     kind = spec.get("type") or "duckdb"
-    if spec.get("conn_id"):
-        from airflow.sdk import BaseHook
-
-        credentials: Any = BaseHook.get_connection(spec["conn_id"]).get_uri()
-    else:
-        credentials = spec.get("credentials")
+    credentials = spec.get("credentials")  # a conn_id was resolved into credentials by the Airflow shell
     if kind == "duckdb":
         import dlt
 

@@ -52,6 +52,20 @@ REGISTRY_KNOBS = frozenset({
 })
 
 
+def resolved_destination(spec: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The ``destination`` mapping with a ``conn_id`` turned into the credentials of that Airflow connection.
+
+    The layers below the Airflow shells never look up a connection themselves.
+    """
+    spec = dict(spec or {})
+    conn_id = spec.pop("conn_id", None)
+    if conn_id:
+        from airflow.sdk import BaseHook
+
+        spec["credentials"] = BaseHook.get_connection(conn_id).get_uri()
+    return spec
+
+
 @contextlib.contextmanager
 def failing_fast_when_a_person_must_act() -> Iterator[None]:
     """Raise a :class:`NeedsAttentionError` as Airflow's AirflowFailException too: no retries, the fix in the log.
@@ -166,7 +180,7 @@ class PgTableOperator(BacksOffAfterFailedRuns, BaseOperator):
 
         t = self.target
         return TableDestination(
-            self.destination, table_name=t.qualified_name, destination_table=t.destination_table,
+            resolved_destination(self.destination), table_name=t.qualified_name, destination_table=t.destination_table,
             pipeline_name=t.pipeline_name,
         )
 

@@ -11,6 +11,7 @@ from airflow_pg_replication.operators.base import (
     BacksOffAfterFailedRuns,
     TableTarget,
     failing_fast_when_a_person_must_act,
+    resolved_destination,
 )
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,7 @@ def choose_next_task(
             return FULL_REFRESH_TASK
         judge_slot(info, slot_name=t.slot, table=t.qualified_name, min_lag_bytes=0, max_lag_bytes=2**63 - 1)
     # read-only, under the shared lock: one small query, and readers of the warehouse need not wait
-    dest = TableDestination(destination, table_name=t.qualified_name, destination_table=t.destination_table,
+    dest = TableDestination(resolved_destination(destination), table_name=t.qualified_name, destination_table=t.destination_table,
                             pipeline_name=t.pipeline_name, read_only=True)
     with dest:
         state = dest.read_state()

@@ -206,7 +206,7 @@ class PgReconcileOperator(PgTableOperator):
     def _compare(self, snap: Any, dest: Any, info: TableInfo, keys: KeySpace, plan: RangePlan) -> list[dict]:
         from dlt.destinations.exceptions import DatabaseUndefinedRelation
 
-        from airflow_pg_replication.destination.table_destination import DELETED_AT_COLUMN
+        from airflow_pg_replication.replica_columns import DELETED_AT_COLUMN
         from airflow_pg_replication.source.snapshot_reads import CopyProgress, copy_batches
 
         t = self.target

@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt, model_validator
 
+from airflow_pg_replication.destination.duckdb.default_file import default_duckdb_path
 from airflow_pg_replication.registry import names as naming
 from airflow_pg_replication.registry.diagnostics import (  # the error types are part of this module's API
     CREDENTIALS_HINT,
@@ -27,11 +28,6 @@ SCHEDULE_PRESETS = ("@once", "@continuous", "@hourly", "@daily", "@weekly", "@mo
 _INTERVAL_RE = re.compile(r"\s*(\d+(?:\.\d+)?)\s+(second|minute|hour|day)s?\s*")
 _URI_WITH_PASSWORD_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/@:\s]*:[^/@\s]+@")
 _SECRET_PARAM_RE = re.compile(r"(^|[?&;\s])\w*(password|passwd|pwd|token|secret)\w*=", re.I)
-
-
-def default_duckdb_path() -> str:
-    """Absolute path of the default DuckDB file: ``$AIRFLOW_HOME/pg_replication.duckdb``, else in the cwd."""
-    return os.path.abspath(os.path.join(os.environ.get("AIRFLOW_HOME") or ".", "pg_replication.duckdb"))
 
 
 def parse_interval(text: str) -> datetime.timedelta:

@@ -47,7 +47,8 @@ class PgSlotLagSensor(BaseSensorOperator):
 
     def poke(self, context: Any) -> bool:
         from airflow_pg_replication.hooks.replication import PgReplicationHook
-        from airflow_pg_replication.source.table_changes import poke_sync, poke_target
+        from airflow_pg_replication.source.table_changes import poke_sync
+        from airflow_pg_replication.triggers.slot_lag import poke_target
 
         target = poke_target(self.table, slot=self.slot_name, publication=self.publication,
                              min_lag_bytes=self.min_lag_bytes, max_lag_bytes=self.max_lag_bytes)

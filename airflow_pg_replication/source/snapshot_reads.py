@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Iterable, Iterator, TypeVar
 
-from airflow_pg_replication.destination.table_destination import LSN_COLUMN
+from airflow_pg_replication.replica_columns import LSN_COLUMN
 from airflow_pg_replication.source.type_map import arrow_type
 
 if TYPE_CHECKING:

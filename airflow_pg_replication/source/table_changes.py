@@ -371,11 +371,3 @@ async def poke_async(conn: psycopg.AsyncConnection, target: PokeTarget) -> PokeR
             reply = await cur.fetchall() if step.fetch == "all" else await cur.fetchone()
         except psycopg.Error as exc:
             error = exc
-
-
-def poke_target(table: str, *, slot: str, publication: str, min_lag_bytes: int, max_lag_bytes: int) -> PokeTarget:
-    """The :class:`PokeTarget` of ``table`` (``schema.table`` or ``table``, meaning schema public)."""
-    from airflow_pg_replication.registry.names import parse_table_name
-
-    schema, name = parse_table_name(table)
-    return PokeTarget(schema, name, slot, publication, min_lag_bytes, max_lag_bytes)

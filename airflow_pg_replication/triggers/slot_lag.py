@@ -42,7 +42,7 @@ class SlotLagTrigger(BaseTrigger):
         from asgiref.sync import sync_to_async
 
         from airflow_pg_replication.hooks.replication import SESSION_OPTIONS, PgReplicationHook
-        from airflow_pg_replication.source.table_changes import poke_async, poke_target
+        from airflow_pg_replication.source.table_changes import poke_async
 
         target = poke_target(self.table, slot=self.slot, publication=self.publication,
                              min_lag_bytes=self.min_lag_bytes, max_lag_bytes=self.max_lag_bytes)
@@ -63,3 +63,13 @@ class SlotLagTrigger(BaseTrigger):
                 yield TriggerEvent({"status": "ready", "message": result.message})
                 return
             await asyncio.sleep(self.poke_interval)
+
+
+def poke_target(table: str, *, slot: str, publication: str, min_lag_bytes: int, max_lag_bytes: int) -> Any:
+    """The :class:`~airflow_pg_replication.source.table_changes.PokeTarget` of ``table`` (``schema.table``
+    or ``table``, meaning schema public)."""
+    from airflow_pg_replication.registry.names import parse_table_name
+    from airflow_pg_replication.source.table_changes import PokeTarget
+
+    schema, name = parse_table_name(table)
+    return PokeTarget(schema, name, slot, publication, min_lag_bytes, max_lag_bytes)

@@ -17,7 +17,8 @@ from airflow.sdk.exceptions import TaskDeferred
 from airflow_pg_replication import PgCdcApplyOperator, PgFullRefreshOperator, PgSlotLagSensor
 from airflow_pg_replication.errors import SlotLostError
 from airflow_pg_replication.source.pgoutput import parse_lsn
-from airflow_pg_replication.source.table_changes import PokeResult, _poke_steps, poke_sync, poke_target
+from airflow_pg_replication.source.table_changes import PokeResult, _poke_steps, poke_sync
+from airflow_pg_replication.triggers.slot_lag import poke_target
 from airflow_pg_replication.triggers.slot_lag import SlotLagTrigger
 from tests.integration.conftest import source_rows
 

@@ -32,7 +32,7 @@ def read_warehouse(path: str | os.PathLike | None = None, *,
 
     ``with read_warehouse() as con: con.sql("SELECT count(*) FROM replica.customers").fetchall()``
     """
-    from airflow_pg_replication.registry.models import default_duckdb_path
+    from airflow_pg_replication.destination.duckdb.default_file import default_duckdb_path
 
     where = os.path.abspath(os.fspath(path)) if path else default_duckdb_path()
     if not os.path.exists(where):
