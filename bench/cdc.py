@@ -317,10 +317,10 @@ def profile(tmp: Path, batch: int) -> None:
         ("apply.apply_changes (per-message path)", C.cum(s, "airflow_pg_replication/sync/batch_apply.py", "apply_changes")),
         ("  apply._rows_to_table (text -> Arrow)", C.cum(s, "airflow_pg_replication/sync/batch_apply.py", "_rows_to_table")),
         ("  typemap.text_to_arrow (type conversion)", C.cum(s, "airflow_pg_replication/source/type_map.py", "text_to_arrow")),
-        ("  TableDestination.apply_batch", C.cum(s, "airflow_pg_replication/destination/table_destination.py", "apply_batch")),
+        ("  TableDestination.apply_batch", C.cum(s, "airflow_pg_replication/destination/duckdb/table.py", "apply_batch")),
         ("    NativeDuckDb.merge (one DuckDB transaction)", C.cum(s, "airflow_pg_replication/destination/duckdb/native.py", "merge")),
-        ("  TableDestination.delete_keys", C.cum(s, "airflow_pg_replication/destination/table_destination.py", "delete_keys")),
-        ("  TableDestination.merge (dlt run)", C.cum(s, "airflow_pg_replication/destination/table_destination.py", "merge")),
+        ("  TableDestination.delete_keys", C.cum(s, "airflow_pg_replication/destination/dlt_table.py", "delete_keys")),
+        ("  TableDestination.merge (dlt run)", C.cum(s, "airflow_pg_replication/destination/dlt_table.py", "merge")),
         ("dlt config resolution (resolve_configuration)", C.cum(s, "dlt/common/configuration/resolve.py", "resolve_configuration")),
         ("waiting on threads (lock.acquire: dlt load jobs)", C.cum(s, "~", "<method 'acquire' of '_thread.lock' objects>")),
     ]

@@ -8,7 +8,7 @@ import threading
 from typing import TYPE_CHECKING, Any, Callable, Generic, TypeVar
 
 if TYPE_CHECKING:
-    from airflow_pg_replication.destination.table_destination import TableDestination
+    from airflow_pg_replication.destination.base import TableDestination
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ class DestinationOpening(Generic[T]):
         self._recheck = recheck
         self._let_go_of_file = False  # the thread let go of the file; result() takes it again
         self._as_read: Any = None  # a copy of what prepare returned, for recheck
-        self._background = dest.is_duckdb
+        self._background = dest.opens_in_background
         self._entered = False
         self._value: Any = None
         self._error: BaseException | None = None

@@ -176,10 +176,10 @@ class PgTableOperator(BacksOffAfterFailedRuns, BaseOperator):
         return PgReplicationHook(postgres_conn_id=self.source_conn_id)
 
     def table_destination(self):
-        from airflow_pg_replication.destination.table_destination import TableDestination
+        from airflow_pg_replication.destination.factory import table_destination
 
         t = self.target
-        return TableDestination(
+        return table_destination(
             resolved_destination(self.destination), table_name=t.qualified_name, destination_table=t.destination_table,
             pipeline_name=t.pipeline_name,
         )

@@ -33,7 +33,7 @@ class PgFullRefreshOperator(PgTableOperator):
     @table_task
     def execute(self, context: Any) -> dict[str, Any]:
         from airflow_pg_replication.sync.arrow_memory import use_jemalloc
-        from airflow_pg_replication.destination.table_destination import destination_columns
+        from airflow_pg_replication.destination.columns import destination_columns
         from airflow_pg_replication.destination.state_table import ReplicationState
         from airflow_pg_replication.source.pgoutput import format_lsn
         from airflow_pg_replication.source.snapshot_reads import (

@@ -14,7 +14,7 @@ from airflow_pg_replication.operators.base import PgTableOperator, table_task
 if TYPE_CHECKING:
     from psycopg import sql
 
-    from airflow_pg_replication.destination.table_destination import TableDestination
+    from airflow_pg_replication.destination.base import TableDestination
     from airflow_pg_replication.source.catalog import TableInfo
     from airflow_pg_replication.source.type_map import PgColumn
 
@@ -122,7 +122,7 @@ class PgIncrementalOperator(PgTableOperator):
         from psycopg import sql
 
         from airflow_pg_replication.sync.arrow_memory import use_jemalloc
-        from airflow_pg_replication.destination.table_destination import destination_columns
+        from airflow_pg_replication.destination.columns import destination_columns
         from airflow_pg_replication.destination.state_table import ReplicationState
         from airflow_pg_replication.source.pgoutput import format_lsn
         from airflow_pg_replication.source.snapshot_reads import snapshot_schema, CopyProgress, begin_snapshot, copy_batches

@@ -32,7 +32,7 @@ def choose_next_task(
     or with ``on_slot_lost="resync"`` leads to a new snapshot.
     """
     from airflow_pg_replication.hooks.replication import PgReplicationHook
-    from airflow_pg_replication.destination.table_destination import TableDestination
+    from airflow_pg_replication.destination.factory import table_destination
     from airflow_pg_replication.source.slot_health import judge_slot
 
     t = TableTarget.build(table, slot=slot, destination_table=destination_table)
@@ -52,7 +52,7 @@ def choose_next_task(
             return FULL_REFRESH_TASK
         judge_slot(info, slot_name=t.slot, table=t.qualified_name, min_lag_bytes=0, max_lag_bytes=2**63 - 1)
     # read-only, under the shared lock: one small query, and readers of the warehouse need not wait
-    dest = TableDestination(resolved_destination(destination), table_name=t.qualified_name, destination_table=t.destination_table,
+    dest = table_destination(resolved_destination(destination), table_name=t.qualified_name, destination_table=t.destination_table,
                             pipeline_name=t.pipeline_name, read_only=True)
     with dest:
         state = dest.read_state()

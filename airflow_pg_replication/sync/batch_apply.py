@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING, Mapping, Sequence
 
 from airflow_pg_replication.changes.reference_fold import ChangeBatch, RowState
 from airflow_pg_replication.errors import NeedsAttentionError
-from airflow_pg_replication.destination.table_destination import TableDestination, destination_columns
+from airflow_pg_replication.destination.base import TableDestination
+from airflow_pg_replication.destination.columns import destination_columns
 from airflow_pg_replication.replica_columns import DELETED_AT_COLUMN, LSN_COLUMN
 from airflow_pg_replication.destination.state_table import ReplicationState
 from airflow_pg_replication.source.pgoutput import UNCHANGED_TOAST, format_lsn

@@ -12,7 +12,8 @@ from airflow_pg_replication import PgCdcApplyOperator, PgFullRefreshOperator
 from airflow_pg_replication.source import snapshot_reads as snapshot_module
 from airflow_pg_replication.errors import ReplicationError
 from airflow_pg_replication.hooks.replication import PgReplicationHook
-from airflow_pg_replication.destination.table_destination import TableDestination
+from airflow_pg_replication.destination.dlt_table import DltTableDestination as TableDestination
+from airflow_pg_replication.destination.duckdb.table import DuckDbTableDestination
 from airflow_pg_replication.operators.plan import choose_next_task
 from airflow_pg_replication.testing.throwaway_cluster import ThrowawayCluster
 from tests.integration.test_cdc_end_to_end import COLS, assert_same, make_customers, ops
@@ -114,7 +115,7 @@ def test_cdc_crash_after_load_before_slot_advance(pg_db, duck, monkeypatch):
 def test_cdc_crash_when_recording_state(pg_db, duck, monkeypatch, path):
     """DuckDB commits data and state together (a crash rolls both back); the generic path loads the data,
     then records the state, so a crash between them re-applies the batch: idempotent either way."""
-    import airflow_pg_replication.destination.table_destination as loading
+    import airflow_pg_replication.destination.duckdb.table as loading
 
     make_customers(pg_db, rows=50)
     full, apply = ops(duck)
@@ -123,7 +124,7 @@ def test_cdc_crash_when_recording_state(pg_db, duck, monkeypatch, path):
     pg_db.execute("DELETE FROM customers WHERE customer_id <= 5")
     pg_db.execute("UPDATE customers SET customer_id = customer_id + 1000 WHERE customer_id > 45")
     if path == "generic_dlt_steps":
-        monkeypatch.setattr(TableDestination, "is_duckdb", property(lambda self: False))
+        monkeypatch.setattr(DuckDbTableDestination, "native", False)
     real_statements, real_write = loading.state_statements, TableDestination.write_state
 
     def crash(*args, **kwargs):

@@ -12,10 +12,11 @@ import pytest
 from psycopg import sql
 
 import airflow_pg_replication.sync.batch_apply as apply_module
-import airflow_pg_replication.destination.table_destination as loading
+import airflow_pg_replication.destination.duckdb.table as loading
 from airflow_pg_replication import PgCdcApplyOperator, PgFullRefreshOperator
 from airflow_pg_replication.errors import NeedsAttentionError
-from airflow_pg_replication.destination.table_destination import TableDestination
+from airflow_pg_replication.destination.dlt_table import DltTableDestination as TableDestination
+from airflow_pg_replication.destination.duckdb.table import DuckDbTableDestination
 from tests.integration.conftest import source_rows
 
 COLS = ["id", "title", "body"]
@@ -220,7 +221,7 @@ def _dying_when_recording_state(monkeypatch) -> None:
     def crash(*args, **kwargs):
         raise RuntimeError("worker died while recording the applied LSN")
 
-    monkeypatch.setattr(TableDestination, "is_duckdb", property(lambda self: False))
+    monkeypatch.setattr(DuckDbTableDestination, "native", False)
     monkeypatch.setattr(loading, "state_statements", crash)
     monkeypatch.setattr(TableDestination, "write_state", crash)
 
@@ -229,7 +230,7 @@ def test_replay_after_crash_before_state_fails_instead_of_guessing(pg_db, duck, 
     """Reading the old key again would give key 1 its own old body (key 2 holds it by now): it must fail."""
     apply = started(pg_db, duck, deletes)
     with monkeypatch.context() as m:
-        m.setattr(TableDestination, "is_duckdb", property(lambda self: False))
+        m.setattr(DuckDbTableDestination, "native", False)
         pg_db.execute("UPDATE docs SET id = 108 WHERE id = 8")
         apply.execute({})  # the generic path applies key changes like DuckDB's
         assert_same(pg_db, duck, deletes)

@@ -10,11 +10,13 @@ import duckdb
 import pytest
 
 from airflow_pg_replication.destination.opening import DestinationOpening
-from airflow_pg_replication.destination.table_destination import TableDestination, wal_bytes
+from airflow_pg_replication.destination.base import TableDestination
+from airflow_pg_replication.destination.duckdb.table import wal_bytes
+from airflow_pg_replication.destination.factory import table_destination
 
 
 def _dest(path: Path) -> TableDestination:
-    return TableDestination({"type": "duckdb", "credentials": str(path), "dataset": "replica"},
+    return table_destination({"type": "duckdb", "credentials": str(path), "dataset": "replica"},
                             table_name="public.t", destination_table="t", pipeline_name="test_opening")
 
 
@@ -88,7 +90,7 @@ def test_deferred_commits_stay_in_the_wal_until_the_next_unit_checkpoints_them(t
 
 
 def test_a_dlt_destination_opens_on_the_callers_thread_and_fails_at_once(tmp_path: Path) -> None:
-    dest = TableDestination({"type": "filesystem", "credentials": str(tmp_path), "dataset": "replica"},
+    dest = table_destination({"type": "filesystem", "credentials": str(tmp_path), "dataset": "replica"},
                             table_name="public.t", destination_table="t", pipeline_name="test_opening")
     seen = {}
 

@@ -15,14 +15,15 @@ import pytest
 
 from airflow_pg_replication.destination.duckdb import file_lock as duckdb_file
 from airflow_pg_replication.errors import ReplicationError, TransientError
-from airflow_pg_replication.destination.table_destination import TableDestination
+from airflow_pg_replication.destination.base import TableDestination
+from airflow_pg_replication.destination.factory import table_destination
 from airflow_pg_replication.destination.duckdb.readers import query_warehouse, read_warehouse
 
 pytestmark = pytest.mark.timeout(120)
 
 
 def _dest(path: Path, **kw) -> TableDestination:
-    return TableDestination({"type": "duckdb", "credentials": str(path), "dataset": "replica"},
+    return table_destination({"type": "duckdb", "credentials": str(path), "dataset": "replica"},
                             table_name="public.t", destination_table="t", pipeline_name="test_file_lock", **kw)
 
 

@@ -1,0 +1,26 @@
+"""The destination columns of a replica table, as dlt column hints: the source's, then ``_pg_lsn`` (and ``_pg_deleted_at``)."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from airflow_pg_replication.replica_columns import DELETED_AT_COLUMN, LSN_COLUMN
+
+
+def destination_columns(columns: Sequence[Any], *, soft_deletes: bool) -> list[dict]:
+    """dlt column schema for the source columns plus ``_pg_lsn`` (and ``_pg_deleted_at`` for soft deletes)."""
+    from airflow_pg_replication.source.type_map import dlt_column_hints
+
+    out = [{**dlt_column_hints(c), "name": c.name} for c in columns]
+    for col in out:  # explicit, so a widened int4 -> int8 column overrides dlt's stored precision
+        if col.get("data_type") == "bigint" and col.get("precision") is None:
+            col["precision"] = 64
+    out.append({"name": LSN_COLUMN, "data_type": "bigint"})
+    if soft_deletes:
+        out.append({"name": DELETED_AT_COLUMN, "data_type": "timestamp", "timezone": True})
+    return out
+
+
+def json_column_names(columns: Sequence[dict]) -> set[str]:
+    """Names of the dlt columns typed json (from json/jsonb or arrays) among ``columns``."""
+    return {c["name"] for c in columns if c.get("data_type") == "json"}
