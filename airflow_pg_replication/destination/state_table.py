@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Callable, ContextManager
 
 from airflow_pg_replication.destination.sql import compose
+from airflow_pg_replication.table_state import STATE_COLUMNS, ReplicationState
+
+__all__ = ["STATE_TABLE", "ReplicationState", "read_state", "state_resource", "state_statements", "write_state"]
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -14,51 +15,37 @@ if TYPE_CHECKING:
 STATE_TABLE = "_pg_replication_state"
 
 
-@dataclass
-class ReplicationState:
-    """Where a table's copy stands; written only after the data it describes is committed."""
-
-    table_name: str  # source schema.table
-    status: str  # snapshotting | ready (snapshot loaded; CDC may apply) | loaded (full/incremental)
-    slot: str | None = None
-    snapshot_lsn: int | None = None  # the slot's consistent point the snapshot was read at
-    applied_lsn: int | None = None  # commit LSN of the last applied transaction
-    cursor_value: str | None = None  # incremental: the high-water mark, as text
-    updated_at: datetime | None = None
-
-    def as_row(self) -> dict[str, Any]:
-        row = dict(self.__dict__)
-        row["updated_at"] = datetime.now(timezone.utc)
-        return row
+_ARROW_TYPES = {"text": "string", "bigint": "int64"}
 
 
-_STATE_COLUMNS = [
-    {"name": "table_name", "data_type": "text", "nullable": False, "primary_key": True},
-    {"name": "status", "data_type": "text", "nullable": False},
-    {"name": "slot", "data_type": "text"},
-    {"name": "snapshot_lsn", "data_type": "bigint"},
-    {"name": "applied_lsn", "data_type": "bigint"},
-    {"name": "cursor_value", "data_type": "text"},
-    {"name": "updated_at", "data_type": "timestamp", "timezone": True},
-]
+def _dlt_columns() -> list[dict]:
+    """dlt's column hints of the state table, from :data:`STATE_COLUMNS`."""
+    out = []
+    for c in STATE_COLUMNS:
+        hint: dict[str, Any] = {"name": c.name, "data_type": c.dlt_type}
+        if not c.nullable:
+            hint["nullable"] = False
+        if c.primary_key:
+            hint["primary_key"] = True
+        if c.dlt_type == "timestamp":
+            hint["timezone"] = True
+        out.append(hint)
+    return out
 
 
 def _state_schema() -> pa.Schema:
+    """The Arrow schema of a state row, from :data:`STATE_COLUMNS` (timestamps in UTC)."""
     import pyarrow as pa
 
-    return pa.schema([
-        ("table_name", pa.string()), ("status", pa.string()), ("slot", pa.string()),
-        ("snapshot_lsn", pa.int64()), ("applied_lsn", pa.int64()), ("cursor_value", pa.string()),
-        ("updated_at", pa.timestamp("us", tz="UTC")),
-    ])
-
+    return pa.schema([(c.name, pa.timestamp("us", tz="UTC") if c.dlt_type == "timestamp"
+                       else getattr(pa, _ARROW_TYPES[c.dlt_type])()) for c in STATE_COLUMNS])
 
 
 def read_state(sql_client: Callable[[], ContextManager[Any]], table_name: str) -> ReplicationState | None:
     """The table's state row, or None when nothing was ever loaded for it."""
     from dlt.destinations.exceptions import DatabaseUndefinedRelation
 
-    names = [c["name"] for c in _STATE_COLUMNS]
+    names = [c.name for c in STATE_COLUMNS]
     try:
         with sql_client() as client:
             rows = client.execute_sql(
@@ -69,7 +56,7 @@ def read_state(sql_client: Callable[[], ContextManager[Any]], table_name: str) -
             )
     except DatabaseUndefinedRelation:
         return None
-    return ReplicationState(**dict(zip(names, rows[0]))) if rows else None
+    return ReplicationState.from_row(dict(zip(names, rows[0]))) if rows else None
 
 
 def state_statements(client: Any, state: ReplicationState, *, placeholder: str = "%s") -> list[tuple]:
@@ -112,5 +99,5 @@ def state_resource(state: ReplicationState) -> Any:
 
     # an Arrow row, so dlt adds none of its _dlt_* columns and plain SQL can write the table later
     table = pa.Table.from_pylist([state.as_row()], schema=_state_schema())
-    return dlt.resource([table], name=STATE_TABLE, columns=_STATE_COLUMNS, primary_key="table_name",
+    return dlt.resource([table], name=STATE_TABLE, columns=_dlt_columns(), primary_key="table_name",
                         write_disposition={"disposition": "merge", "strategy": "delete-insert"})

@@ -5,43 +5,34 @@ from __future__ import annotations
 import contextlib
 import datetime
 import functools
-from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from airflow.sdk import BaseOperator
 
 from airflow_pg_replication.registry import names as naming
 from airflow_pg_replication.errors import NeedsAttentionError
+from airflow_pg_replication.sync.replicated_table import ReplicatedTable
 
 
-@dataclass(frozen=True)
-class TableTarget:
-    """A source table and where its copy, slot and publication live (names per the registry contract)."""
+def replicated_table(table: str, *, slot: str | None = None, destination_table: str | None = None,
+                     destination: Mapping[str, Any] | None = None, columns: Sequence[str] | None = None,
+                     primary_key: Sequence[str] | None = None, deletes: str = "hard") -> ReplicatedTable:
+    """The :class:`ReplicatedTable` of an operator's keyword arguments, its names derived by the registry's rules.
 
-    schema: str
-    name: str
-    slot: str
-    publication: str
-    destination_table: str
-
-    @classmethod
-    def build(cls, table: str, *, slot: str | None = None, destination_table: str | None = None) -> TableTarget:
-        schema, name = naming.parse_table_name(table)
-        return cls(
-            schema=schema,
-            name=name,
-            slot=slot or naming.slot_name(schema, name),
-            publication=slot or naming.publication_name(schema, name),
-            destination_table=destination_table or naming.default_destination_table(schema, name),
-        )
-
-    @property
-    def qualified_name(self) -> str:
-        return f"{self.schema}.{self.name}"
-
-    @property
-    def pipeline_name(self) -> str:
-        return naming.dag_id(self.schema, self.name)
+    ``destination`` gets its ``conn_id`` resolved into credentials here (see :func:`resolved_destination`).
+    """
+    schema, name = naming.parse_table_name(table)
+    return ReplicatedTable(
+        schema=schema, name=name,
+        slot=slot or naming.slot_name(schema, name),
+        publication=slot or naming.publication_name(schema, name),
+        destination_table=destination_table or naming.default_destination_table(schema, name),
+        pipeline_name=naming.dag_id(schema, name),
+        destination=resolved_destination(destination) if destination is not None else {},
+        columns=tuple(columns) if columns else None,
+        primary_key=tuple(primary_key) if primary_key else None,
+        soft_deletes=deletes == "soft",
+    )
 
 
 #: Registry keys an operator accepts and ignores when they are not its own, so that a table's whole
@@ -167,22 +158,19 @@ class PgTableOperator(BacksOffAfterFailedRuns, BaseOperator):
         self.deletes = deletes
 
     @property
-    def target(self) -> TableTarget:
-        return TableTarget.build(self.table, slot=self.slot, destination_table=self.destination_table)
+    def target(self) -> ReplicatedTable:
+        """The table this operator replicates, its names derived and its destination's connection resolved."""
+        return replicated_table(self.table, slot=self.slot, destination_table=self.destination_table,
+                                destination=self.destination, columns=self.columns, primary_key=self.primary_key,
+                                deletes=self.deletes)
 
-    def source_hook(self):
+    def source_hook(self) -> Any:
         from airflow_pg_replication.hooks.replication import PgReplicationHook
 
         return PgReplicationHook(postgres_conn_id=self.source_conn_id)
 
-    def table_destination(self):
-        from airflow_pg_replication.destination.factory import table_destination
-
-        t = self.target
-        return table_destination(
-            resolved_destination(self.destination), table_name=t.qualified_name, destination_table=t.destination_table,
-            pipeline_name=t.pipeline_name,
-        )
+    def table_destination(self) -> Any:
+        return self.target.open_destination()
 
     def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
         """Input: the source table; output: the destination table (OpenLineage, imported lazily)."""

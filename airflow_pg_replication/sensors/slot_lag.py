@@ -8,7 +8,7 @@ from typing import Any, Sequence
 from airflow.sdk import conf
 from airflow.sdk.bases.sensor import BaseSensorOperator
 
-from airflow_pg_replication.operators.base import TableTarget
+from airflow_pg_replication.operators.base import replicated_table
 
 
 class PgSlotLagSensor(BaseSensorOperator):
@@ -39,11 +39,11 @@ class PgSlotLagSensor(BaseSensorOperator):
 
     @property
     def slot_name(self) -> str:
-        return TableTarget.build(self.table, slot=self.slot).slot
+        return replicated_table(self.table, slot=self.slot).slot
 
     @property
     def publication(self) -> str:
-        return TableTarget.build(self.table, slot=self.slot).publication
+        return replicated_table(self.table, slot=self.slot).publication
 
     def poke(self, context: Any) -> bool:
         from airflow_pg_replication.hooks.replication import PgReplicationHook

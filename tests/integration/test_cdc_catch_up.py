@@ -96,7 +96,7 @@ def test_a_crash_between_batches_keeps_the_first_and_the_rerun_is_exact(pg_db, d
 def test_a_state_changed_while_the_file_was_let_go_fails_the_batch_unwritten(pg_db, duck, monkeypatch):
     import duckdb
 
-    import airflow_pg_replication.operators.cdc_apply as cdc_apply
+    import airflow_pg_replication.sync.cdc_batch as cdc_batch
     from airflow_pg_replication.destination.opening import DestinationOpening
     from airflow_pg_replication.errors import TransientError
 
@@ -115,7 +115,7 @@ def test_a_state_changed_while_the_file_was_let_go_fails_the_batch_unwritten(pg_
                 con.execute("UPDATE replica._pg_replication_state SET status = 'snapshotting'")
         return real_result(self)
 
-    monkeypatch.setattr(cdc_apply, "_let_go_while_folding", lambda dest: True)
+    monkeypatch.setattr(cdc_batch, "let_go_while_folding", lambda dest: True)
     monkeypatch.setattr(DestinationOpening, "result", another_task_writes_meanwhile)
     with pytest.raises(TransientError, match="changed while this batch was folded"):
         apply.execute({})

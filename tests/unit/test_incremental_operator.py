@@ -55,9 +55,14 @@ def test_lower_bound_is_a_typed_literal():
 
     from airflow_pg_replication.source.type_map import PgColumn, PgType
 
+    from airflow_pg_replication.sync.incremental import IncrementalRefresh
+
+    def refresh(op: PgIncrementalOperator) -> IncrementalRefresh:
+        return IncrementalRefresh(None, op.target, cursor_column=op.cursor_column, lookback=op.lookback)
+
     col = PgColumn("updated_at", PgType(1184, "timestamptz"))
-    assert make()._lower_bound(col, "2024-01-01 00:00:00+00").as_string(None) == \
+    assert refresh(make())._lower_bound(col, "2024-01-01 00:00:00+00").as_string(None) == \
         "'2024-01-01 00:00:00+00'::\"pg_catalog\".\"timestamptz\""
-    bound = make(cursor_lookback="5 minutes")._lower_bound(col, "x' OR true --")
+    bound = refresh(make(cursor_lookback="5 minutes"))._lower_bound(col, "x' OR true --")
     assert bound.as_string(None) == "('x'' OR true --'::\"pg_catalog\".\"timestamptz\" - '0:05:00'::interval)"
     assert isinstance(bound, sql.Composable)

@@ -1,0 +1,50 @@
+"""A source table replicated into a destination: its names, what to copy, and where its copy, slot and publication live."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Mapping
+
+if TYPE_CHECKING:
+    import psycopg
+
+    from airflow_pg_replication.destination.base import TableDestination
+    from airflow_pg_replication.source.catalog import TableInfo
+    from airflow_pg_replication.source.database import SourceDatabase
+
+
+@dataclass(frozen=True)
+class ReplicatedTable:
+    """One registry table, every name already derived (the registry's rules live in ``registry/names.py``).
+
+    ``destination`` is the registry's ``destination`` mapping with any Airflow connection already
+    resolved into credentials; ``columns`` and ``primary_key`` are the registry's (None: all
+    columns, the table's own key).
+    """
+
+    schema: str
+    name: str
+    slot: str
+    publication: str
+    destination_table: str
+    pipeline_name: str
+    destination: Mapping[str, Any] = field(default_factory=dict, compare=False)
+    columns: tuple[str, ...] | None = None
+    primary_key: tuple[str, ...] | None = None
+    soft_deletes: bool = False
+
+    @property
+    def qualified_name(self) -> str:
+        return f"{self.schema}.{self.name}"
+
+    def open_destination(self, *, read_only: bool = False) -> TableDestination:
+        """The table's destination, not yet entered (use it as a context manager)."""
+        from airflow_pg_replication.destination.factory import table_destination
+
+        return table_destination(self.destination, table_name=self.qualified_name,
+                                 destination_table=self.destination_table, pipeline_name=self.pipeline_name,
+                                 read_only=read_only)
+
+    def read_info(self, source: SourceDatabase, conn: psycopg.Connection) -> TableInfo:
+        """The table's replicated columns and key, from the source catalog."""
+        return source.table_info(conn, self.schema, self.name, columns=self.columns, primary_key=self.primary_key)
