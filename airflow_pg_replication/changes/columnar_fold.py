@@ -45,6 +45,10 @@ class ColumnarBatch:
     def __len__(self) -> int:
         return len(self.deleted)
 
+    @property
+    def is_empty(self) -> bool:  # FoldedBatch
+        return len(self) == 0
+
 
 class _Ineligible(Exception):
     """The batch needs the reference (per-message) path."""

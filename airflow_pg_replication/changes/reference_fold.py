@@ -55,6 +55,10 @@ class ChangeBatch:
     def empty(self) -> bool:
         return not self.rows and self.truncate is None
 
+    @property
+    def is_empty(self) -> bool:  # FoldedBatch
+        return self.empty
+
 
 class ChangeFolder:
     """Feeds messages in stream order; keeps, per key, only the final state of the batch.

@@ -21,13 +21,10 @@ def replicated_table(table: str, *, slot: str | None = None, destination_table: 
 
     ``destination`` gets its ``conn_id`` resolved into credentials here (see :func:`resolved_destination`).
     """
-    schema, name = naming.parse_table_name(table)
+    names = naming.table_names(table, slot=slot, destination_table=destination_table)
     return ReplicatedTable(
-        schema=schema, name=name,
-        slot=slot or naming.slot_name(schema, name),
-        publication=slot or naming.publication_name(schema, name),
-        destination_table=destination_table or naming.default_destination_table(schema, name),
-        pipeline_name=naming.dag_id(schema, name),
+        schema=names.schema, name=names.table, slot=names.slot, publication=names.publication,
+        destination_table=names.destination_table, pipeline_name=names.dag_id,
         destination=resolved_destination(destination) if destination is not None else {},
         columns=tuple(columns) if columns else None,
         primary_key=tuple(primary_key) if primary_key else None,

@@ -179,14 +179,18 @@ class TableConfig(TableDefaults):
                 problems.append(("cursor_column", f"{self.cursor_column!r} is not in columns; add it to columns"))
         return problems
 
-    schema_name = property(lambda self: naming.parse_table_name(self.table)[0], doc="Schema ('public' if bare).")
-    table_name = property(lambda self: naming.parse_table_name(self.table)[1], doc="Table name, no schema.")
-    qualified_name = property(lambda self: f"{self.schema_name}.{self.table_name}", doc="'schema.table'.")
-    slot_name = property(lambda self: self.slot or naming.slot_name(self.schema_name, self.table_name))
-    publication_name = property(lambda self: self.slot or naming.publication_name(self.schema_name, self.table_name))
-    dag_id = property(lambda self: naming.dag_id(self.schema_name, self.table_name))
-    destination_table_name = property(
-        lambda self: self.destination_table or naming.default_destination_table(self.schema_name, self.table_name))
+    @property
+    def names(self) -> naming.TableNames:
+        """Every name derived from this entry (see :func:`.names.table_names`)."""
+        return naming.table_names(self.table, slot=self.slot, destination_table=self.destination_table)
+
+    schema_name = property(lambda self: self.names.schema, doc="Schema ('public' if bare).")
+    table_name = property(lambda self: self.names.table, doc="Table name, no schema.")
+    qualified_name = property(lambda self: self.names.qualified_name, doc="'schema.table'.")
+    slot_name = property(lambda self: self.names.slot, doc="The table's replication slot.")
+    publication_name = property(lambda self: self.names.publication, doc="The table's publication.")
+    dag_id = property(lambda self: self.names.dag_id, doc="The table's DAG id.")
+    destination_table_name = property(lambda self: self.names.destination_table, doc="Its destination table.")
 
     def cursor_lookback_delta(self) -> datetime.timedelta:
         """``cursor_lookback`` as a timedelta; zero when unset."""

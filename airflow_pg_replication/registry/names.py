@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from dataclasses import dataclass
 
 NAME_RULE = "[A-Za-z_][A-Za-z0-9_$]*"
 DEFAULT_SCHEMA = "public"
@@ -73,3 +74,30 @@ def default_destination_table(schema: str, table: str) -> str:
 def dag_id(schema: str, table: str) -> str:
     """DAG id ``pg_replication__<schema>__<table>``; '$' (not allowed by Airflow) becomes '_'."""
     return _NOT_DAG_ID_CHAR_RE.sub("_", f"{DAG_ID_PREFIX}__{schema}__{table}")
+
+
+@dataclass(frozen=True)
+class TableNames:
+    """Every name derived from one registry table: the one place the registry's naming rules are applied."""
+
+    schema: str
+    table: str
+    slot: str
+    publication: str
+    destination_table: str
+    dag_id: str
+
+    @property
+    def qualified_name(self) -> str:
+        return f"{self.schema}.{self.table}"
+
+
+def table_names(table: str, *, slot: str | None = None, destination_table: str | None = None) -> TableNames:
+    """The names of ``table`` (``schema.table`` or a bare table, meaning schema public).
+
+    An explicit ``slot`` names both the slot and the publication; otherwise both are
+    ``pgrepl_<schema>_<table>``. ValueError for a name that breaks :data:`NAME_RULE`.
+    """
+    schema, name = parse_table_name(table)
+    return TableNames(schema, name, slot or slot_name(schema, name), slot or publication_name(schema, name),
+                      destination_table or default_destination_table(schema, name), dag_id(schema, name))

@@ -24,6 +24,7 @@ from airflow_pg_replication.table_state import TablePhase
 if TYPE_CHECKING:
     import psycopg
 
+    from airflow_pg_replication.changes.folded_batch import FoldedBatch
     from airflow_pg_replication.source.catalog import TableInfo
     from airflow_pg_replication.source.database import SourceDatabase
     from airflow_pg_replication.sync.replicated_table import ReplicatedTable
@@ -133,7 +134,8 @@ class CdcBatch:
         from airflow_pg_replication.changes.columnar_fold import fold_columnar
         from airflow_pg_replication.changes.reference_fold import ChangeFolder
         from airflow_pg_replication.source.pgoutput import decode
-        from airflow_pg_replication.sync.batch_apply import apply_changes, apply_typed, type_columnar
+        from airflow_pg_replication.changes.typed_batch import type_columnar_batch
+        from airflow_pg_replication.sync.batch_write import write_change_batch, write_typed_batch
 
         t, info = self.table, self.info
         names = {(t.schema, t.name)}
@@ -167,7 +169,7 @@ class CdcBatch:
                     log.info("%s: applying part %d of a large batch (%d rows) to bound memory",
                              t.qualified_name, folder.flushed_parts, len(part.rows))
                     cols = columns_of_relations(conn, folder.relations_seen, info)
-                    applied = _combine(applied, apply_changes(dest, part, cols, soft_deletes=soft))
+                    applied = _combine(applied, write_change_batch(dest, part, cols, soft_deletes=soft))
             del pending
         state = opening.prepared()  # the destination may still be checkpointing while the batch folds
         columnar = None
@@ -180,25 +182,25 @@ class CdcBatch:
                 for msg in chunk.to_pylist():
                     folder.feed(decode(msg))
         del raw, chunks
-        batch = columnar if columnar is not None else folder.batch
+        batch: FoldedBatch = columnar if columnar is not None else folder.batch
         read_secs = time.monotonic() - read_started
         cut = messages >= self.max_batch_changes  # PostgreSQL may have stopped early: more is waiting
-        nothing = len(columnar) == 0 if columnar is not None else batch.empty and not folder.flushed_parts
+        nothing = batch.is_empty and not (folder is not None and folder.flushed_parts)
         if not nothing:
             log.info("%s: read %d message(s), %d change(s) in %.1f s (%s fold)", t.qualified_name, messages,
                      batch.changes, read_secs, "column-wise" if columnar is not None else "per-message")
             state = state.moved_to(TablePhase.READY, applied_lsn=batch.last_commit_lsn)
             if columnar is not None:  # the state commits with the data where the destination allows (DuckDB)
                 cols = columns_of_relations(conn, [columnar.relation], info)
-                typed = type_columnar(columnar, cols, soft_deletes=soft)
+                typed = type_columnar_batch(columnar, cols, soft_deletes=soft)
                 dest, _ = opening.result()
-                applied = apply_typed(dest, typed, state=state)
-            elif batch.empty:  # all of it went out in parts: only the state is left to record
+                applied = write_typed_batch(dest, typed, state=state)
+            elif batch.is_empty:  # all of it went out in parts: only the state is left to record
                 dest.write_state(state)
             else:
                 cols = columns_of_relations(conn, folder.relations_seen, info)
                 dest, _ = opening.result()
-                applied = _combine(applied, apply_changes(dest, batch, cols, soft_deletes=soft, state=state))
+                applied = _combine(applied, write_change_batch(dest, batch, cols, soft_deletes=soft, state=state))
         return BatchOutcome(0 if nothing else batch.changes, batch.transactions, batch.skipped, batch.last_end_lsn,
                             cut, nothing, applied, bytes_read=bytes_read)
 

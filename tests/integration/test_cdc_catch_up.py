@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-import airflow_pg_replication.sync.batch_apply as apply_module
+import airflow_pg_replication.sync.batch_write as write_module
 from airflow_pg_replication.source.pgoutput import parse_lsn
 from tests.integration.conftest import source_rows
 from tests.integration.test_cdc_end_to_end import COLS, assert_same, make_customers, ops
@@ -69,18 +69,18 @@ def test_a_crash_between_batches_keeps_the_first_and_the_rerun_is_exact(pg_db, d
     full.execute({})
     start = confirmed_flush(pg_db)
     write_changes(pg_db, 200)
-    real_apply_typed, calls = apply_module.apply_typed, []
+    real_write_typed, calls = write_module.write_typed_batch, []
 
     def second_write_fails(*args, **kwargs):
         calls.append(1)
         if len(calls) == 2:
             raise RuntimeError("worker died while writing the second batch")
-        return real_apply_typed(*args, **kwargs)
+        return real_write_typed(*args, **kwargs)
 
-    monkeypatch.setattr(apply_module, "apply_typed", second_write_fails)
+    monkeypatch.setattr(write_module, "write_typed_batch", second_write_fails)
     with pytest.raises(RuntimeError, match="second batch"):
         apply.execute({})
-    monkeypatch.setattr(apply_module, "apply_typed", real_apply_typed)
+    monkeypatch.setattr(write_module, "write_typed_batch", real_write_typed)
     # the first batch is applied, recorded and acknowledged; the second is not
     first_end = confirmed_flush(pg_db)
     assert first_end > start and applied_lsn(duck) < first_end

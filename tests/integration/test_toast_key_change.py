@@ -11,7 +11,7 @@ import duckdb
 import pytest
 from psycopg import sql
 
-import airflow_pg_replication.sync.batch_apply as apply_module
+import airflow_pg_replication.sync.batch_write as apply_module
 import airflow_pg_replication.destination.duckdb.table as loading
 from airflow_pg_replication import PgCdcApplyOperator, PgFullRefreshOperator
 from airflow_pg_replication.errors import NeedsAttentionError
@@ -262,7 +262,7 @@ def test_replay_after_crash_between_parts_fails_instead_of_guessing(pg_db, duck,
     with pg_db.connect() as conn, conn.transaction():
         conn.execute("UPDATE docs SET id = 101 WHERE id = 1")
         conn.execute("INSERT INTO docs SELECT g, 'filler', 'small' FROM generate_series(1000, 1300) g")
-    real_apply = apply_module.apply_changes
+    real_apply = apply_module.write_change_batch
     parts: list[int] = []
 
     def dying_after_first_part(*args, **kwargs):
@@ -272,7 +272,7 @@ def test_replay_after_crash_between_parts_fails_instead_of_guessing(pg_db, duck,
         return real_apply(*args, **kwargs)
 
     with monkeypatch.context() as m:
-        m.setattr(apply_module, "apply_changes", dying_after_first_part)
+        m.setattr(apply_module, "write_change_batch", dying_after_first_part)
         with pytest.raises(RuntimeError, match="between parts"):
             apply.execute({})
     before, slot_before = _destination_now(duck), _slot_position(pg_db)

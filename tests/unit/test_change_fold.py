@@ -1,12 +1,12 @@
 """The per-message fold's source keys (where a re-keyed row's unchanged TOAST values are read from),
-and how ``apply_changes`` reads them back from the destination, or fails when they are nowhere."""
+and how ``write_change_batch`` reads them back from the destination, or fails when they are nowhere."""
 
 from __future__ import annotations
 
 import pyarrow as pa
 import pytest
 
-from airflow_pg_replication.sync.batch_apply import apply_changes
+from airflow_pg_replication.sync.batch_write import write_change_batch
 from airflow_pg_replication.changes.reference_fold import ChangeFolder, fold_changes
 from airflow_pg_replication.errors import NeedsAttentionError
 from airflow_pg_replication.source.pgoutput import UNCHANGED_TOAST, decode
@@ -137,14 +137,14 @@ def test_take_rows_starts_source_keys_afresh() -> None:
     assert fold(raw).continues_lsn is None
 
 
-# -- apply_changes against a destination held in memory -------------------------------------------------
+# -- write_change_batch against a destination held in memory -------------------------------------------------
 
 TYPES = {"id": PgColumn("id", PgType(23, "int4")), "title": PgColumn("title", PgType(25, "text")),
          "body": PgColumn("body", PgType(25, "text"))}
 
 
 class FakeDestination:
-    """Rows by typed key (with ``_pg_lsn``: 1 unless given); records what apply_changes asked to write."""
+    """Rows by typed key (with ``_pg_lsn``: 1 unless given); records what write_change_batch asked to write."""
 
     table_name = "public.docs"
 
@@ -165,7 +165,7 @@ class FakeDestination:
 
 
 def applied(raw: list[bytes], dest: FakeDestination, *, soft: bool, batch=None) -> dict[int, dict]:
-    apply_changes(dest, batch if batch is not None else fold(raw), TYPES, soft_deletes=soft)
+    write_change_batch(dest, batch if batch is not None else fold(raw), TYPES, soft_deletes=soft)
     table: pa.Table = dest.written["upserts"]
     return {r["id"]: r for r in table.to_pylist()}
 

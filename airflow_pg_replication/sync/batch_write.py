@@ -1,4 +1,10 @@
-"""Apply a folded ChangeBatch to the destination: truncate, deletes, kept TOAST values, upserts."""
+"""Write a folded batch into the destination: typed rows, kept TOAST values read back first, then one apply_batch.
+
+Two ways in, one way out: :func:`write_change_batch` for the reference (per-message) fold,
+:func:`write_typed_batch` for a column-wise folded batch typed by :mod:`.changes.typed_batch`.
+Kept values are read from the destination before anything of the batch is written, so a value
+found nowhere fails the batch with nothing half-applied.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Mapping, Sequence
 
 from airflow_pg_replication.changes.reference_fold import ChangeBatch, RowState
+from airflow_pg_replication.changes.typed_batch import TypedBatch, typed_keys
 from airflow_pg_replication.errors import NeedsAttentionError
 from airflow_pg_replication.destination.base import TableDestination
 from airflow_pg_replication.destination.columns import destination_columns
@@ -18,7 +25,6 @@ from airflow_pg_replication.source.type_map import PgColumn, arrow_type, text_to
 if TYPE_CHECKING:
     import pyarrow as pa
 
-    from airflow_pg_replication.changes.columnar_fold import ColumnarBatch
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +47,7 @@ class ApplyResult:
         return self
 
 
-def apply_changes(
+def write_change_batch(
     dest: TableDestination, batch: ChangeBatch, columns: Mapping[str, PgColumn], *, soft_deletes: bool,
     state: ReplicationState | None = None,
 ) -> ApplyResult:
@@ -59,7 +65,7 @@ def apply_changes(
         truncate = (at, lsn, soft_deletes)
         result.truncated = True
     hard_deleted = [k for k, r in batch.rows.items() if r.deleted and not soft_deletes]
-    delete_keys = _typed_keys(hard_deleted, key_columns, columns) if hard_deleted else None
+    delete_keys = typed_keys(hard_deleted, key_columns, columns) if hard_deleted else None
     result.deletes = len(hard_deleted)
     written = [(k, r) for k, r in batch.rows.items() if not r.deleted or soft_deletes]
     by_layout: dict[tuple[str, ...], list[tuple[tuple, RowState]]] = {}
@@ -78,16 +84,6 @@ def apply_changes(
     result.upserts = sum(1 for _, r in written if not r.deleted)
     result.deletes += sum(1 for _, r in written if r.deleted)
     return result
-
-
-def _typed_keys(keys: Sequence[tuple], key_columns: Sequence[str], columns: Mapping[str, PgColumn]) -> pa.Table:
-    """Key tuples of text values -> an Arrow table of the key columns, typed."""
-    import pyarrow as pa
-
-    return pa.table({
-        name: text_to_arrow(pa.array([k[i] for k in keys], pa.string()), columns[name])
-        for i, name in enumerate(key_columns)
-    })
 
 
 def _rows_to_table(
@@ -148,7 +144,7 @@ class _Sources:
         moved = [r for r, (_, row) in enumerate(rows) if row.source_key is not None]
         if not moved:
             return None
-        typed = _typed_keys([rows[r][1].source_key for r in moved], key_columns, columns)
+        typed = typed_keys([rows[r][1].source_key for r in moved], key_columns, columns)
         keys: list[tuple | None] = [None] * len(rows)
         for r, key in zip(moved, zip(*[c.to_pylist() for c in typed.columns])):
             keys[r] = key
@@ -188,64 +184,7 @@ def _finish_table(
     return pa.Table.from_arrays(arrays, names=names)
 
 
-@dataclass
-class TypedBatch:
-    """A column-wise folded batch typed for its destination, not yet written (see :func:`type_columnar`)."""
-
-    arrays: list  # typed Arrow column per layout column, of the rows kept
-    layout: tuple[str, ...]
-    key_columns: tuple[str, ...]
-    columns: Mapping[str, PgColumn]
-    to_fill: dict[int, list[int]]  # column index -> rows whose value the destination keeps
-    lsn: pa.Array
-    deleted_at: pa.Array | None
-    delete_keys: pa.Table | None
-    soft_deletes: bool
-    upserts: int
-    deletes: int
-
-
-def type_columnar(batch: ColumnarBatch, columns: Mapping[str, PgColumn], *, soft_deletes: bool) -> TypedBatch:
-    """The text values of a column-wise folded batch (:mod:`columnar_fold`), typed; no destination needed.
-
-    With :func:`apply_typed`: the outcome of :func:`apply_changes`, in bulk.
-    """
-    import numpy as np
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    key_columns = batch.key_columns
-    layout = tuple(c.name for c in batch.relation.columns)
-    deleted = batch.deleted.to_numpy(zero_copy_only=False)
-    delete_keys = None
-    if soft_deletes:
-        keep = np.ones(len(deleted), dtype=bool)
-    else:
-        keep = ~deleted
-        if deleted.any():
-            gone = pa.array(deleted)
-            delete_keys = pa.table({k: text_to_arrow(batch.values[k].filter(gone), columns[k]) for k in key_columns})
-    mask = pa.array(keep)
-    unknown = ~batch.known.to_numpy(zero_copy_only=False)[keep]  # soft deletes of rows not seen: keep all
-    to_fill: dict[int, list[int]] = {}
-    arrays = []
-    for c, name in enumerate(layout):
-        arrays.append(text_to_arrow(batch.values[name].filter(mask), columns[name]))
-        kept = np.zeros(int(keep.sum()), dtype=bool)
-        if name in batch.unchanged:
-            kept |= batch.unchanged[name].to_numpy(zero_copy_only=False)[keep]
-        if name not in key_columns:
-            kept |= unknown
-        if kept.any():
-            to_fill[c] = np.flatnonzero(kept).tolist()
-    deleted_at = None
-    if soft_deletes:
-        deleted_at = pc.if_else(batch.deleted, batch.commit_time, pa.nulls(len(batch), batch.commit_time.type))
-    return TypedBatch(arrays, layout, key_columns, columns, to_fill, batch.commit_lsn.filter(mask), deleted_at,
-                      delete_keys, soft_deletes, upserts=int((~deleted).sum()), deletes=int(deleted.sum()))
-
-
-def apply_typed(dest: TableDestination, typed: TypedBatch, *, state: ReplicationState | None = None) -> ApplyResult:
+def write_typed_batch(dest: TableDestination, typed: TypedBatch, *, state: ReplicationState | None = None) -> ApplyResult:
     """Write a :class:`TypedBatch` into ``dest`` (kept values read from it first), then ``state``."""
     result = ApplyResult(upserts=typed.upserts, deletes=typed.deletes)
     upserts = _finish_table(dest, typed.arrays, typed.layout, typed.key_columns, typed.columns, typed.to_fill,
