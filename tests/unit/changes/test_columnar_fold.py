@@ -14,7 +14,7 @@ from airflow_pg_replication.changes.reference_fold import fold_changes
 from airflow_pg_replication.changes.columnar_fold import ColumnarBatch, fold_columnar
 from airflow_pg_replication.source.pgoutput import UNCHANGED_TOAST, decode
 
-FIXTURE = json.loads((Path(__file__).parent / "data" / "pgoutput_v1_pg15.json").read_text(encoding="utf-8"))
+FIXTURE = json.loads((Path(__file__).parents[1] / "source" / "data" / "pgoutput_v1_pg15.json").read_text(encoding="utf-8"))
 RAW = [bytes.fromhex(m["data"]) for m in FIXTURE["messages"]]
 BINARY_RAW = [bytes.fromhex(m["data"]) for m in FIXTURE["binary_messages"]]
 SCHEMA = "pgoutput_cap"

@@ -2,7 +2,7 @@
 
 Usage::
 
-    python tests/unit/data/capture_pgoutput.py DSN [OUTPUT]
+    python tests/unit/source/data/capture_pgoutput.py DSN [OUTPUT]
 
 ``DSN`` must point at a scratch database of a PostgreSQL server running with
 ``wal_level=logical``, as a superuser (replication origins need it).  The

@@ -11,7 +11,7 @@ from airflow_pg_replication.changes.reference_fold import ChangeFolder, fold_cha
 from airflow_pg_replication.errors import NeedsAttentionError
 from airflow_pg_replication.source.pgoutput import UNCHANGED_TOAST, decode
 from airflow_pg_replication.source.type_map import PgColumn, PgType
-from tests.unit.test_columnar_fold import begin, commit, delete, insert, relation, update
+from tests.unit.changes.test_columnar_fold import begin, commit, delete, insert, relation, update
 
 U = UNCHANGED_TOAST
 OID = 700
