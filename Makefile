@@ -1,6 +1,7 @@
 # airflow-pg-replication: `make demo` and `make test` do all the set-up a fresh machine needs.
 #
 #   make demo    end-to-end demo: throwaway PostgreSQL -> Airflow DAG (snapshot, then CDC) -> DuckDB
+#   make demo-airflow  the same in a real Airflow (scheduler, triggerer, UI) with live writes, until Ctrl-C
 #   make test    the whole test suite (unit + integration against a throwaway PostgreSQL)
 #   make venv    just the virtualenv (.venv, with uv; re-run is a no-op until pyproject.toml changes)
 #   make clean   remove caches and the virtualenv
@@ -14,10 +15,11 @@ STAMP  := $(VENV)/.installed
 export UV_LINK_MODE ?= copy
 
 .DEFAULT_GOAL := help
-.PHONY: help venv .venv postgres docker-compose test demo clean
+.PHONY: help venv .venv postgres docker-compose test demo demo-airflow clean
 
 help:
 	@echo "make demo   - run the end-to-end demo (PostgreSQL -> Airflow -> DuckDB, then compare)"
+	@echo "make demo-airflow - a real Airflow with its UI replicating two tables every minute, with live writes (Ctrl-C stops)"
 	@echo "make test   - run all tests"
 	@echo "make venv   - create $(VENV) and install the package with its test extras"
 	@echo "make clean  - remove $(VENV) and caches"
@@ -65,6 +67,10 @@ test: $(STAMP) postgres docker-compose
 
 demo: $(STAMP) postgres
 	$(PY) scripts/demo.py
+
+# DEMO_ARGS, e.g. DEMO_ARGS="--port 8081 --every 10 --no-login"; see scripts/demo_airflow.py --help
+demo-airflow: $(STAMP) postgres
+	$(PY) scripts/demo_airflow.py $(DEMO_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache build dist *.egg-info

@@ -145,7 +145,9 @@ def _cdc_tasks(registry: Registry, cfg: TableConfig, common: dict[str, Any], ass
         task_id="wait_for_changes", table=cfg.qualified_name, source_conn_id=registry.source.conn_id,
         slot=cfg.slot, min_lag_bytes=cfg.min_lag_bytes, max_lag_bytes=cfg.max_lag_bytes,
         poke_interval=cfg.poke_interval, timeout=cfg.wait_timeout, soft_fail=True, mode="reschedule",
-        retries=0, **deferrable,
+        # One retry, a fresh poke loop: Airflow 3.3's scheduler can fail a rescheduled sensor on a late
+        # executor event (apache/airflow#71172); a timeout still skips (soft_fail), a lost slot still fails.
+        retries=1, retry_delay=datetime.timedelta(seconds=cfg.poke_interval), **deferrable,
     )
     apply = PgCdcApplyOperator(task_id="apply_changes", max_batch_changes=cfg.max_batch_changes,
                                max_lag_bytes=cfg.max_lag_bytes, outlets=[asset], **common)
