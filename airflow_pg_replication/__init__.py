@@ -36,17 +36,35 @@ def get_provider_info() -> dict[str, Any]:
         "package-name": "airflow-pg-replication",
         "name": "PostgreSQL Replication",
         "description": "Replicate PostgreSQL tables (snapshot + logical-replication CDC, or incremental) "
-                       "into DuckDB or any dlt destination.",
+        "into DuckDB or any dlt destination.",
         "versions": [__version__],
-        "hooks": [{"integration-name": "PostgreSQL Replication",
-                   "python-modules": ["airflow_pg_replication.hooks.replication"]}],
-        "operators": [{"integration-name": "PostgreSQL Replication",
-                       "python-modules": ["airflow_pg_replication.operators.full_refresh",
-                                          "airflow_pg_replication.operators.cdc_apply",
-                                          "airflow_pg_replication.operators.incremental",
-                                          "airflow_pg_replication.operators.reconcile"]}],
-        "sensors": [{"integration-name": "PostgreSQL Replication",
-                     "python-modules": ["airflow_pg_replication.sensors.slot_lag"]}],
-        "triggers": [{"integration-name": "PostgreSQL Replication",
-                      "python-modules": ["airflow_pg_replication.triggers.slot_lag"]}],
+        "hooks": [
+            {
+                "integration-name": "PostgreSQL Replication",
+                "python-modules": ["airflow_pg_replication.hooks.replication"],
+            }
+        ],
+        "operators": [
+            {
+                "integration-name": "PostgreSQL Replication",
+                "python-modules": [
+                    "airflow_pg_replication.operators.full_refresh",
+                    "airflow_pg_replication.operators.cdc_apply",
+                    "airflow_pg_replication.operators.incremental",
+                    "airflow_pg_replication.operators.reconcile",
+                ],
+            }
+        ],
+        "sensors": [
+            {
+                "integration-name": "PostgreSQL Replication",
+                "python-modules": ["airflow_pg_replication.sensors.slot_lag"],
+            }
+        ],
+        "triggers": [
+            {
+                "integration-name": "PostgreSQL Replication",
+                "python-modules": ["airflow_pg_replication.triggers.slot_lag"],
+            }
+        ],
     }

@@ -83,39 +83,54 @@ def _parsing_dag_id() -> str | None:
 
 def table_dag(registry: Registry, cfg: TableConfig) -> DAG:
     """The DAG of one table, shaped by its mode."""
-    from airflow_pg_replication.operators.cdc_apply import PgCdcApplyOperator
     from airflow_pg_replication.operators.full_refresh import PgFullRefreshOperator
 
     destination = registry.destination.as_dict()
     common: dict[str, Any] = {
-        "table": cfg.qualified_name, "source_conn_id": registry.source.conn_id, "destination": destination,
-        "primary_key": cfg.primary_key, "columns": cfg.columns, "destination_table": cfg.destination_table_name,
-        "slot": cfg.slot, "deletes": cfg.deletes, **RETRIES,
+        "table": cfg.qualified_name,
+        "source_conn_id": registry.source.conn_id,
+        "destination": destination,
+        "primary_key": cfg.primary_key,
+        "columns": cfg.columns,
+        "destination_table": cfg.destination_table_name,
+        "slot": cfg.slot,
+        "deletes": cfg.deletes,
+        **RETRIES,
     }
     asset = destination_asset(destination, cfg.destination_table_name)
     dag = DAG(
-        dag_id=cfg.dag_id, schedule=_schedule(cfg.schedule), start_date=START_DATE, catchup=False, max_active_runs=1,
+        dag_id=cfg.dag_id,
+        schedule=_schedule(cfg.schedule),
+        start_date=START_DATE,
+        catchup=False,
+        max_active_runs=1,
         tags=["pg_replication", cfg.schema_name, cfg.mode],
         params={"full_refresh": Param(False, type="boolean", description="Take a new snapshot of the table")},
         doc_md=f"Replicates `{cfg.qualified_name}` ({cfg.mode}) into `{destination['dataset']}."
-               f"{cfg.destination_table_name}`. Built from the pg_replication table registry.",
+        f"{cfg.destination_table_name}`. Built from the pg_replication table registry.",
     )
     with dag:
         if cfg.mode == "full_refresh":
-            PgFullRefreshOperator(task_id="full_refresh", mode="full_refresh", outlets=[asset],
-                                  back_off_after_failed_runs=True, **common)
+            PgFullRefreshOperator(
+                task_id="full_refresh", mode="full_refresh", outlets=[asset], back_off_after_failed_runs=True, **common
+            )
         elif cfg.mode == "incremental":
             from airflow_pg_replication.operators.incremental import PgIncrementalOperator
 
-            PgIncrementalOperator(task_id="incremental_refresh", cursor_column=cfg.cursor_column,
-                                  cursor_lookback=cfg.cursor_lookback, outlets=[asset],
-                                  back_off_after_failed_runs=True, **common)
+            PgIncrementalOperator(
+                task_id="incremental_refresh",
+                cursor_column=cfg.cursor_column,
+                cursor_lookback=cfg.cursor_lookback,
+                outlets=[asset],
+                back_off_after_failed_runs=True,
+                **common,
+            )
         else:
             _cdc_tasks(registry, cfg, common, asset)
     return dag
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _schedule(schedule: str | None) -> Any:
     """The DAG's ``schedule``: a cron expression or preset as Airflow's public ``CronTriggerTimetable``
     (what Airflow 3 makes of a cron string by default) in UTC; ``None``, ``@once`` and ``@continuous``
@@ -133,24 +148,43 @@ def _cdc_tasks(registry: Registry, cfg: TableConfig, common: dict[str, Any], ass
     from airflow_pg_replication.sensors.slot_lag import PgSlotLagSensor
 
     plan = PgPlanOperator(
-        task_id="plan", table=cfg.qualified_name, source_conn_id=registry.source.conn_id,
-        destination=common["destination"], slot=cfg.slot, destination_table=cfg.destination_table_name,
-        on_slot_lost=cfg.on_slot_lost, **RETRIES,
+        task_id="plan",
+        table=cfg.qualified_name,
+        source_conn_id=registry.source.conn_id,
+        destination=common["destination"],
+        slot=cfg.slot,
+        destination_table=cfg.destination_table_name,
+        on_slot_lost=cfg.on_slot_lost,
+        **RETRIES,
     )
     full = PgFullRefreshOperator(task_id="full_refresh", mode="cdc", outlets=[asset], **common)
     # deferrable: waits in the triggerer, holding no worker slot; else reschedule mode (a task
     # process per poke). Unset in the registry: Airflow's [operators] default_deferrable.
     deferrable = {} if cfg.deferrable is None else {"deferrable": cfg.deferrable}
     wait = PgSlotLagSensor(
-        task_id="wait_for_changes", table=cfg.qualified_name, source_conn_id=registry.source.conn_id,
-        slot=cfg.slot, min_lag_bytes=cfg.min_lag_bytes, max_lag_bytes=cfg.max_lag_bytes,
-        poke_interval=cfg.poke_interval, timeout=cfg.wait_timeout, soft_fail=True, mode="reschedule",
+        task_id="wait_for_changes",
+        table=cfg.qualified_name,
+        source_conn_id=registry.source.conn_id,
+        slot=cfg.slot,
+        min_lag_bytes=cfg.min_lag_bytes,
+        max_lag_bytes=cfg.max_lag_bytes,
+        poke_interval=cfg.poke_interval,
+        timeout=cfg.wait_timeout,
+        soft_fail=True,
+        mode="reschedule",
         # One retry, a fresh poke loop: Airflow 3.3's scheduler can fail a rescheduled sensor on a late
         # executor event (apache/airflow#71172); a timeout still skips (soft_fail), a lost slot still fails.
-        retries=1, retry_delay=datetime.timedelta(seconds=cfg.poke_interval), **deferrable,
+        retries=1,
+        retry_delay=datetime.timedelta(seconds=cfg.poke_interval),
+        **deferrable,
     )
-    apply = PgCdcApplyOperator(task_id="apply_changes", max_batch_changes=cfg.max_batch_changes,
-                               max_lag_bytes=cfg.max_lag_bytes, outlets=[asset], **common)
+    apply = PgCdcApplyOperator(
+        task_id="apply_changes",
+        max_batch_changes=cfg.max_batch_changes,
+        max_lag_bytes=cfg.max_lag_bytes,
+        outlets=[asset],
+        **common,
+    )
     plan >> [full, wait]
     wait >> apply
     if cfg.verify:
@@ -171,9 +205,15 @@ def _broken_table_dag(err: TableError) -> DAG:
 
         raise RegistryError(err.errors)
 
-    dag = DAG(dag_id=err.dag_id, schedule=None, start_date=START_DATE, catchup=False, max_active_runs=1,
-              tags=["pg_replication", "registry_error"],
-              doc_md=f"**This table's registry entry is broken:**\n\n```\n{message}\n```")
+    dag = DAG(
+        dag_id=err.dag_id,
+        schedule=None,
+        start_date=START_DATE,
+        catchup=False,
+        max_active_runs=1,
+        tags=["pg_replication", "registry_error"],
+        doc_md=f"**This table's registry entry is broken:**\n\n```\n{message}\n```",
+    )
     with dag:
         PythonOperator(task_id="registry_error", python_callable=fail)
     return dag

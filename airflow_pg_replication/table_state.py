@@ -114,8 +114,10 @@ class ReplicationState:
 def check_move(before: TablePhase | None, after: TablePhase, table_name: str = "the table") -> None:
     """Raise :class:`PhaseError` unless the machine has the move ``before`` -> ``after``."""
     if after not in TRANSITIONS[before]:
-        raise PhaseError(f"{table_name}: cannot move from {before or 'no state'} to {after}; the phases are "
-                         f"{' -> '.join(p.value for p in TablePhase)} (see airflow_pg_replication/table_state.py)")
+        raise PhaseError(
+            f"{table_name}: cannot move from {before or 'no state'} to {after}; the phases are "
+            f"{' -> '.join(p.value for p in TablePhase)} (see airflow_pg_replication/table_state.py)"
+        )
 
 
 def full_copy_state(table_name: str, phase: TablePhase, **fields: Any) -> ReplicationState:

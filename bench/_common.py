@@ -17,9 +17,10 @@ import sys
 import tempfile
 import time
 import traceback
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
@@ -52,14 +53,16 @@ def bench_env() -> Iterator[Path]:
     compileall.compile_dir(str(Path(airflow_pg_replication.__file__).parent), quiet=1)
     tmp = Path(tempfile.mkdtemp(prefix="pgrepl-bench-"))
     saved = dict(os.environ)
-    os.environ.update({
-        "AIRFLOW_HOME": str(tmp / "airflow_home"),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
-        "DLT_DATA_DIR": str(tmp / "dlt_data"),
-        "RUNTIME__DLTHUB_TELEMETRY": "false",
-        "TMPDIR": str(tmp),  # dlt working dirs of the operators land here too
-    })
+    os.environ.update(
+        {
+            "AIRFLOW_HOME": str(tmp / "airflow_home"),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
+            "DLT_DATA_DIR": str(tmp / "dlt_data"),
+            "RUNTIME__DLTHUB_TELEMETRY": "false",
+            "TMPDIR": str(tmp),  # dlt working dirs of the operators land here too
+        }
+    )
     saved_tempdir = tempfile.tempdir
     tempfile.tempdir = str(tmp)
     try:
@@ -87,8 +90,9 @@ def psql_path(pg: Any) -> str:
     raise RuntimeError("psql not found (looked in the cluster's bindir, $PATH and /usr/bin)")
 
 
-def run_psql(pg: Any, dsn: str, *, file: Path | None = None, command: str | None = None,
-             variables: dict[str, Any] | None = None) -> None:
+def run_psql(
+    pg: Any, dsn: str, *, file: Path | None = None, command: str | None = None, variables: dict[str, Any] | None = None
+) -> None:
     cmd = [psql_path(pg), dsn, "-X", "-q", "-v", "ON_ERROR_STOP=1"]
     for k, v in (variables or {}).items():
         cmd += ["-v", f"{k}={v}"]
@@ -161,24 +165,29 @@ class ChildRun:
         the child was forked from (this benchmark process) into the child's ru_maxrss, so wait4 and
         getrusage(RUSAGE_SELF) report max(parent RSS at spawn, child peak).
         """
-        return max(self.result.get("vm_hwm_mb") or 0.0, self.result.get("polled_peak_rss_mb") or 0.0) \
+        return (
+            max(self.result.get("vm_hwm_mb") or 0.0, self.result.get("polled_peak_rss_mb") or 0.0)
             or self.tree_peak_rss_mb
+        )
 
     def rss_note(self) -> str:
         """The other readings, for the record."""
         r = self.result
         note = f"; VmHWM {r.get('vm_hwm_mb', 0):,.0f} MB, /proc polled {r.get('polled_peak_rss_mb', 0):,.0f} MB"
         if self.tree_peak_rss_mb > self.peak_rss_mb + 1:
-            note += (f"; ru_maxrss {self.tree_peak_rss_mb:,.0f} MB is the parent's RSS at spawn, carried over"
-                     " by exec, not the child's")
+            note += (
+                f"; ru_maxrss {self.tree_peak_rss_mb:,.0f} MB is the parent's RSS at spawn, carried over"
+                " by exec, not the child's"
+            )
         return note
 
 
 _child_seq = 0
 
 
-def run_child(script: Path, payload: dict, *, workdir: Path, env: dict[str, str] | None = None,
-              what: str = "child") -> ChildRun:
+def run_child(
+    script: Path, payload: dict, *, workdir: Path, env: dict[str, str] | None = None, what: str = "child"
+) -> ChildRun:
     """Run ``script --_child <json>`` and reap it with wait4, so its rusage is its own."""
     global _child_seq
     _child_seq += 1
@@ -186,8 +195,13 @@ def run_child(script: Path, payload: dict, *, workdir: Path, env: dict[str, str]
     err_path = workdir / f"child{_child_seq}.err"
     with open(out_path, "wb") as fo, open(err_path, "wb") as fe:
         t0 = time.monotonic()
-        proc = subprocess.Popen([sys.executable, str(script), "--_child", json.dumps(payload)],
-                                stdout=fo, stderr=fe, stdin=subprocess.DEVNULL, env=env or dict(os.environ))
+        proc = subprocess.Popen(
+            [sys.executable, str(script), "--_child", json.dumps(payload)],
+            stdout=fo,
+            stderr=fe,
+            stdin=subprocess.DEVNULL,
+            env=env or dict(os.environ),
+        )
         poller = _RssPoller(proc.pid)
         _, status, usage = os.wait4(proc.pid, 0)
         wall = time.monotonic() - t0
@@ -200,7 +214,7 @@ def run_child(script: Path, payload: dict, *, workdir: Path, env: dict[str, str]
     result = None
     for line in out.splitlines():
         if line.startswith(RESULT_MARK):
-            result = json.loads(line[len(RESULT_MARK):])
+            result = json.loads(line[len(RESULT_MARK) :])
     if proc.returncode != 0 or result is None:
         tail = "\n".join((err + out).splitlines()[-60:])
         raise ChildFailed(what, proc.returncode, tail)
@@ -251,8 +265,7 @@ def child_entry(fn: Callable[[dict], dict]) -> None:
     """The ``--_child`` side: run fn(payload), print its result (plus VmHWM) on one marked line."""
     import logging
 
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     payload = json.loads(sys.argv[sys.argv.index("--_child") + 1])
     spawned: list[str] = []  # processes the measured code starts (for the record)
 
@@ -294,14 +307,14 @@ def import_heavy() -> float:
     t0 = time.monotonic()
     import adbc_driver_postgresql.dbapi  # noqa: F401
     import dlt  # noqa: F401
-    import psycopg  # noqa: F401
-    from airflow.providers.postgres.hooks.postgres import PostgresHook  # noqa: F401
     import duckdb  # noqa: F401
     import numpy  # noqa: F401
-    import pyarrow  # noqa: F401
-    import pyarrow.compute  # noqa: F401
-    import pyarrow.json  # noqa: F401
+    import psycopg  # noqa: F401
+    import pyarrow
+    import pyarrow.compute
+    import pyarrow.json
     import pyarrow.parquet  # noqa: F401
+    from airflow.providers.postgres.hooks.postgres import PostgresHook  # noqa: F401
     from dlt.destinations import duckdb as _duck  # noqa: F401
 
     return time.monotonic() - t0
@@ -409,8 +422,15 @@ class PhaseTimer:
             if threading.current_thread() is not self._main and label.startswith("[thread] "):
                 st.clear()
 
-    def wrap(self, owner: Any, name: str, label: str | None = None, *, generator: bool = False,
-             label_fn: Callable[..., str] | None = None) -> None:
+    def wrap(
+        self,
+        owner: Any,
+        name: str,
+        label: str | None = None,
+        *,
+        generator: bool = False,
+        label_fn: Callable[..., str] | None = None,
+    ) -> None:
         """Time ``owner.name`` (a method, or a module function); ``generator``: time each next() too.
 
         ``label_fn(*args, **kwargs)`` names each call (e.g. by column), instead of the fixed label.
@@ -425,6 +445,7 @@ class PhaseTimer:
         timer = self
 
         if generator:
+
             @functools.wraps(fn)
             def wrapper(*args: Any, **kwargs: Any) -> Any:
                 it = iter(timer._timed(label + " (call)", fn, *args, **kwargs))
@@ -435,12 +456,16 @@ class PhaseTimer:
                         return
                     yield item
         else:
+
             @functools.wraps(fn)
             def wrapper(*args: Any, **kwargs: Any) -> Any:
                 return timer._timed(label_fn(*args, **kwargs) if label_fn else label, fn, *args, **kwargs)
 
-        new = staticmethod(wrapper) if isinstance(raw, staticmethod) else (
-            classmethod(wrapper) if isinstance(raw, classmethod) else wrapper)
+        new = (
+            staticmethod(wrapper)
+            if isinstance(raw, staticmethod)
+            else (classmethod(wrapper) if isinstance(raw, classmethod) else wrapper)
+        )
         setattr(owner, name, new)
         self._undo.append((owner, name, raw))
 
@@ -537,8 +562,20 @@ def wrap_destination_phases(timer: PhaseTimer) -> None:
     """Time the package's destination layer (TableDestination, native DuckDB writes) and dlt under it."""
     from airflow_pg_replication.destination import table_destination as loading
 
-    for name in ("__enter__", "checkpoint", "read_state", "write_state", "replace", "apply_batch", "merge", "delete_keys",
-                 "fetch_rows", "widen_columns", "truncate", "_fits"):
+    for name in (
+        "__enter__",
+        "checkpoint",
+        "read_state",
+        "write_state",
+        "replace",
+        "apply_batch",
+        "merge",
+        "delete_keys",
+        "fetch_rows",
+        "widen_columns",
+        "truncate",
+        "_fits",
+    ):
         timer.wrap(loading.TableDestination, name, f"TableDestination.{name}")
     try:
         from airflow_pg_replication.destination.duckdb.native import NativeDuckDb
@@ -602,10 +639,15 @@ def machine_note() -> str:
 def package_state() -> str:
     """Which code was measured: git commit and the package files modified since (others edit in parallel)."""
     try:
-        sha = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
-                             text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--", "airflow_pg_replication"],
-                               capture_output=True, text=True, check=True).stdout.split("\n")
+        sha = subprocess.run(
+            ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(REPO), "status", "--porcelain", "--", "airflow_pg_replication"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split("\n")
     except (OSError, subprocess.CalledProcessError):
         return "package version: unknown (no git)"
     files = [ln[3:] for ln in dirty if ln.strip()]

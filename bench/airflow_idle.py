@@ -103,25 +103,39 @@ class Measured:
 
 def registry_text(duckdb: Path, scale: float) -> str:
     lines = [
-        "source:", "  conn_id: pg_source",
-        "destination:", "  type: duckdb", f"  credentials: {duckdb}", "  dataset: replica",
-        "defaults:", "  mode: cdc", f"  poke_interval: {SHIPPED_POKE / scale:g}",
-        f"  wait_timeout: {SHIPPED_WAIT / scale:g}", "tables:",
+        "source:",
+        "  conn_id: pg_source",
+        "destination:",
+        "  type: duckdb",
+        f"  credentials: {duckdb}",
+        "  dataset: replica",
+        "defaults:",
+        "  mode: cdc",
+        f"  poke_interval: {SHIPPED_POKE / scale:g}",
+        f"  wait_timeout: {SHIPPED_WAIT / scale:g}",
+        "tables:",
     ]
     for table, deferrable, schedule in CONFIGS:
-        lines += [f"  - table: public.{table}", f"    schedule: \"{schedule}\"",
-                  f"    deferrable: {str(deferrable).lower()}"]
+        lines += [
+            f"  - table: public.{table}",
+            f'    schedule: "{schedule}"',
+            f"    deferrable: {str(deferrable).lower()}",
+        ]
     return "\n".join(lines) + "\n"
 
 
-def measure(af: AirflowDeployment, cfg: tuple[str, bool, str], start: str, end: str,
-            workloads: dict[str, int]) -> Measured:
+def measure(
+    af: AirflowDeployment, cfg: tuple[str, bool, str], start: str, end: str, workloads: dict[str, int]
+) -> Measured:
     """Counts over the whole runs of one DAG that started in [start, end)."""
     table, deferrable, schedule = cfg
     d = dag_id(table)
     m = Measured(table, deferrable, schedule)
-    rows = af.metadata("SELECT run_id, start_date, end_date, state FROM dag_run WHERE dag_id = ? AND start_date >= ? "
-                       "AND start_date < ? AND end_date IS NOT NULL ORDER BY start_date", (d, start, end))
+    rows = af.metadata(
+        "SELECT run_id, start_date, end_date, state FROM dag_run WHERE dag_id = ? AND start_date >= ? "
+        "AND start_date < ? AND end_date IS NOT NULL ORDER BY start_date",
+        (d, start, end),
+    )
     runs = [r[:3] for r in rows]
     starts = [db_time(r[1]) for r in runs]
     m.runs = len(runs)
@@ -132,8 +146,9 @@ def measure(af: AirflowDeployment, cfg: tuple[str, bool, str], start: str, end: 
         m.run_s = statistics.mean((db_time(r[2]) - db_time(r[1])).total_seconds() for r in runs)
     gaps: list[float] = []
     for run_id, _, _ in runs:
-        events = af.metadata("SELECT task_id, event, try_number, dttm FROM log WHERE dag_id = ? AND run_id = ? "
-                             "ORDER BY id", (d, run_id))
+        events = af.metadata(
+            "SELECT task_id, event, try_number, dttm FROM log WHERE dag_id = ? AND run_id = ? ORDER BY id", (d, run_id)
+        )
         if any(task == "full_refresh" and event == "running" for task, event, _, _ in events):
             raise SystemExit(f"{d} run {run_id} took a snapshot during the window: the table was not idle")
         m.running_events += sum(event == "running" for _, event, _, _ in events)
@@ -141,13 +156,19 @@ def measure(af: AirflowDeployment, cfg: tuple[str, bool, str], start: str, end: 
         m.deferrals += sum(event == "deferred" for _, event, _, _ in events)
         m.reschedules += af.metadata(
             "SELECT count(*) FROM task_reschedule r JOIN task_instance ti ON r.ti_id = ti.id "
-            "WHERE ti.dag_id = ? AND ti.run_id = ?", (d, run_id))[0][0]
+            "WHERE ti.dag_id = ? AND ti.run_id = ?",
+            (d, run_id),
+        )[0][0]
         poke_starts = [db_time(t) for task, event, _, t in events if task == "wait_for_changes" and event == "running"]
         gaps += [(b - a).total_seconds() for a, b in zip(poke_starts, poke_starts[1:])]
-        ids = [r[0] for r in af.metadata(
-            "SELECT id FROM task_instance WHERE dag_id = ? AND run_id = ? UNION "
-            "SELECT task_instance_id FROM task_instance_history WHERE dag_id = ? AND run_id = ?",
-            (d, run_id, d, run_id))]
+        ids = [
+            r[0]
+            for r in af.metadata(
+                "SELECT id FROM task_instance WHERE dag_id = ? AND run_id = ? UNION "
+                "SELECT task_instance_id FROM task_instance_history WHERE dag_id = ? AND run_id = ?",
+                (d, run_id, d, run_id),
+            )
+        ]
         m.worker_starts += sum(workloads.get(str(i).replace("-", ""), 0) for i in ids)
     if gaps and not deferrable:
         m.poke_gap_s = statistics.mean(gaps)
@@ -180,9 +201,12 @@ def shipped_model(m: Measured, scale: float, gap_s: float) -> tuple[float, float
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=8, help="measurement window after the snapshots (default 8)")
-    parser.add_argument("--scale", type=float, default=5,
-                        help="divide the sensor's shipped poke_interval (30 s) and wait_timeout (240 s) by this "
-                             "(default 5)")
+    parser.add_argument(
+        "--scale",
+        type=float,
+        default=5,
+        help="divide the sensor's shipped poke_interval (30 s) and wait_timeout (240 s) by this (default 5)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (Airflow home, logs, metadata DB)")
     args = parser.parse_args()
 
@@ -204,11 +228,15 @@ def main() -> int:
         poke, wait = SHIPPED_POKE / args.scale, SHIPPED_WAIT / args.scale
         trigger_check = max(1.0, SHIPPED_TRIGGER_CHECK / args.scale)
         af = AirflowDeployment(
-            workdir / "airflow", dag_files=PG_REPLICATION_DAG_FILES,
+            workdir / "airflow",
+            dag_files=PG_REPLICATION_DAG_FILES,
             env={"AIRFLOW_CONN_PG_SOURCE": cluster.conn_uri("shop"), "PG_REPLICATION_REGISTRY": str(registry)},
-            config={"scheduler.trigger_timeout_check_interval": trigger_check})
-        say(f"workdir {workdir}; sensor poke_interval {poke:g} s, wait_timeout {wait:g} s "
-            f"(shipped / {args.scale:g}); trigger timeout check every {trigger_check:g} s")
+            config={"scheduler.trigger_timeout_check_interval": trigger_check},
+        )
+        say(
+            f"workdir {workdir}; sensor poke_interval {poke:g} s, wait_timeout {wait:g} s "
+            f"(shipped / {args.scale:g}); trigger timeout check every {trigger_check:g} s"
+        )
         af.start()
         dag_ids = [dag_id(t) for t, _, _ in CONFIGS]
         af.wait_for_dags(dag_ids)
@@ -226,9 +254,17 @@ def main() -> int:
             say("runs so far: " + ", ".join(f"{t}={len(af.runs(dag_id(t))) - 1}" for t, _, _ in CONFIGS))
         end = dt.datetime.now(dt.timezone.utc).strftime(DB_TIME)
         say("window over; letting the runs that started in it finish (later runs are not counted)")
-        af.wait_for(lambda: not af.metadata("SELECT run_id FROM dag_run WHERE start_date < ? AND end_date IS NULL "
-                                            "AND state IN ('running', 'queued')", (end,)),
-                    wait + 180, "the runs started in the window to finish")
+        af.wait_for(
+            lambda: (
+                not af.metadata(
+                    "SELECT run_id FROM dag_run WHERE start_date < ? AND end_date IS NULL "
+                    "AND state IN ('running', 'queued')",
+                    (end,),
+                )
+            ),
+            wait + 180,
+            "the runs started in the window to finish",
+        )
         af.stop()
         workloads: dict[str, int] = {}
         for line in (af.logs / "scheduler.log").read_text(errors="replace").splitlines():
@@ -253,34 +289,69 @@ def main() -> int:
 
 def report(results: list[Measured], scale: float, minutes: float) -> None:
     poke, wait = SHIPPED_POKE / scale, SHIPPED_WAIT / scale
-    print(f"\nIdle CDC table, {minutes:g} min window; sensor poke_interval {poke:g} s, wait_timeout {wait:g} s "
-          f"(shipped / {scale:g}); whole runs that started in the window\n")
-    head = ("wait_for_changes", "schedule", "runs", "failed", "run s", "cycle s", "tries", "resched.", "deferrals",
-            "executions", "(running ev.)", "worker starts", "exec/run", "exec/hour")
+    print(
+        f"\nIdle CDC table, {minutes:g} min window; sensor poke_interval {poke:g} s, wait_timeout {wait:g} s "
+        f"(shipped / {scale:g}); whole runs that started in the window\n"
+    )
+    head = (
+        "wait_for_changes",
+        "schedule",
+        "runs",
+        "failed",
+        "run s",
+        "cycle s",
+        "tries",
+        "resched.",
+        "deferrals",
+        "executions",
+        "(running ev.)",
+        "worker starts",
+        "exec/run",
+        "exec/hour",
+    )
     rows = []
     for m in results:
-        rows.append(("deferrable" if m.deferrable else "reschedule", m.schedule, str(m.runs), str(m.failed_runs),
-                     f"{m.run_s:.1f}",
-                     f"{m.cycle_s:.1f}", str(m.tries), str(m.reschedules), str(m.deferrals), str(m.executions),
-                     f"({m.running_events})", str(m.worker_starts), f"{m.per_run(m.executions):.1f}",
-                     f"{m.per_hour(m.executions):.0f}"))
+        rows.append(
+            (
+                "deferrable" if m.deferrable else "reschedule",
+                m.schedule,
+                str(m.runs),
+                str(m.failed_runs),
+                f"{m.run_s:.1f}",
+                f"{m.cycle_s:.1f}",
+                str(m.tries),
+                str(m.reschedules),
+                str(m.deferrals),
+                str(m.executions),
+                f"({m.running_events})",
+                str(m.worker_starts),
+                f"{m.per_run(m.executions):.1f}",
+                f"{m.per_hour(m.executions):.0f}",
+            )
+        )
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
     print("  ".join(h.ljust(w) for h, w in zip(head, widths)))
     for r in rows:
         print("  ".join(v.ljust(w) for v, w in zip(r, widths)))
-    print(f"\nAt the shipped sensor settings (poke_interval {SHIPPED_POKE:g} s, wait_timeout {SHIPPED_WAIT:g} s), "
-          "same schedules; model: the measured fixed overheads (run minus wait_timeout; poke gap minus "
-          "poke_interval; the scheduler's gap between runs) stay, the sensor's times grow:\n")
+    print(
+        f"\nAt the shipped sensor settings (poke_interval {SHIPPED_POKE:g} s, wait_timeout {SHIPPED_WAIT:g} s), "
+        "same schedules; model: the measured fixed overheads (run minus wait_timeout; poke gap minus "
+        "poke_interval; the scheduler's gap between runs) stay, the sensor's times grow:\n"
+    )
     gaps = {m.deferrable: m.cycle_s - m.run_s for m in results if m.schedule == "@continuous"}
     for m in results:
         per_run, runs_hour, how = shipped_model(m, scale, gaps.get(m.deferrable, 0.0))
         mode = "deferrable" if m.deferrable else "reschedule"
-        print(f"  {mode:10}  {m.schedule:11}  {per_run:4.1f} executions/run x {runs_hour:5.1f} runs/h = "
-              f"{per_run * runs_hour:5.0f} executions/h  ({how})")
+        print(
+            f"  {mode:10}  {m.schedule:11}  {per_run:4.1f} executions/run x {runs_hour:5.1f} runs/h = "
+            f"{per_run * runs_hour:5.0f} executions/h  ({how})"
+        )
     if scale == int(scale) and 60 % int(scale) == 0:
         shipped = " (the shipped schedule)" if scale == 5 else ""
-        print(f"\n  '*/{scale:g} * * * *'{shipped} at the shipped settings is the '* * * * *' row measured above with "
-              f"every time x {scale:g}: its executions/hour / {scale:g}.")
+        print(
+            f"\n  '*/{scale:g} * * * *'{shipped} at the shipped settings is the '* * * * *' row measured above with "
+            f"every time x {scale:g}: its executions/hour / {scale:g}."
+        )
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common as C  # noqa: E402
+import _common as C
 
 TARGET_RATIO = 3.0
 TARGET_RSS_MB = 512.0
@@ -36,8 +36,12 @@ def _operator(duckdb_path: str, chunk_bytes: int | None):
 
     kw = {"chunk_bytes": chunk_bytes} if chunk_bytes else {}
     return PgFullRefreshOperator(
-        task_id="bench_full_refresh", table=TABLE,
-        destination={"type": "duckdb", "credentials": duckdb_path, "dataset": "replica"}, mode="cdc", **kw)
+        task_id="bench_full_refresh",
+        table=TABLE,
+        destination={"type": "duckdb", "credentials": duckdb_path, "dataset": "replica"},
+        mode="cdc",
+        **kw,
+    )
 
 
 def child(payload: dict) -> dict:
@@ -64,9 +68,16 @@ def child(payload: dict) -> dict:
     secs = time.monotonic() - t0
     if timer:
         timer.stop_sampler()
-    return {"execute_s": secs, "airflow_import_s": airflow_import, "heavy_import_s": heavy_import,
-            "rss_before_execute_mb": rss_before, "out": out, "phases": timer.as_rows() if timer else None, "timeline": timeline,
-            "timer_overhead_s": timer.overhead_s() if timer else 0}
+    return {
+        "execute_s": secs,
+        "airflow_import_s": airflow_import,
+        "heavy_import_s": heavy_import,
+        "rss_before_execute_mb": rss_before,
+        "out": out,
+        "phases": timer.as_rows() if timer else None,
+        "timeline": timeline,
+        "timer_overhead_s": timer.overhead_s() if timer else 0,
+    }
 
 
 def duck_count(path: str) -> int:
@@ -78,8 +89,8 @@ def duck_count(path: str) -> int:
 
 def read_arrow(chunk_bytes: int | None) -> tuple[float, int]:
     """The package's snapshot read alone: binary COPY (ADBC) -> typed Arrow batches, dropped (no destination)."""
-    from airflow_pg_replication.source import snapshot_reads as snapshot
     from airflow_pg_replication.hooks.replication import PgReplicationHook
+    from airflow_pg_replication.source import snapshot_reads as snapshot
 
     hook = PgReplicationHook(postgres_conn_id="pg_source")
     with hook.connect() as conn:
@@ -106,26 +117,36 @@ def ladder(dsn: str, tmp: Path, chunk_bytes: int | None) -> list[tuple[str, str]
     with psycopg.connect(dsn) as conn:  # the query the package sends (numeric as text, array guards)
         query = BinaryCopyReader(conn, read_table_info(conn, "public", "customers")).query().as_string(conn)
     raw_s, raw_bytes = C.best_of(2, lambda: C.drain_copy(dsn, f"COPY ({query}) TO STDOUT (FORMAT binary)"))
-    reads = [C.run_child(Path(__file__), {"op": "read", "chunk_bytes": chunk_bytes}, workdir=tmp,
-                         what="snapshot read alone") for _ in range(2)]
+    reads = [
+        C.run_child(Path(__file__), {"op": "read", "chunk_bytes": chunk_bytes}, workdir=tmp, what="snapshot read alone")
+        for _ in range(2)
+    ]
     best = min(reads, key=lambda r: r.result["execute_s"])
     tl = best.result["timeline"]
-    return [(f"raw COPY binary of the package's query ({raw_bytes / 1e6:,.0f} MB)", raw_s, ""),
-            ("package binary COPY (ADBC) -> typed Arrow batches, no destination", best.result["execute_s"],
-             f"; child peak RSS {max(r.peak_rss_mb for r in reads):,.0f} MB (RSS at first/last batch "
-             f"{tl[0][1]:,.0f}/{tl[-1][1]:,.0f} MB)" if tl else "")]
+    return [
+        (f"raw COPY binary of the package's query ({raw_bytes / 1e6:,.0f} MB)", raw_s, ""),
+        (
+            "package binary COPY (ADBC) -> typed Arrow batches, no destination",
+            best.result["execute_s"],
+            f"; child peak RSS {max(r.peak_rss_mb for r in reads):,.0f} MB (RSS at first/last batch "
+            f"{tl[0][1]:,.0f}/{tl[-1][1]:,.0f} MB)"
+            if tl
+            else "",
+        ),
+    ]
 
 
 def phase_timer() -> C.PhaseTimer:
     """Wall-clock timers around the main steps of a full refresh (used in a child run)."""
-    from airflow_pg_replication.source import snapshot_reads as snapshot
     from airflow_pg_replication.hooks.replication import PgReplicationHook
+    from airflow_pg_replication.source import snapshot_reads as snapshot
 
     timer = C.PhaseTimer()
     for name in ("table_info", "ensure_publication", "drop_slot", "replication_connection"):
         timer.wrap(PgReplicationHook, name, f"hook.{name}")
-    timer.wrap(snapshot, "copy_batches", "snapshot.copy_batches: next() = binary COPY read (ADBC) + convert",
-               generator=True)
+    timer.wrap(
+        snapshot, "copy_batches", "snapshot.copy_batches: next() = binary COPY read (ADBC) + convert", generator=True
+    )
     timer.wrap(snapshot, "text_to_arrow", label_fn=C.conversion_label)  # the name it imported
     C.wrap_destination_phases(timer)
     return timer
@@ -154,21 +175,31 @@ def record_timeline(timeline: list) -> None:
 
 def phases(tmp: Path, chunk_bytes: int | None) -> None:
     """One more child run with phase timers and an RSS sampler (no profiler)."""
-    run = C.run_child(Path(__file__), {"duckdb": str(tmp / "phases.duckdb"), "chunk_bytes": chunk_bytes,
-                                       "phases": True}, workdir=tmp, what="phase-timed execute")
+    run = C.run_child(
+        Path(__file__),
+        {"duckdb": str(tmp / "phases.duckdb"), "chunk_bytes": chunk_bytes, "phases": True},
+        workdir=tmp,
+        what="phase-timed execute",
+    )
     r = run.result
-    print(f"\nPhase timers, one more child execute() ({r['out']['rows']:,} rows, {r['execute_s']:.2f} s, "
-          f"peak RSS {run.peak_rss_mb:,.0f} MB; RSS before execute {r['rss_before_execute_mb']:,.0f} MB; "
-          f"peak RSS column = highest RSS sampled while the phase ran; the timers themselves cost ~{r['timer_overhead_s']:.2f} s):")
+    print(
+        f"\nPhase timers, one more child execute() ({r['out']['rows']:,} rows, {r['execute_s']:.2f} s, "
+        f"peak RSS {run.peak_rss_mb:,.0f} MB; RSS before execute {r['rss_before_execute_mb']:,.0f} MB; "
+        f"peak RSS column = highest RSS sampled while the phase ran; the timers themselves cost ~{r['timer_overhead_s']:.2f} s):"
+    )
     C.print_phase_rows(r["phases"], r["execute_s"])
     tl = r["timeline"]
     if tl:
         picks = sorted({round(i * (len(tl) - 1) / 9) for i in range(10)})
         print("\n  RSS while the snapshot streams (after a batch was read; pyarrow pool = bytes Arrow holds):")
-        print("    " + "   ".join(f"{tl[i][0] / 1e6:.2f}M rows: {tl[i][1]:,.0f} MB (pool {tl[i][2]:,.0f})"
-                                  for i in picks[:5]))
-        print("    " + "   ".join(f"{tl[i][0] / 1e6:.2f}M rows: {tl[i][1]:,.0f} MB (pool {tl[i][2]:,.0f})"
-                                  for i in picks[5:]))
+        print(
+            "    "
+            + "   ".join(f"{tl[i][0] / 1e6:.2f}M rows: {tl[i][1]:,.0f} MB (pool {tl[i][2]:,.0f})" for i in picks[:5])
+        )
+        print(
+            "    "
+            + "   ".join(f"{tl[i][0] / 1e6:.2f}M rows: {tl[i][1]:,.0f} MB (pool {tl[i][2]:,.0f})" for i in picks[5:])
+        )
 
 
 def profile(tmp: Path, chunk_bytes: int | None) -> None:
@@ -176,22 +207,42 @@ def profile(tmp: Path, chunk_bytes: int | None) -> None:
     C.import_heavy()  # as in the timed runs: module imports are not part of the profile
     with C.quiet_logging():
         out, stats, wall = C.profile_call(lambda: op.execute({}))
-    print(f"\ncProfile of one in-process execute() ({out['rows']:,} rows; {wall:.2f} s under the profiler, "
-          "main thread only):")
+    print(
+        f"\ncProfile of one in-process execute() ({out['rows']:,} rows; {wall:.2f} s under the profiler, "
+        "main thread only):"
+    )
     print("Top 30 by cumulative time:")
     C.print_top(stats, 30, total=wall)
     s = stats
     rows = [
-        ("typemap.text_to_arrow (type conversion)", C.cum(s, "airflow_pg_replication/source/type_map.py", "text_to_arrow")),
-        ("snapshot.copy_batches (binary COPY via ADBC + conversion)", C.cum(s, "airflow_pg_replication/source/snapshot_reads.py", "copy_batches")),
-        ("NativeDuckDb.replace (Arrow stream -> DuckDB; pulls the COPY generator)",
-         C.cum(s, "airflow_pg_replication/destination/duckdb/native.py", "replace")),
-        ("pyarrow parquet writing (ParquetWriter.write_*)", C.cum(s, "pyarrow/parquet/core.py", "write_batch")
-         + C.cum(s, "pyarrow/parquet/core.py", "write_table")),
-        ("dlt config resolution (resolve_configuration)", C.cum(s, "dlt/common/configuration/resolve.py", "resolve_configuration")),
-        ("dlt schema/arrow normalisation in extract (self time, dlt/common/libs/pyarrow.py)",
-         C.self_time_under(s, "dlt/common/libs/pyarrow.py")),
-        ("waiting on threads (lock.acquire: load jobs, read-ahead)", C.cum(s, "~", "<method 'acquire' of '_thread.lock' objects>")),
+        (
+            "typemap.text_to_arrow (type conversion)",
+            C.cum(s, "airflow_pg_replication/source/type_map.py", "text_to_arrow"),
+        ),
+        (
+            "snapshot.copy_batches (binary COPY via ADBC + conversion)",
+            C.cum(s, "airflow_pg_replication/source/snapshot_reads.py", "copy_batches"),
+        ),
+        (
+            "NativeDuckDb.replace (Arrow stream -> DuckDB; pulls the COPY generator)",
+            C.cum(s, "airflow_pg_replication/destination/duckdb/native.py", "replace"),
+        ),
+        (
+            "pyarrow parquet writing (ParquetWriter.write_*)",
+            C.cum(s, "pyarrow/parquet/core.py", "write_batch") + C.cum(s, "pyarrow/parquet/core.py", "write_table"),
+        ),
+        (
+            "dlt config resolution (resolve_configuration)",
+            C.cum(s, "dlt/common/configuration/resolve.py", "resolve_configuration"),
+        ),
+        (
+            "dlt schema/arrow normalisation in extract (self time, dlt/common/libs/pyarrow.py)",
+            C.self_time_under(s, "dlt/common/libs/pyarrow.py"),
+        ),
+        (
+            "waiting on threads (lock.acquire: load jobs, read-ahead)",
+            C.cum(s, "~", "<method 'acquire' of '_thread.lock' objects>"),
+        ),
     ]
     print("\nSelected cost centres from the profile (cumulative, % of profiled execute):")
     C.print_centres(rows, wall)
@@ -200,14 +251,28 @@ def profile(tmp: Path, chunk_bytes: int | None) -> None:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", type=int, default=1_000_000, help="rows in customers (default 1,000,000)")
-    ap.add_argument("--chunk-bytes", type=int, default=None,
-                    help="PgFullRefreshOperator chunk_bytes (default: the operator's own default)")
-    ap.add_argument("--repeat", type=int, default=1,
-                    help="timed operator runs (fresh process and DuckDB file each); best time, highest RSS")
-    ap.add_argument("--profile", action="store_true",
-                    help="also: stage ladder, a phase-timed child run and a cProfile of one in-process run")
-    ap.add_argument("--phases", action="store_true",
-                    help="only the phase-timed child run of --profile (wall time and peak RSS per step)")
+    ap.add_argument(
+        "--chunk-bytes",
+        type=int,
+        default=None,
+        help="PgFullRefreshOperator chunk_bytes (default: the operator's own default)",
+    )
+    ap.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="timed operator runs (fresh process and DuckDB file each); best time, highest RSS",
+    )
+    ap.add_argument(
+        "--profile",
+        action="store_true",
+        help="also: stage ladder, a phase-timed child run and a cProfile of one in-process run",
+    )
+    ap.add_argument(
+        "--phases",
+        action="store_true",
+        help="only the phase-timed child run of --profile (wall time and peak RSS per step)",
+    )
     ap.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
     args = ap.parse_args()
 
@@ -218,15 +283,25 @@ def main() -> int:
         size = C.table_size_mb(dsn)
         print(f"  seeded customers in {seed_s:.1f} s ({size:,.0f} MB on disk incl. indexes)")
 
-        raw_s, raw_bytes = C.best_of(2, lambda: C.drain_copy(
-            dsn, "COPY (SELECT * FROM customers) TO STDOUT (FORMAT binary)"))
+        raw_s, raw_bytes = C.best_of(
+            2, lambda: C.drain_copy(dsn, "COPY (SELECT * FROM customers) TO STDOUT (FORMAT binary)")
+        )
 
         runs = []
         try:
             for i in range(max(args.repeat, 1)):
                 duck = str(tmp / f"bench{i}.duckdb")
-                runs.append((C.run_child(Path(__file__), {"duckdb": duck, "chunk_bytes": args.chunk_bytes},
-                                         workdir=tmp, what="PgFullRefreshOperator.execute"), duck))
+                runs.append(
+                    (
+                        C.run_child(
+                            Path(__file__),
+                            {"duckdb": duck, "chunk_bytes": args.chunk_bytes},
+                            workdir=tmp,
+                            what="PgFullRefreshOperator.execute",
+                        ),
+                        duck,
+                    )
+                )
         except C.ChildFailed as exc:
             C.print_child_failure(exc)
             return 1
@@ -239,21 +314,39 @@ def main() -> int:
         ok_count = count == args.rows and r["out"]["rows"] == args.rows
 
         print("\nResults")
-        C.line("rows (source / operator / DuckDB)", f"{args.rows:,} / {r['out']['rows']:,} / {count:,}  "
-               f"{'OK' if ok_count else 'MISMATCH'}")
-        C.line("raw COPY binary -> /dev/null (best of 2)", f"{raw_s:.2f} s  ({raw_bytes / 1e6:,.0f} MB, "
-               f"{args.rows / raw_s:,.0f} rows/s)")
-        C.line("operator execute()" + (f" (best of {len(runs)})" if len(runs) > 1 else ""), f"{op_s:.2f} s  ({args.rows / op_s:,.0f} rows/s)")
-        C.line("  + first import of dlt/pyarrow/duckdb/adbc/numpy/psycopg/PostgresHook", f"{r['heavy_import_s']:.2f} s (paid once per task process;"
-               f" airflow+provider import {r['airflow_import_s']:.2f} s)")
-        C.line("ratio operator / raw (target <= 3.0)", f"{ratio:.2f}  {C.verdict(ratio <= TARGET_RATIO)}"
-               f"   (incl. heavy imports: {(op_s + r['heavy_import_s']) / raw_s:.2f})")
+        C.line(
+            "rows (source / operator / DuckDB)",
+            f"{args.rows:,} / {r['out']['rows']:,} / {count:,}  {'OK' if ok_count else 'MISMATCH'}",
+        )
+        C.line(
+            "raw COPY binary -> /dev/null (best of 2)",
+            f"{raw_s:.2f} s  ({raw_bytes / 1e6:,.0f} MB, {args.rows / raw_s:,.0f} rows/s)",
+        )
+        C.line(
+            "operator execute()" + (f" (best of {len(runs)})" if len(runs) > 1 else ""),
+            f"{op_s:.2f} s  ({args.rows / op_s:,.0f} rows/s)",
+        )
+        C.line(
+            "  + first import of dlt/pyarrow/duckdb/adbc/numpy/psycopg/PostgresHook",
+            f"{r['heavy_import_s']:.2f} s (paid once per task process;"
+            f" airflow+provider import {r['airflow_import_s']:.2f} s)",
+        )
+        C.line(
+            "ratio operator / raw (target <= 3.0)",
+            f"{ratio:.2f}  {C.verdict(ratio <= TARGET_RATIO)}"
+            f"   (incl. heavy imports: {(op_s + r['heavy_import_s']) / raw_s:.2f})",
+        )
         if len(runs) > 1:
-            C.line("all runs: execute s / peak RSS MB", ", ".join(
-                f"{rd[0].result['execute_s']:.2f} / {rd[0].peak_rss_mb:,.0f}" for rd in runs))
-        C.line("peak RSS of the operator process (<= 512 MB)", f"{peak_rss:,.0f} MB  "
-               f"{C.verdict(peak_rss <= TARGET_RSS_MB)}   (process alone; "
-               f"RSS after imports, before execute: {r['rss_before_execute_mb']:,.0f} MB{run.rss_note()})")
+            C.line(
+                "all runs: execute s / peak RSS MB",
+                ", ".join(f"{rd[0].result['execute_s']:.2f} / {rd[0].peak_rss_mb:,.0f}" for rd in runs),
+            )
+        C.line(
+            "peak RSS of the operator process (<= 512 MB)",
+            f"{peak_rss:,.0f} MB  "
+            f"{C.verdict(peak_rss <= TARGET_RSS_MB)}   (process alone; "
+            f"RSS after imports, before execute: {r['rss_before_execute_mb']:,.0f} MB{run.rss_note()})",
+        )
         overall = ok_count and ratio <= TARGET_RATIO and peak_rss <= TARGET_RSS_MB
         C.line("overall", C.verdict(overall))
         print(f"  machine: {C.machine_note()}")

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common as C  # noqa: E402
+import _common as C
 
 TARGET_S = 1.0
 
@@ -46,8 +46,12 @@ def registry_yaml(n: int, duckdb_path: str) -> str:
         if kind == 8:
             out += ["    mode: full_refresh", '    schedule: "@daily"']
         elif kind == 9:
-            out += ["    mode: incremental", "    cursor_column: updated_at", "    cursor_lookback: 5 minutes",
-                    '    schedule: "@hourly"']
+            out += [
+                "    mode: incremental",
+                "    cursor_column: updated_at",
+                "    cursor_lookback: 5 minutes",
+                '    schedule: "@hourly"',
+            ]
         else:
             out.append("    primary_key: [id]")
             if kind == 1:
@@ -71,6 +75,7 @@ def child(payload: dict) -> dict:
         def blocked(self, address, *a, **k):
             attempts.append(f"{name}({address!r})")
             raise OSError(f"bench: {name} to {address!r} during DAG parsing")
+
         return blocked
 
     socket.socket.connect = guard("connect")
@@ -108,10 +113,21 @@ def child(payload: dict) -> dict:
     broken = sorted(d for d, dag in dags.items() if "registry_error" in (dag.tags or set()))
     tasks = sum(len(dag.tasks) for dag in dags.values())
     heavy = sorted(m for m in ("dlt", "pyarrow", "duckdb", "psycopg", "psycopg2") if m in sys.modules)
-    return {"import_s": t1 - t0, "build_s": t2 - t1, "total_s": t2 - t0, "preimport_s": warm_s,
-            "rebuild_s": t3 - t2, "profile": prof_text,
-            "dags": len(dags), "tasks": tasks, "broken": broken[:5], "n_broken": len(broken),
-            "socket_attempts": attempts[:5], "n_socket_attempts": len(attempts), "heavy_modules": heavy}
+    return {
+        "import_s": t1 - t0,
+        "build_s": t2 - t1,
+        "total_s": t2 - t0,
+        "preimport_s": warm_s,
+        "rebuild_s": t3 - t2,
+        "profile": prof_text,
+        "dags": len(dags),
+        "tasks": tasks,
+        "broken": broken[:5],
+        "n_broken": len(broken),
+        "socket_attempts": attempts[:5],
+        "n_socket_attempts": len(attempts),
+        "heavy_modules": heavy,
+    }
 
 
 def main() -> int:
@@ -128,9 +144,15 @@ def main() -> int:
         results = {}
         try:
             for mode in ("warm", "cold"):
-                runs = [C.run_child(Path(__file__), {"path": str(path), "warm": mode == "warm",
-                                                               "profile": args.profile and mode == "warm"}, workdir=tmp,
-                                    what=f"build_dags ({mode})") for _ in range(args.runs)]
+                runs = [
+                    C.run_child(
+                        Path(__file__),
+                        {"path": str(path), "warm": mode == "warm", "profile": args.profile and mode == "warm"},
+                        workdir=tmp,
+                        what=f"build_dags ({mode})",
+                    )
+                    for _ in range(args.runs)
+                ]
                 results[mode] = min(runs, key=lambda r: r.result["total_s"])
         except C.ChildFailed as exc:
             C.print_child_failure(exc)
@@ -141,17 +163,29 @@ def main() -> int:
     ok_dags = w["dags"] == args.tables and w["n_broken"] == 0
     ok_time = w["total_s"] <= TARGET_S
     print(f"registry parse benchmark: {args.tables} tables, best of {args.runs} fresh processes")
-    C.line("DAGs built (broken entries)", f"{w['dags']} ({w['n_broken']})  {'OK' if ok_dags else 'MISMATCH'}"
-           f"   {w['tasks']:,} tasks")
-    C.line("parse time, airflow.sdk preloaded (<= 1 s)", f"{w['total_s']:.3f} s  {C.verdict(ok_time)}   "
-           f"(import provider {w['import_s']:.3f} s + build_dags {w['build_s']:.3f} s)")
-    C.line("parse time, cold process (information)", f"{c['total_s']:.3f} s   (import incl. airflow "
-           f"{c['import_s']:.3f} s + build_dags {c['build_s']:.3f} s)")
-    C.line("build_dags again in the same process", f"{w['rebuild_s']:.3f} s (all imports done: registry"
-           " validation + DAG construction only)")
+    C.line(
+        "DAGs built (broken entries)",
+        f"{w['dags']} ({w['n_broken']})  {'OK' if ok_dags else 'MISMATCH'}   {w['tasks']:,} tasks",
+    )
+    C.line(
+        "parse time, airflow.sdk preloaded (<= 1 s)",
+        f"{w['total_s']:.3f} s  {C.verdict(ok_time)}   "
+        f"(import provider {w['import_s']:.3f} s + build_dags {w['build_s']:.3f} s)",
+    )
+    C.line(
+        "parse time, cold process (information)",
+        f"{c['total_s']:.3f} s   (import incl. airflow {c['import_s']:.3f} s + build_dags {c['build_s']:.3f} s)",
+    )
+    C.line(
+        "build_dags again in the same process",
+        f"{w['rebuild_s']:.3f} s (all imports done: registry validation + DAG construction only)",
+    )
     C.line("airflow.sdk preload in the warm runs", f"{w['preimport_s']:.3f} s (not counted)")
-    C.line("socket connect attempts while parsing", f"{w['n_socket_attempts'] + c['n_socket_attempts']}  "
-           f"{'OK' if ok_sockets else 'FAIL: ' + ', '.join(w['socket_attempts'] + c['socket_attempts'])}")
+    C.line(
+        "socket connect attempts while parsing",
+        f"{w['n_socket_attempts'] + c['n_socket_attempts']}  "
+        f"{'OK' if ok_sockets else 'FAIL: ' + ', '.join(w['socket_attempts'] + c['socket_attempts'])}",
+    )
     C.line("heavy modules imported by parsing", ", ".join(w["heavy_modules"]) or "none")
     if w["n_broken"]:
         C.line("broken DAGs (first)", ", ".join(w["broken"]))
@@ -160,8 +194,13 @@ def main() -> int:
     print(f"  machine: {C.machine_note()}")
     if args.profile:
         print("\ncProfile of one build_dags call with everything imported (top 25 cumulative):")
-        print("\n".join(ln.replace(str(C.REPO) + "/", "").replace(".venv/lib/python3.11/site-packages/", "")
-                        for ln in w["profile"].splitlines() if ln.strip()))
+        print(
+            "\n".join(
+                ln.replace(str(C.REPO) + "/", "").replace(".venv/lib/python3.11/site-packages/", "")
+                for ln in w["profile"].splitlines()
+                if ln.strip()
+            )
+        )
     if not (ok_sockets and ok_dags):
         return 1
     return 1 if (args.strict and not overall) else 0

@@ -26,9 +26,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout without installing, too
@@ -45,18 +46,21 @@ def say(message: str) -> None:
 
 # -- source ----------------------------------------------------------------------------------------------
 
+
 def create_customers(dsn: str, rows: int) -> None:
     import psycopg
 
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(
             "CREATE TABLE public.customers (customer_id bigint PRIMARY KEY, first_name text NOT NULL, "
-            "last_name text NOT NULL, email text, created_at timestamptz NOT NULL DEFAULT now())")
+            "last_name text NOT NULL, email text, created_at timestamptz NOT NULL DEFAULT now())"
+        )
         conn.execute(
             "INSERT INTO public.customers (customer_id, first_name, last_name, email, created_at) "
             "SELECT g, 'First' || g, 'Last' || g, 'customer' || g || '@example.com', "
             "timestamptz '2024-01-01 00:00:00+00' + g * interval '37 minutes' FROM generate_series(1, %s::int) g",
-            (rows,))
+            (rows,),
+        )
 
 
 def change_customers(dsn: str, rows: int) -> str:
@@ -66,13 +70,17 @@ def change_customers(dsn: str, rows: int) -> str:
     with psycopg.connect(dsn, autocommit=True) as conn:
         inserted = conn.execute(
             "INSERT INTO public.customers (customer_id, first_name, last_name, email) "
-            "SELECT g, 'New' || g, 'Customer', NULL FROM generate_series(%s::int, %s::int) g", (rows + 1, rows + 50)).rowcount
+            "SELECT g, 'New' || g, 'Customer', NULL FROM generate_series(%s::int, %s::int) g",
+            (rows + 1, rows + 50),
+        ).rowcount
         with conn.transaction():
             updated = conn.execute(
                 "UPDATE public.customers SET email = lower(first_name) || '@example.org', last_name = 'Müller' "
-                "WHERE customer_id % 10 = 0").rowcount
+                "WHERE customer_id % 10 = 0"
+            ).rowcount
             updated += conn.execute(
-                "UPDATE public.customers SET customer_id = customer_id + 1000000 WHERE customer_id = 7").rowcount
+                "UPDATE public.customers SET customer_id = customer_id + 1000000 WHERE customer_id = 7"
+            ).rowcount
         deleted = conn.execute("DELETE FROM public.customers WHERE customer_id % 40 = 3").rowcount
         conn.execute("INSERT INTO public.customers (customer_id, first_name, last_name) VALUES (-1, 'brief', 'life')")
         conn.execute("DELETE FROM public.customers WHERE customer_id = -1")
@@ -91,7 +99,10 @@ def source_rows(dsn: str) -> list[tuple]:
 
 # -- destination -----------------------------------------------------------------------------------------
 
-def duckdb_rows(path: Path, columns: Sequence[str], order_by: str | None = None, limit: int | None = None) -> list[tuple]:
+
+def duckdb_rows(
+    path: Path, columns: Sequence[str], order_by: str | None = None, limit: int | None = None
+) -> list[tuple]:
     """Rows of replica.customers; ``order_by`` is SQL over the demo's fixed column names."""
     import duckdb
 
@@ -109,7 +120,7 @@ def normalize(row: Sequence[Any]) -> tuple:
     out = []
     for value in row:
         if isinstance(value, dt.datetime):
-            value = (value.astimezone(dt.timezone.utc) if value.tzinfo else value.replace(tzinfo=dt.timezone.utc))
+            value = value.astimezone(dt.timezone.utc) if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
             value = value.isoformat()
         elif isinstance(value, Decimal):
             value = str(value)
@@ -180,19 +191,31 @@ class Airflow:
         log = self.home / f"{log_name}.log"
         cmd = [sys.executable, "-m", "airflow", *args]
         with open(log, "w") as out:
-            proc = subprocess.run(cmd, env=self.env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                  cwd=self.home, timeout=600)
+            proc = subprocess.run(
+                cmd,
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=self.home,
+                timeout=600,
+            )
         if proc.returncode != 0:
-            raise SystemExit(f"`airflow {' '.join(args)}` failed (exit {proc.returncode}); last lines of {log}:\n"
-                             f"{log_tail(log)}")
+            raise SystemExit(
+                f"`airflow {' '.join(args)}` failed (exit {proc.returncode}); last lines of {log}:\n{log_tail(log)}"
+            )
 
     def last_run_tasks(self, dag_id: str) -> tuple[str, dict[str, str]]:
         """State of the latest run of ``dag_id`` and of each of its tasks, from the metadata DB."""
         with sqlite3.connect(self.home / "airflow.db") as db:
-            run_id, state = db.execute("SELECT run_id, state FROM dag_run WHERE dag_id = ? ORDER BY id DESC LIMIT 1",
-                                       (dag_id,)).fetchone()
-            tasks = dict(db.execute("SELECT task_id, state FROM task_instance WHERE dag_id = ? AND run_id = ?",
-                                    (dag_id, run_id)).fetchall())
+            run_id, state = db.execute(
+                "SELECT run_id, state FROM dag_run WHERE dag_id = ? ORDER BY id DESC LIMIT 1", (dag_id,)
+            ).fetchone()
+            tasks = dict(
+                db.execute(
+                    "SELECT task_id, state FROM task_instance WHERE dag_id = ? AND run_id = ?", (dag_id, run_id)
+                ).fetchall()
+            )
         return state, tasks
 
 
@@ -203,14 +226,19 @@ def run_dag(airflow: Airflow, label: str, expect_ran: list[str], expect_skipped:
     order = ["plan", "full_refresh", "wait_for_changes", "apply_changes", "verify"]
     shown = ", ".join(f"{t}={tasks[t]}" for t in sorted(tasks, key=lambda t: order.index(t) if t in order else 99))
     say(f"  run {state} in {time.monotonic() - started:.1f}s: {shown}")
-    wrong = [t for t in expect_ran if tasks.get(t) != "success"] + [t for t in expect_skipped if tasks.get(t) != "skipped"]
+    wrong = [t for t in expect_ran if tasks.get(t) != "success"] + [
+        t for t in expect_skipped if tasks.get(t) != "skipped"
+    ]
     if state != "success" or wrong:
         log = airflow.home / f"{label}.log"
-        raise SystemExit(f"unexpected task states in {label} (expected {expect_ran} success, {expect_skipped} "
-                         f"skipped); last lines of {log}:\n{log_tail(log)}")
+        raise SystemExit(
+            f"unexpected task states in {label} (expected {expect_ran} success, {expect_skipped} "
+            f"skipped); last lines of {log}:\n{log_tail(log)}"
+        )
 
 
 # -- main ------------------------------------------------------------------------------------------------
+
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

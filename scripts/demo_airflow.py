@@ -31,8 +31,10 @@ sys.path.insert(0, str(REPO))  # run from a checkout without installing, too
 
 DATABASE = "shop"
 DAGS = {"customers": "pg_replication__public__customers", "orders": "pg_replication__public__orders"}
-COLUMNS = {"customers": ["customer_id", "first_name", "last_name", "email", "created_at"],
-           "orders": ["order_id", "customer_id", "total", "status", "ordered_at"]}
+COLUMNS = {
+    "customers": ["customer_id", "first_name", "last_name", "email", "created_at"],
+    "orders": ["order_id", "customer_id", "total", "status", "ordered_at"],
+}
 _T0 = time.monotonic()
 
 REGISTRY = """\
@@ -66,17 +68,27 @@ def create_tables(dsn: str, rows: int) -> None:
     import psycopg
 
     with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute("CREATE TABLE public.customers (customer_id bigint PRIMARY KEY, first_name text NOT NULL, "
-                     "last_name text NOT NULL, email text, created_at timestamptz NOT NULL DEFAULT now())")
-        conn.execute("INSERT INTO public.customers SELECT g, 'First' || g, 'Last' || g, 'customer' || g || "
-                     "'@example.com', timestamptz '2024-01-01 00:00:00+00' + g * interval '37 minutes' "
-                     "FROM generate_series(1, %s::int) g", (rows,))
-        conn.execute("CREATE TABLE public.orders (order_id bigint PRIMARY KEY, customer_id bigint NOT NULL, "
-                     "total numeric(12,2) NOT NULL, status text NOT NULL, "
-                     "ordered_at timestamptz NOT NULL DEFAULT now())")
-        conn.execute("INSERT INTO public.orders (order_id, customer_id, total, status) "
-                     "SELECT g, 1 + g %% %s, round((random() * 500)::numeric, 2), 'new' "
-                     "FROM generate_series(1, %s::int) g", (rows, rows * 3))
+        conn.execute(
+            "CREATE TABLE public.customers (customer_id bigint PRIMARY KEY, first_name text NOT NULL, "
+            "last_name text NOT NULL, email text, created_at timestamptz NOT NULL DEFAULT now())"
+        )
+        conn.execute(
+            "INSERT INTO public.customers SELECT g, 'First' || g, 'Last' || g, 'customer' || g || "
+            "'@example.com', timestamptz '2024-01-01 00:00:00+00' + g * interval '37 minutes' "
+            "FROM generate_series(1, %s::int) g",
+            (rows,),
+        )
+        conn.execute(
+            "CREATE TABLE public.orders (order_id bigint PRIMARY KEY, customer_id bigint NOT NULL, "
+            "total numeric(12,2) NOT NULL, status text NOT NULL, "
+            "ordered_at timestamptz NOT NULL DEFAULT now())"
+        )
+        conn.execute(
+            "INSERT INTO public.orders (order_id, customer_id, total, status) "
+            "SELECT g, 1 + g %% %s, round((random() * 500)::numeric, 2), 'new' "
+            "FROM generate_series(1, %s::int) g",
+            (rows, rows * 3),
+        )
 
 
 def write_some(dsn: str, rng: random.Random) -> str:
@@ -87,22 +99,33 @@ def write_some(dsn: str, rng: random.Random) -> str:
         next_order = conn.execute("SELECT coalesce(max(order_id), 0) + 1 FROM public.orders").fetchone()[0]
         next_customer = conn.execute("SELECT coalesce(max(customer_id), 0) + 1 FROM public.customers").fetchone()[0]
         new_orders = rng.randint(3, 12)
-        conn.execute("INSERT INTO public.orders (order_id, customer_id, total, status) "
-                     "SELECT g, 1 + (g * 7919) %% 1000, round((random() * 500)::numeric, 2), 'new' "
-                     "FROM generate_series(%s::bigint, %s::bigint) g", (next_order, next_order + new_orders - 1))
-        paid = conn.execute("UPDATE public.orders SET status = 'paid' WHERE order_id IN (SELECT order_id FROM "
-                            "public.orders WHERE status = 'new' ORDER BY random() LIMIT %s)",
-                            (rng.randint(1, 8),)).rowcount
+        conn.execute(
+            "INSERT INTO public.orders (order_id, customer_id, total, status) "
+            "SELECT g, 1 + (g * 7919) %% 1000, round((random() * 500)::numeric, 2), 'new' "
+            "FROM generate_series(%s::bigint, %s::bigint) g",
+            (next_order, next_order + new_orders - 1),
+        )
+        paid = conn.execute(
+            "UPDATE public.orders SET status = 'paid' WHERE order_id IN (SELECT order_id FROM "
+            "public.orders WHERE status = 'new' ORDER BY random() LIMIT %s)",
+            (rng.randint(1, 8),),
+        ).rowcount
         with conn.transaction():
-            conn.execute("INSERT INTO public.customers (customer_id, first_name, last_name, email) "
-                         "VALUES (%s, 'New', 'Customer', NULL)", (next_customer,))
-            edited = conn.execute("UPDATE public.customers SET email = lower(first_name) || '.' || customer_id || "
-                                  "'@example.org' WHERE customer_id = (SELECT customer_id FROM public.customers "
-                                  "ORDER BY random() LIMIT 1)").rowcount
-        deleted = conn.execute("DELETE FROM public.orders WHERE order_id = (SELECT order_id FROM public.orders "
-                               "WHERE status = 'paid' ORDER BY random() LIMIT 1)").rowcount
-    return (f"orders: {new_orders} inserted, {paid} paid, {deleted} deleted; "
-            f"customers: 1 inserted, {edited} edited")
+            conn.execute(
+                "INSERT INTO public.customers (customer_id, first_name, last_name, email) "
+                "VALUES (%s, 'New', 'Customer', NULL)",
+                (next_customer,),
+            )
+            edited = conn.execute(
+                "UPDATE public.customers SET email = lower(first_name) || '.' || customer_id || "
+                "'@example.org' WHERE customer_id = (SELECT customer_id FROM public.customers "
+                "ORDER BY random() LIMIT 1)"
+            ).rowcount
+        deleted = conn.execute(
+            "DELETE FROM public.orders WHERE order_id = (SELECT order_id FROM public.orders "
+            "WHERE status = 'paid' ORDER BY random() LIMIT 1)"
+        ).rowcount
+    return f"orders: {new_orders} inserted, {paid} paid, {deleted} deleted; customers: 1 inserted, {edited} edited"
 
 
 def _normal(row: tuple) -> tuple:
@@ -110,7 +133,7 @@ def _normal(row: tuple) -> tuple:
     out = []
     for value in row:
         if isinstance(value, dt.datetime):
-            value = (value.astimezone(dt.timezone.utc) if value.tzinfo else value.replace(tzinfo=dt.timezone.utc))
+            value = value.astimezone(dt.timezone.utc) if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
             value = value.isoformat()
         elif isinstance(value, Decimal):
             value = str(value)
@@ -137,8 +160,10 @@ def compare(dsn: str, duck: Path, table: str) -> str:
         return "busy (a snapshot is writing it)"
     if src == dst:
         return f"equals the source ({len(dst)} rows)"
-    return (f"{len(src - dst)} source rows not there yet, {len(dst - src)} rows to remove or update "
-            f"(the next runs apply them)")
+    return (
+        f"{len(src - dst)} source rows not there yet, {len(dst - src)} rows to remove or update "
+        f"(the next runs apply them)"
+    )
 
 
 def latest_runs(af, dag_id: str, count: int = 3) -> str:
@@ -146,13 +171,16 @@ def latest_runs(af, dag_id: str, count: int = 3) -> str:
     races = af.stale_event_failures()
     for run in af.runs(dag_id)[-count:]:
         tasks = af.task_states(dag_id, run["dag_run_id"])
-        ran = [t for t in ("full_refresh", "wait_for_changes", "apply_changes")
-               if tasks.get(t) not in (None, "skipped")]
+        ran = [
+            t for t in ("full_refresh", "wait_for_changes", "apply_changes") if tasks.get(t) not in (None, "skipped")
+        ]
         note = ""
         if run["state"] == "failed" and (dag_id, "wait_for_changes", run["dag_run_id"]) in races:
             note = " (Airflow's scheduler race apache/airflow#71172 in reschedule mode; the next run catches up)"
-        parts.append(f"{run['run_type']} {(run.get('run_after') or '')[11:19]} {run['state']}"
-                     f" [{', '.join(f'{t}={tasks[t]}' for t in ran) or 'plan'}]{note}")
+        parts.append(
+            f"{run['run_type']} {(run.get('run_after') or '')[11:19]} {run['state']}"
+            f" [{', '.join(f'{t}={tasks[t]}' for t in ran) or 'plan'}]{note}"
+        )
     return "; ".join(parts) or "no runs yet"
 
 
@@ -163,8 +191,12 @@ def _interrupt(signum: int, frame: object) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=8080, help="UI/API port (default 8080; a free one if taken)")
-    parser.add_argument("--every", type=float, default=60,
-                        help="seconds between writes to the source, half-way between runs (default 60)")
+    parser.add_argument(
+        "--every",
+        type=float,
+        default=60,
+        help="seconds between writes to the source, half-way between runs (default 60)",
+    )
     parser.add_argument("--rows", type=int, default=1000, help="customers to start with (orders: 3x)")
     parser.add_argument("--minutes", type=float, default=0, help="stop after this many minutes (default: at Ctrl-C)")
     parser.add_argument("--no-login", action="store_true", help="every UI visitor is an admin (no login page)")
@@ -199,31 +231,43 @@ def main() -> int:
         cluster.start()
         dsn = cluster.create_database(DATABASE)
         create_tables(dsn, args.rows)
-        say(f"PostgreSQL on port {cluster.port} (wal_level=logical): database {DATABASE!r} with public.customers "
-            f"({args.rows} rows) and public.orders ({args.rows * 3} rows)")
+        say(
+            f"PostgreSQL on port {cluster.port} (wal_level=logical): database {DATABASE!r} with public.customers "
+            f"({args.rows} rows) and public.orders ({args.rows * 3} rows)"
+        )
         duck = workdir / "warehouse.duckdb"
         registry = workdir / "tables.yaml"
         registry.write_text(REGISTRY.format(duckdb=duck))
         af = AirflowDeployment(
-            workdir / "airflow", dag_files=PG_REPLICATION_DAG_FILES, port=port, all_admins=args.no_login,
-            env={"AIRFLOW_CONN_PG_SOURCE": cluster.conn_uri(DATABASE), "PG_REPLICATION_REGISTRY": str(registry)})
+            workdir / "airflow",
+            dag_files=PG_REPLICATION_DAG_FILES,
+            port=port,
+            all_admins=args.no_login,
+            env={"AIRFLOW_CONN_PG_SOURCE": cluster.conn_uri(DATABASE), "PG_REPLICATION_REGISTRY": str(registry)},
+        )
         say("airflow db migrate, then scheduler, dag-processor, triggerer and api-server (about 30 s) ...")
         af.start()
         af.wait_for_dags(DAGS.values(), timeout=180)
         for dag_id in DAGS.values():
             af.unpause(dag_id)
         say(f"DAGs {', '.join(DAGS.values())} loaded and unpaused; the scheduler starts a run every minute")
-        login = ("no login needed (every visitor is an admin)" if args.no_login
-                 else f"log in as {af.username!r} with password {af.password!r} (throwaway demo credentials)")
-        print(f"""
+        login = (
+            "no login needed (every visitor is an admin)"
+            if args.no_login
+            else f"log in as {af.username!r} with password {af.password!r} (throwaway demo credentials)"
+        )
+        print(
+            f"""
     Airflow UI:  {af.url}/          {login}
-    DAGs:        {af.url}/dags/{DAGS['customers']}
-                 {af.url}/dags/{DAGS['orders']}
+    DAGs:        {af.url}/dags/{DAGS["customers"]}
+                 {af.url}/dags/{DAGS["orders"]}
     registry:    {registry}
     DuckDB:      {duck}  (dataset replica; --keep keeps it, and the logs, after Ctrl-C)
-    logs:        {af.logs}/  (components), {af.home / 'logs'}/  (tasks)
+    logs:        {af.logs}/  (components), {af.home / "logs"}/  (tasks)
     Ctrl-C stops Airflow and PostgreSQL.
-""", flush=True)
+""",
+            flush=True,
+        )
         rng = random.Random(11)
         deadline = time.monotonic() + args.minutes * 60 if args.minutes else None
         while deadline is None or time.monotonic() < deadline:

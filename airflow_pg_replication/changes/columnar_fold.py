@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -93,8 +93,13 @@ def _pick(column: pa.Array, src: np.ndarray, valid: np.ndarray, *, text: bool = 
         raise _Ineligible from None
 
 
-def fold_columnar(messages: Sequence[bytes] | pa.Array | pa.ChunkedArray, key_columns: Sequence[str], *,
-                  applied_lsn: int | None, relation_names: set[tuple[str, str]]) -> ColumnarBatch | None:
+def fold_columnar(
+    messages: Sequence[bytes] | pa.Array | pa.ChunkedArray,
+    key_columns: Sequence[str],
+    *,
+    applied_lsn: int | None,
+    relation_names: set[tuple[str, str]],
+) -> ColumnarBatch | None:
     """Fold raw pgoutput messages like ``fold_changes(map(decode, messages), ...)``, vectorised.
 
     ``messages``: a sequence of bytes, or an Arrow binary array of them (read without a Python
@@ -119,14 +124,18 @@ def _joined(messages: Sequence[bytes] | pa.Array | pa.ChunkedArray) -> tuple[byt
         arr = messages.combine_chunks() if isinstance(messages, pa.ChunkedArray) else messages
         _need(arr.null_count == 0 and (pa.types.is_binary(arr.type) or pa.types.is_large_binary(arr.type)))
         width = np.int64 if pa.types.is_large_binary(arr.type) else np.int32
-        offsets = np.frombuffer(arr.buffers()[1], dtype=width)[arr.offset:arr.offset + len(arr) + 1]
+        offsets = np.frombuffer(arr.buffers()[1], dtype=width)[arr.offset : arr.offset + len(arr) + 1]
         data = arr.buffers()[2] if len(arr) else pa.py_buffer(b"")
         return data.slice(int(offsets[0]), int(offsets[-1] - offsets[0])), np.diff(offsets).astype(np.int64)
     return b"".join(messages), np.fromiter(map(len, messages), dtype=np.int64, count=len(messages))
 
 
-def _fold(messages: Sequence[bytes] | pa.Array | pa.ChunkedArray, key_columns: tuple[str, ...],
-          applied_lsn: int, names: set[tuple[str, str]]) -> ColumnarBatch:
+def _fold(
+    messages: Sequence[bytes] | pa.Array | pa.ChunkedArray,
+    key_columns: tuple[str, ...],
+    applied_lsn: int,
+    names: set[tuple[str, str]],
+) -> ColumnarBatch:
     n = len(messages)
     _need(key_columns and n)
     joined, lens = _joined(messages)
@@ -136,7 +145,7 @@ def _fold(messages: Sequence[bytes] | pa.Array | pa.ChunkedArray, key_columns: t
     starts = ends - lens
 
     def message(i: int) -> bytes:
-        return bytes(buf[starts[i]:ends[i]])
+        return bytes(buf[starts[i] : ends[i]])
 
     types = buf[starts]
     _need(np.isin(types, _KNOWN_TYPES).all())

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Iterable, Sequence
 
 from airflow_pg_replication.source.pgoutput import (
     UNCHANGED_TOAST,
@@ -68,8 +68,13 @@ class ChangeFolder:
     commit LSN is at or below ``applied_lsn`` were applied before and are skipped whole.
     """
 
-    def __init__(self, key_columns: Sequence[str], *, applied_lsn: int | None = None,
-                 relation_names: set[tuple[str, str]] | None = None) -> None:
+    def __init__(
+        self,
+        key_columns: Sequence[str],
+        *,
+        applied_lsn: int | None = None,
+        relation_names: set[tuple[str, str]] | None = None,
+    ) -> None:
         self.batch = ChangeBatch(tuple(key_columns))
         self._applied_lsn = applied_lsn or 0
         self._names = relation_names
@@ -108,9 +113,14 @@ class ChangeFolder:
         transaction larger than memory is applied in bounded parts; the counters stay here. Source
         keys start afresh: the next part reads moved rows where this part leaves them.
         """
-        part = ChangeBatch(self.batch.key_columns, rows=self.batch.rows, truncate=self.batch.truncate,
-                           relation=self.batch.relation, changes=self.batch.changes,
-                           continues_lsn=self.batch.continues_lsn)
+        part = ChangeBatch(
+            self.batch.key_columns,
+            rows=self.batch.rows,
+            truncate=self.batch.truncate,
+            relation=self.batch.relation,
+            changes=self.batch.changes,
+            continues_lsn=self.batch.continues_lsn,
+        )
         self.batch.rows = {}
         self.batch.truncate = None
         self.batch.continues_lsn = self._commit_lsn  # the next part reads what this one writes
@@ -179,8 +189,9 @@ class ChangeFolder:
         source_key, source_lsn = self._source(prev, old_key, key)
         if UNCHANGED_TOAST in new:
             new = self._fill_unchanged(new, layout, prev, old if old_kind == "O" else None)
-        b.rows[key] = RowState(layout, new, self._commit_lsn, self._commit_time, source_key=source_key,
-                               source_lsn=source_lsn)
+        b.rows[key] = RowState(
+            layout, new, self._commit_lsn, self._commit_time, source_key=source_key, source_lsn=source_lsn
+        )
 
     def _source(self, prev: RowState | None, old_key: tuple, key: tuple) -> tuple[tuple | None, int | None]:
         """(source key, source LSN) of a row updated from ``old_key`` to ``key`` (see :class:`RowState`).
@@ -204,9 +215,15 @@ class ChangeFolder:
         prev = self.batch.rows.pop(key, None)
         values = prev.values if prev is not None else None
         layout = prev.layout if prev is not None else layout
-        self.batch.rows[key] = RowState(layout, values, self._commit_lsn, self._commit_time, deleted=True,
-                                        source_key=prev.source_key if prev is not None else None,
-                                        source_lsn=prev.source_lsn if prev is not None else None)
+        self.batch.rows[key] = RowState(
+            layout,
+            values,
+            self._commit_lsn,
+            self._commit_time,
+            deleted=True,
+            source_key=prev.source_key if prev is not None else None,
+            source_lsn=prev.source_lsn if prev is not None else None,
+        )
         return prev
 
     @staticmethod
@@ -230,8 +247,13 @@ class ChangeFolder:
         return tuple(values)
 
 
-def fold_changes(messages: Iterable[object], key_columns: Sequence[str], *, applied_lsn: int | None = None,
-                 relation_names: set[tuple[str, str]] | None = None) -> ChangeBatch:
+def fold_changes(
+    messages: Iterable[object],
+    key_columns: Sequence[str],
+    *,
+    applied_lsn: int | None = None,
+    relation_names: set[tuple[str, str]] | None = None,
+) -> ChangeBatch:
     """Fold a stream of decoded messages into a :class:`ChangeBatch`."""
     folder = ChangeFolder(key_columns, applied_lsn=applied_lsn, relation_names=relation_names)
     for msg in messages:

@@ -7,8 +7,9 @@ seen in the batch) are marked, not filled: filling them reads the destination
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 from airflow_pg_replication.source.type_map import PgColumn, text_to_arrow
 
@@ -22,10 +23,12 @@ def typed_keys(keys: Sequence[tuple], key_columns: Sequence[str], columns: Mappi
     """Key tuples of text values -> an Arrow table of the key columns, typed."""
     import pyarrow as pa
 
-    return pa.table({
-        name: text_to_arrow(pa.array([k[i] for k in keys], pa.string()), columns[name])
-        for i, name in enumerate(key_columns)
-    })
+    return pa.table(
+        {
+            name: text_to_arrow(pa.array([k[i] for k in keys], pa.string()), columns[name])
+            for i, name in enumerate(key_columns)
+        }
+    )
 
 
 @dataclass
@@ -82,7 +85,16 @@ def type_columnar_batch(batch: ColumnarBatch, columns: Mapping[str, PgColumn], *
     deleted_at = None
     if soft_deletes:
         deleted_at = pc.if_else(batch.deleted, batch.commit_time, pa.nulls(len(batch), batch.commit_time.type))
-    return TypedBatch(arrays, layout, key_columns, columns, to_fill, batch.commit_lsn.filter(mask), deleted_at,
-                      delete_keys, soft_deletes, upserts=int((~deleted).sum()), deletes=int(deleted.sum()))
-
-
+    return TypedBatch(
+        arrays,
+        layout,
+        key_columns,
+        columns,
+        to_fill,
+        batch.commit_lsn.filter(mask),
+        deleted_at,
+        delete_keys,
+        soft_deletes,
+        upserts=int((~deleted).sum()),
+        deletes=int(deleted.sum()),
+    )

@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import abc
 import contextlib
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, ContextManager, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, ContextManager
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -38,8 +39,15 @@ class TableDestination(abc.ABC):
     #: source's decoding on a thread; False when the destination keeps per-thread context (dlt).
     opens_in_background = False
 
-    def __init__(self, spec: Mapping[str, Any], *, table_name: str, destination_table: str, pipeline_name: str,
-                 read_only: bool = False) -> None:
+    def __init__(
+        self,
+        spec: Mapping[str, Any],
+        *,
+        table_name: str,
+        destination_table: str,
+        pipeline_name: str,
+        read_only: bool = False,
+    ) -> None:
         self.spec = dict(spec)
         self.spec.setdefault("dataset", "replica")
         self.table_name = table_name  # the source's schema.table: the state row's key
@@ -71,19 +79,34 @@ class TableDestination(abc.ABC):
     # -- loads ---------------------------------------------------------------------------------
 
     @abc.abstractmethod
-    def prepare_replace(self, state: ReplicationState, *, schema: pa.Schema, columns: list[dict],
-                        primary_key: Sequence[str]) -> None:
+    def prepare_replace(
+        self, state: ReplicationState, *, schema: pa.Schema, columns: list[dict], primary_key: Sequence[str]
+    ) -> None:
         """Record ``state`` (the copy is not usable yet) and have the table ready for :meth:`replace`."""
 
     @abc.abstractmethod
-    def replace(self, batches: Iterable[pa.RecordBatch], columns: list[dict], primary_key: Sequence[str], *,
-                schema: pa.Schema, state: ReplicationState | None = None) -> None:
+    def replace(
+        self,
+        batches: Iterable[pa.RecordBatch],
+        columns: list[dict],
+        primary_key: Sequence[str],
+        *,
+        schema: pa.Schema,
+        state: ReplicationState | None = None,
+    ) -> None:
         """Replace the table's content with ``batches`` and, when given, record ``state`` with or after it."""
 
     @abc.abstractmethod
-    def apply_batch(self, *, upserts: pa.Table | None, delete_keys: pa.Table | None,
-                    truncate: tuple[datetime, int, bool] | None, columns: list[dict], key_columns: Sequence[str],
-                    state: ReplicationState | None) -> None:
+    def apply_batch(
+        self,
+        *,
+        upserts: pa.Table | None,
+        delete_keys: pa.Table | None,
+        truncate: tuple[datetime, int, bool] | None,
+        columns: list[dict],
+        key_columns: Sequence[str],
+        state: ReplicationState | None,
+    ) -> None:
         """Apply one folded batch: truncate (at, lsn, soft), hard deletes by key, upserts; then ``state``.
 
         Every step is idempotent, so a batch re-applied after a crash gives the same table.
@@ -98,8 +121,9 @@ class TableDestination(abc.ABC):
         """True when the destination table exists and holds at least one row."""
 
     @abc.abstractmethod
-    def fetch_rows(self, key_columns: Sequence[str], keys: Sequence[tuple],
-                   columns: Sequence[str]) -> dict[tuple, dict]:
+    def fetch_rows(
+        self, key_columns: Sequence[str], keys: Sequence[tuple], columns: Sequence[str]
+    ) -> dict[tuple, dict]:
         """Current values of ``columns`` for these keys: key -> {column: value} (kept TOAST values)."""
 
     @abc.abstractmethod

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from airflow_pg_replication.replica_columns import DELETED_AT_COLUMN, LSN_COLUMN
 

@@ -12,8 +12,9 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 from airflow_pg_replication.destination import sql as destination_sql
 from airflow_pg_replication.destination.base import TableDestination
@@ -69,7 +70,9 @@ class DltTableDestination(TableDestination):
             workdir = tempfile.mkdtemp(prefix="pg_replication_dlt_")
             self._stack.callback(shutil.rmtree, workdir, True)
             self._pipeline = dlt.pipeline(
-                pipeline_name=self.pipeline_name, pipelines_dir=workdir, destination=self.dlt_destination(),
+                pipeline_name=self.pipeline_name,
+                pipelines_dir=workdir,
+                destination=self.dlt_destination(),
                 dataset_name=self.spec["dataset"],
             )
         return self._pipeline
@@ -112,23 +115,45 @@ class DltTableDestination(TableDestination):
 
     # -- loads ---------------------------------------------------------------------------------
 
-    def prepare_replace(self, state: ReplicationState, *, schema: pa.Schema, columns: list[dict],
-                        primary_key: Sequence[str]) -> None:
+    def prepare_replace(
+        self, state: ReplicationState, *, schema: pa.Schema, columns: list[dict], primary_key: Sequence[str]
+    ) -> None:
         self.write_state(state)
 
-    def replace(self, batches: Iterable[pa.RecordBatch], columns: list[dict], primary_key: Sequence[str], *,
-                schema: pa.Schema, state: ReplicationState | None = None) -> None:
+    def replace(
+        self,
+        batches: Iterable[pa.RecordBatch],
+        columns: list[dict],
+        primary_key: Sequence[str],
+        *,
+        schema: pa.Schema,
+        state: ReplicationState | None = None,
+    ) -> None:
         """dlt stages the rows and swaps the table; the state is written after it."""
         import dlt
 
-        self.run(dlt.resource(batches, name=self.destination_table, columns=columns,
-                              primary_key=list(primary_key) or None, write_disposition="replace"))
+        self.run(
+            dlt.resource(
+                batches,
+                name=self.destination_table,
+                columns=columns,
+                primary_key=list(primary_key) or None,
+                write_disposition="replace",
+            )
+        )
         if state is not None:
             self.write_state(state)
 
-    def apply_batch(self, *, upserts: pa.Table | None, delete_keys: pa.Table | None,
-                    truncate: tuple[datetime, int, bool] | None, columns: list[dict], key_columns: Sequence[str],
-                    state: ReplicationState | None) -> None:
+    def apply_batch(
+        self,
+        *,
+        upserts: pa.Table | None,
+        delete_keys: pa.Table | None,
+        truncate: tuple[datetime, int, bool] | None,
+        columns: list[dict],
+        key_columns: Sequence[str],
+        state: ReplicationState | None,
+    ) -> None:
         """The steps in order: truncate, deletes, dlt for the upserts (which also adds new columns and
         widens changed ones), the state last."""
         if truncate is not None:
@@ -151,7 +176,10 @@ class DltTableDestination(TableDestination):
         import dlt
 
         return dlt.resource(
-            tables, name=self.destination_table, columns=columns, primary_key=list(primary_key) or None,
+            tables,
+            name=self.destination_table,
+            columns=columns,
+            primary_key=list(primary_key) or None,
             write_disposition={"disposition": "merge", "strategy": "delete-insert"},
         )
 
@@ -168,9 +196,16 @@ class DltTableDestination(TableDestination):
         table = schema.tables.get(self.destination_table)
         if not table:
             return []
-        changed = [col for col in columns if (old := table["columns"].get(col["name"])) and any(
-            old.get(k) != col.get(k) for k in ("data_type", "precision", "scale", "timezone")
-            if col.get(k) is not None or k in ("precision", "scale"))]
+        changed = [
+            col
+            for col in columns
+            if (old := table["columns"].get(col["name"]))
+            and any(
+                old.get(k) != col.get(k)
+                for k in ("data_type", "precision", "scale", "timezone")
+                if col.get(k) is not None or k in ("precision", "scale")
+            )
+        ]
         if not changed:
             return []
         with self.pipeline.destination_client() as job_client:
@@ -182,14 +217,28 @@ class DltTableDestination(TableDestination):
                     old = table["columns"][col["name"]]
                     merged = {**{k: v for k, v in old.items() if k not in ("precision", "scale")}, **col}
                     dest_type = mapper.to_destination_type(merged, prepared)
-                    log.info("%s: column %s changed type in the source: %s -> %s", self.describe(), col["name"],
-                             _type_text(old), dest_type)
-                    client.execute_sql(compose("ALTER TABLE", target, "ALTER COLUMN",
-                                               client.escape_column_name(col["name"]), "TYPE", dest_type))
+                    log.info(
+                        "%s: column %s changed type in the source: %s -> %s",
+                        self.describe(),
+                        col["name"],
+                        _type_text(old),
+                        dest_type,
+                    )
+                    client.execute_sql(
+                        compose(
+                            "ALTER TABLE",
+                            target,
+                            "ALTER COLUMN",
+                            client.escape_column_name(col["name"]),
+                            "TYPE",
+                            dest_type,
+                        )
+                    )
                     table["columns"][col["name"]] = merged
                 with client.with_staging_dataset():  # dlt re-creates its staging table with the new types
-                    client.execute_sql(compose("DROP TABLE IF EXISTS",
-                                               client.make_qualified_table_name(self.destination_table)))
+                    client.execute_sql(
+                        compose("DROP TABLE IF EXISTS", client.make_qualified_table_name(self.destination_table))
+                    )
         return [c["name"] for c in changed]
 
     def has_rows(self) -> bool:
@@ -204,11 +253,18 @@ class DltTableDestination(TableDestination):
     def truncate(self, *, soft_at: datetime | None = None, lsn: int | None = None) -> None:
         """Empty the table; with ``soft_at``, mark every live row deleted at that time instead."""
         with self.sql_client() as client:
-            destination_sql.truncate(client, self.destination_table, soft_at=soft_at, lsn=lsn,
-                                     deleted_column=DELETED_AT_COLUMN, lsn_column=LSN_COLUMN)
+            destination_sql.truncate(
+                client,
+                self.destination_table,
+                soft_at=soft_at,
+                lsn=lsn,
+                deleted_column=DELETED_AT_COLUMN,
+                lsn_column=LSN_COLUMN,
+            )
 
-    def fetch_rows(self, key_columns: Sequence[str], keys: Sequence[tuple],
-                   columns: Sequence[str]) -> dict[tuple, dict]:
+    def fetch_rows(
+        self, key_columns: Sequence[str], keys: Sequence[tuple], columns: Sequence[str]
+    ) -> dict[tuple, dict]:
         with self.sql_client() as client:
             return destination_sql.fetch_rows(client, self.destination_table, key_columns, keys, columns)
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import copy
 import logging
 import threading
-from typing import TYPE_CHECKING, Any, Callable, Generic, TypeVar
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 if TYPE_CHECKING:
     from airflow_pg_replication.destination.base import TableDestination
@@ -39,10 +40,15 @@ class DestinationOpening(Generic[T]):
     had nothing to apply).
     """
 
-    def __init__(self, dest: TableDestination, prepare: Callable[[TableDestination], T], *,
-                 then: Callable[[TableDestination], Any] | None = None,
-                 let_go: Callable[[TableDestination], bool] | None = None,
-                 recheck: Callable[[TableDestination, T], Any] | None = None) -> None:
+    def __init__(
+        self,
+        dest: TableDestination,
+        prepare: Callable[[TableDestination], T],
+        *,
+        then: Callable[[TableDestination], Any] | None = None,
+        let_go: Callable[[TableDestination], bool] | None = None,
+        recheck: Callable[[TableDestination, T], Any] | None = None,
+    ) -> None:
         self._dest = dest
         self._prepare = prepare
         self._then = then

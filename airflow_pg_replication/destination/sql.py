@@ -6,8 +6,9 @@ and values always travel as parameters; statements are composed from those parts
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
-from typing import Any, Sequence
+from typing import Any
 
 CHUNK = 1000  # keys per statement
 
@@ -31,8 +32,9 @@ def has_rows(client: Any, table_name: str) -> bool:
     from dlt.destinations.exceptions import DatabaseUndefinedRelation
 
     try:
-        return bool(client.execute_sql(compose("SELECT 1 FROM", client.make_qualified_table_name(table_name),
-                                               "LIMIT 1")))
+        return bool(
+            client.execute_sql(compose("SELECT 1 FROM", client.make_qualified_table_name(table_name), "LIMIT 1"))
+        )
     except DatabaseUndefinedRelation:
         return False
 
@@ -41,31 +43,46 @@ def delete_keys(client: Any, table_name: str, key_columns: Sequence[str], keys: 
     """Delete the rows with these keys (typed values), ``CHUNK`` keys a statement."""
     table = client.make_qualified_table_name(table_name)
     for start in range(0, len(keys), CHUNK):
-        where, params = key_predicate(client, key_columns, keys[start:start + CHUNK])
+        where, params = key_predicate(client, key_columns, keys[start : start + CHUNK])
         client.execute_sql(compose("DELETE FROM", table, "WHERE", where), *params)
 
 
-def truncate(client: Any, table_name: str, *, soft_at: datetime | None, lsn: int | None, deleted_column: str,
-             lsn_column: str) -> None:
+def truncate(
+    client: Any, table_name: str, *, soft_at: datetime | None, lsn: int | None, deleted_column: str, lsn_column: str
+) -> None:
     """Empty the table; with ``soft_at``, mark every live row deleted at that time instead."""
     table = client.make_qualified_table_name(table_name)
     if soft_at is None:
         client.execute_sql(compose("DELETE FROM", table))
         return
     deleted = client.escape_column_name(deleted_column)
-    client.execute_sql(compose("UPDATE", table, "SET", deleted, "= %s,", client.escape_column_name(lsn_column),
-                               "= %s WHERE", deleted, "IS NULL"), soft_at, lsn)
+    client.execute_sql(
+        compose(
+            "UPDATE",
+            table,
+            "SET",
+            deleted,
+            "= %s,",
+            client.escape_column_name(lsn_column),
+            "= %s WHERE",
+            deleted,
+            "IS NULL",
+        ),
+        soft_at,
+        lsn,
+    )
 
 
-def fetch_rows(client: Any, table_name: str, key_columns: Sequence[str], keys: Sequence[tuple],
-               columns: Sequence[str]) -> dict[tuple, dict]:
+def fetch_rows(
+    client: Any, table_name: str, key_columns: Sequence[str], keys: Sequence[tuple], columns: Sequence[str]
+) -> dict[tuple, dict]:
     """Current values of ``columns`` for these keys: key -> {column: value}."""
     out: dict[tuple, dict] = {}
     nkey = len(key_columns)
     table = client.make_qualified_table_name(table_name)
     select = ", ".join(client.escape_column_name(c) for c in [*key_columns, *columns])
     for start in range(0, len(keys), CHUNK):
-        where, params = key_predicate(client, key_columns, keys[start:start + CHUNK])
+        where, params = key_predicate(client, key_columns, keys[start : start + CHUNK])
         for row in client.execute_sql(compose("SELECT", select, "FROM", table, "WHERE", where), *params) or []:
             out[tuple(row[:nkey])] = dict(zip(columns, row[nkey:]))
     return out

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, ContextManager
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, ContextManager
 
 from airflow_pg_replication.destination.sql import compose
 from airflow_pg_replication.table_state import STATE_COLUMNS, ReplicationState
@@ -37,8 +38,15 @@ def _state_schema() -> pa.Schema:
     """The Arrow schema of a state row, from :data:`STATE_COLUMNS` (timestamps in UTC)."""
     import pyarrow as pa
 
-    return pa.schema([(c.name, pa.timestamp("us", tz="UTC") if c.dlt_type == "timestamp"
-                       else getattr(pa, _ARROW_TYPES[c.dlt_type])()) for c in STATE_COLUMNS])
+    return pa.schema(
+        [
+            (
+                c.name,
+                pa.timestamp("us", tz="UTC") if c.dlt_type == "timestamp" else getattr(pa, _ARROW_TYPES[c.dlt_type])(),
+            )
+            for c in STATE_COLUMNS
+        ]
+    )
 
 
 def read_state(sql_client: Callable[[], ContextManager[Any]], table_name: str) -> ReplicationState | None:
@@ -49,9 +57,15 @@ def read_state(sql_client: Callable[[], ContextManager[Any]], table_name: str) -
     try:
         with sql_client() as client:
             rows = client.execute_sql(
-                compose("SELECT", ", ".join(map(client.escape_column_name, names)),
-                        "FROM", client.make_qualified_table_name(STATE_TABLE),
-                        "WHERE", client.escape_column_name("table_name"), "= %s"),
+                compose(
+                    "SELECT",
+                    ", ".join(map(client.escape_column_name, names)),
+                    "FROM",
+                    client.make_qualified_table_name(STATE_TABLE),
+                    "WHERE",
+                    client.escape_column_name("table_name"),
+                    "= %s",
+                ),
                 table_name,
             )
     except DatabaseUndefinedRelation:
@@ -65,15 +79,20 @@ def state_statements(client: Any, state: ReplicationState, *, placeholder: str =
     table = client.make_qualified_table_name(STATE_TABLE)
     names = ", ".join(map(client.escape_column_name, row))
     return [
-        (compose("DELETE FROM", table, "WHERE", client.escape_column_name("table_name"), "=", placeholder),
-         [state.table_name]),
-        (compose("INSERT INTO", table, "(", names, ") VALUES (", ", ".join([placeholder] * len(row)), ")"),
-         list(row.values())),
+        (
+            compose("DELETE FROM", table, "WHERE", client.escape_column_name("table_name"), "=", placeholder),
+            [state.table_name],
+        ),
+        (
+            compose("INSERT INTO", table, "(", names, ") VALUES (", ", ".join([placeholder] * len(row)), ")"),
+            list(row.values()),
+        ),
     ]
 
 
-def write_state(sql_client: Callable[[], ContextManager[Any]], state: ReplicationState, *,
-                run: Callable[[Any], None]) -> None:
+def write_state(
+    sql_client: Callable[[], ContextManager[Any]], state: ReplicationState, *, run: Callable[[Any], None]
+) -> None:
     """Upsert the table's state row in one destination transaction.
 
     The state table is created through dlt (``run``) on first use; later writes are one small SQL
@@ -82,10 +101,9 @@ def write_state(sql_client: Callable[[], ContextManager[Any]], state: Replicatio
     from dlt.destinations.exceptions import DatabaseUndefinedRelation
 
     try:
-        with sql_client() as client:
-            with client.begin_transaction():
-                for stmt, params in state_statements(client, state):
-                    client.execute_sql(stmt, *params)
+        with sql_client() as client, client.begin_transaction():
+            for stmt, params in state_statements(client, state):
+                client.execute_sql(stmt, *params)
         return
     except DatabaseUndefinedRelation:
         pass  # first state write in this dataset: let dlt create the table
@@ -99,5 +117,10 @@ def state_resource(state: ReplicationState) -> Any:
 
     # an Arrow row, so dlt adds none of its _dlt_* columns and plain SQL can write the table later
     table = pa.Table.from_pylist([state.as_row()], schema=_state_schema())
-    return dlt.resource([table], name=STATE_TABLE, columns=_dlt_columns(), primary_key="table_name",
-                        write_disposition={"disposition": "merge", "strategy": "delete-insert"})
+    return dlt.resource(
+        [table],
+        name=STATE_TABLE,
+        columns=_dlt_columns(),
+        primary_key="table_name",
+        write_disposition={"disposition": "merge", "strategy": "delete-insert"},
+    )

@@ -5,26 +5,38 @@ from __future__ import annotations
 import contextlib
 import datetime
 import functools
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
 
 from airflow.sdk import BaseOperator
 
-from airflow_pg_replication.registry import names as naming
 from airflow_pg_replication.errors import NeedsAttentionError
+from airflow_pg_replication.registry import names as naming
 from airflow_pg_replication.sync.replicated_table import ReplicatedTable
 
 
-def replicated_table(table: str, *, slot: str | None = None, destination_table: str | None = None,
-                     destination: Mapping[str, Any] | None = None, columns: Sequence[str] | None = None,
-                     primary_key: Sequence[str] | None = None, deletes: str = "hard") -> ReplicatedTable:
+def replicated_table(
+    table: str,
+    *,
+    slot: str | None = None,
+    destination_table: str | None = None,
+    destination: Mapping[str, Any] | None = None,
+    columns: Sequence[str] | None = None,
+    primary_key: Sequence[str] | None = None,
+    deletes: str = "hard",
+) -> ReplicatedTable:
     """The :class:`ReplicatedTable` of an operator's keyword arguments, its names derived by the registry's rules.
 
     ``destination`` gets its ``conn_id`` resolved into credentials here (see :func:`resolved_destination`).
     """
     names = naming.table_names(table, slot=slot, destination_table=destination_table)
     return ReplicatedTable(
-        schema=names.schema, name=names.table, slot=names.slot, publication=names.publication,
-        destination_table=names.destination_table, pipeline_name=names.dag_id,
+        schema=names.schema,
+        name=names.table,
+        slot=names.slot,
+        publication=names.publication,
+        destination_table=names.destination_table,
+        pipeline_name=names.dag_id,
         destination=resolved_destination(destination) if destination is not None else {},
         columns=tuple(columns) if columns else None,
         primary_key=tuple(primary_key) if primary_key else None,
@@ -34,10 +46,22 @@ def replicated_table(table: str, *, slot: str | None = None, destination_table: 
 
 #: Registry keys an operator accepts and ignores when they are not its own, so that a table's whole
 #: registry entry can be passed to any operator (``PgFullRefreshOperator(**table_knobs)``).
-REGISTRY_KNOBS = frozenset({
-    "mode", "schedule", "max_batch_changes", "min_lag_bytes", "wait_timeout", "max_lag_bytes", "on_slot_lost",
-    "verify", "poke_interval", "deferrable", "cursor_column", "cursor_lookback",
-})
+REGISTRY_KNOBS = frozenset(
+    {
+        "mode",
+        "schedule",
+        "max_batch_changes",
+        "min_lag_bytes",
+        "wait_timeout",
+        "max_lag_bytes",
+        "on_slot_lost",
+        "verify",
+        "poke_interval",
+        "deferrable",
+        "cursor_column",
+        "cursor_lookback",
+    }
+)
 
 
 def resolved_destination(spec: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -68,7 +92,7 @@ def failing_fast_when_a_person_must_act() -> Iterator[None]:
         raise _failing_without_retries(type(exc))(*exc.args) from exc
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _failing_without_retries(kind: type[NeedsAttentionError]) -> type[Exception]:
     """``kind`` that Airflow also reads as AirflowFailException (fail at once, no retries)."""
     from airflow.sdk.exceptions import AirflowFailException
@@ -100,7 +124,11 @@ class BacksOffAfterFailedRuns:
 
         self.log.warning(  # type: ignore[attr-defined]
             "the last %d run(s) of this DAG failed: backing off until %s (%.0f s) before trying again; "
-            "trigger the DAG by hand to try at once", failed, moment.isoformat(), (moment - now).total_seconds())
+            "trigger the DAG by hand to try at once",
+            failed,
+            moment.isoformat(),
+            (moment - now).total_seconds(),
+        )
         self.defer(trigger=DateTimeTrigger(moment=moment), method_name="resume_after_backoff")  # type: ignore[attr-defined]
 
     def resume_after_backoff(self, context: Any, event: Any = None) -> Any:
@@ -157,9 +185,15 @@ class PgTableOperator(BacksOffAfterFailedRuns, BaseOperator):
     @property
     def target(self) -> ReplicatedTable:
         """The table this operator replicates, its names derived and its destination's connection resolved."""
-        return replicated_table(self.table, slot=self.slot, destination_table=self.destination_table,
-                                destination=self.destination, columns=self.columns, primary_key=self.primary_key,
-                                deletes=self.deletes)
+        return replicated_table(
+            self.table,
+            slot=self.slot,
+            destination_table=self.destination_table,
+            destination=self.destination,
+            columns=self.columns,
+            primary_key=self.primary_key,
+            deletes=self.deletes,
+        )
 
     def source_hook(self) -> Any:
         from airflow_pg_replication.hooks.replication import PgReplicationHook
@@ -181,8 +215,16 @@ class PgTableOperator(BacksOffAfterFailedRuns, BaseOperator):
         t = self.target
         spec = self.destination or {}
         return OperatorLineage(
-            inputs=[Dataset(namespace=f"postgres://{params['host']}:{params['port']}",
-                            name=f"{params['dbname']}.{t.schema}.{t.name}")],
-            outputs=[Dataset(namespace=f"{spec.get('type', 'duckdb')}://{spec.get('credentials') or 'default'}",
-                             name=f"{spec.get('dataset', 'replica')}.{t.destination_table}")],
+            inputs=[
+                Dataset(
+                    namespace=f"postgres://{params['host']}:{params['port']}",
+                    name=f"{params['dbname']}.{t.schema}.{t.name}",
+                )
+            ],
+            outputs=[
+                Dataset(
+                    namespace=f"{spec.get('type', 'duckdb')}://{spec.get('credentials') or 'default'}",
+                    name=f"{spec.get('dataset', 'replica')}.{t.destination_table}",
+                )
+            ],
         )

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from airflow_pg_replication.operators.base import PgTableOperator, table_task
 from airflow_pg_replication.sync.cdc_run import MAX_RUN_SECONDS
@@ -25,9 +26,15 @@ class PgCdcApplyOperator(PgTableOperator):
 
     template_fields: Sequence[str] = (*PgTableOperator.template_fields, "max_batch_changes", "max_run_seconds")
 
-    def __init__(self, *, max_batch_changes: int = 100_000, max_lag_bytes: int | None = None,
-                 max_rows_in_memory: int = 200_000, max_run_seconds: float = MAX_RUN_SECONDS,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *,
+        max_batch_changes: int = 100_000,
+        max_lag_bytes: int | None = None,
+        max_rows_in_memory: int = 200_000,
+        max_run_seconds: float = MAX_RUN_SECONDS,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self.max_batch_changes = max_batch_changes
         self.max_rows_in_memory = max_rows_in_memory
@@ -38,6 +45,11 @@ class PgCdcApplyOperator(PgTableOperator):
     def execute(self, context: Any) -> dict[str, Any]:
         from airflow_pg_replication.sync.cdc_run import apply_changes
 
-        return apply_changes(self.source_hook(), self.target, max_batch_changes=int(self.max_batch_changes),
-                             max_rows_in_memory=self.max_rows_in_memory, max_lag_bytes=self.max_lag_bytes,
-                             max_run_seconds=float(self.max_run_seconds))
+        return apply_changes(
+            self.source_hook(),
+            self.target,
+            max_batch_changes=int(self.max_batch_changes),
+            max_rows_in_memory=self.max_rows_in_memory,
+            max_lag_bytes=self.max_lag_bytes,
+            max_run_seconds=float(self.max_run_seconds),
+        )

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import datetime
 import logging
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from airflow_pg_replication.operators.base import PgTableOperator, table_task
 
@@ -21,8 +22,10 @@ class PgFullRefreshOperator(PgTableOperator):
     def __init__(self, *, mode: str = "cdc", chunk_bytes: int = 8 << 20, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if mode not in ("cdc", "full_refresh"):
-            raise ValueError(f"PgFullRefreshOperator mode must be 'cdc' or 'full_refresh', not {mode!r} "
-                             "(incremental tables use PgIncrementalOperator)")
+            raise ValueError(
+                f"PgFullRefreshOperator mode must be 'cdc' or 'full_refresh', not {mode!r} "
+                "(incremental tables use PgIncrementalOperator)"
+            )
         self.mode = mode
         self.chunk_bytes = chunk_bytes
 
@@ -30,5 +33,6 @@ class PgFullRefreshOperator(PgTableOperator):
     def execute(self, context: Any) -> dict[str, Any]:
         from airflow_pg_replication.sync.snapshot import snapshot_table
 
-        return snapshot_table(self.source_hook(), self.target, with_slot=self.mode == "cdc",
-                              chunk_bytes=self.chunk_bytes)
+        return snapshot_table(
+            self.source_hook(), self.target, with_slot=self.mode == "cdc", chunk_bytes=self.chunk_bytes
+        )

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import datetime
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from airflow_pg_replication.operators.base import PgTableOperator, table_task
 from airflow_pg_replication.registry import names as naming
@@ -31,12 +32,19 @@ class PgIncrementalOperator(PgTableOperator):
     """
 
     def __init__(
-        self, *, cursor_column: str, cursor_lookback: str | None = None, chunk_bytes: int = 8 << 20, **kwargs: Any,
+        self,
+        *,
+        cursor_column: str,
+        cursor_lookback: str | None = None,
+        chunk_bytes: int = 8 << 20,
+        **kwargs: Any,
     ) -> None:
         mode = kwargs.pop("mode", "incremental")
         if mode != "incremental":
-            raise ValueError(f"PgIncrementalOperator mode must be 'incremental', not {mode!r} (cdc and "
-                             "full_refresh tables use PgFullRefreshOperator and PgCdcApplyOperator)")
+            raise ValueError(
+                f"PgIncrementalOperator mode must be 'incremental', not {mode!r} (cdc and "
+                "full_refresh tables use PgFullRefreshOperator and PgCdcApplyOperator)"
+            )
         super().__init__(**kwargs)
         self.cursor_column = naming.check_name(cursor_column, "cursor_column")
         self.cursor_lookback = cursor_lookback
@@ -50,7 +58,12 @@ class PgIncrementalOperator(PgTableOperator):
         from airflow_pg_replication.sync.incremental import IncrementalRefresh
 
         params = context.get("params") if isinstance(context, Mapping) else None
-        refresh = IncrementalRefresh(self.source_hook(), self.target, cursor_column=self.cursor_column,
-                                     lookback=self.lookback, lookback_text=self.cursor_lookback,
-                                     chunk_bytes=self.chunk_bytes)
+        refresh = IncrementalRefresh(
+            self.source_hook(),
+            self.target,
+            cursor_column=self.cursor_column,
+            lookback=self.lookback,
+            lookback_text=self.cursor_lookback,
+            chunk_bytes=self.chunk_bytes,
+        )
         return refresh.run(full_refresh_asked=bool(params and params.get("full_refresh")))

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from airflow.sdk import BaseBranchOperator
 
@@ -17,8 +18,14 @@ WAIT_TASK = "wait_for_changes"
 
 
 def choose_next_task(
-    *, table: str, source_conn_id: str, destination: Mapping[str, Any] | None, slot: str | None = None,
-    destination_table: str | None = None, on_slot_lost: str = "fail", params: Mapping[str, Any] | None = None,
+    *,
+    table: str,
+    source_conn_id: str,
+    destination: Mapping[str, Any] | None,
+    slot: str | None = None,
+    destination_table: str | None = None,
+    on_slot_lost: str = "fail",
+    params: Mapping[str, Any] | None = None,
     **_context: Any,
 ) -> str:
     """The task id to run next: ``full_refresh`` or ``wait_for_changes`` (see :func:`.sync.plan.next_step`)."""
@@ -26,8 +33,12 @@ def choose_next_task(
     from airflow_pg_replication.sync.plan import NextStep, next_step
 
     t = replicated_table(table, slot=slot, destination_table=destination_table, destination=destination)
-    step = next_step(PgReplicationHook(postgres_conn_id=source_conn_id), t, on_slot_lost=on_slot_lost,
-                     full_refresh_asked=bool(params and params.get("full_refresh")))
+    step = next_step(
+        PgReplicationHook(postgres_conn_id=source_conn_id),
+        t,
+        on_slot_lost=on_slot_lost,
+        full_refresh_asked=bool(params and params.get("full_refresh")),
+    )
     return FULL_REFRESH_TASK if step is NextStep.SNAPSHOT else WAIT_TASK
 
 
@@ -42,9 +53,18 @@ class PgPlanOperator(BacksOffAfterFailedRuns, BaseBranchOperator):
     template_fields = ("table", "source_conn_id", "destination", "destination_table", "slot")
     ui_color = "#dbe9f6"
 
-    def __init__(self, *, table: str, source_conn_id: str = "pg_source", destination: Mapping[str, Any] | None = None,
-                 slot: str | None = None, destination_table: str | None = None, on_slot_lost: str = "fail",
-                 back_off_after_failed_runs: bool = True, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *,
+        table: str,
+        source_conn_id: str = "pg_source",
+        destination: Mapping[str, Any] | None = None,
+        slot: str | None = None,
+        destination_table: str | None = None,
+        on_slot_lost: str = "fail",
+        back_off_after_failed_runs: bool = True,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self.table = table
         self.source_conn_id = source_conn_id
@@ -56,9 +76,15 @@ class PgPlanOperator(BacksOffAfterFailedRuns, BaseBranchOperator):
 
     def choose_branch(self, context: Any) -> str:
         params = context.get("params") if isinstance(context, Mapping) else None
-        return choose_next_task(table=self.table, source_conn_id=self.source_conn_id, destination=self.destination,
-                                slot=self.slot, destination_table=self.destination_table,
-                                on_slot_lost=self.on_slot_lost, params=params)
+        return choose_next_task(
+            table=self.table,
+            source_conn_id=self.source_conn_id,
+            destination=self.destination,
+            slot=self.slot,
+            destination_table=self.destination_table,
+            on_slot_lost=self.on_slot_lost,
+            params=params,
+        )
 
     def execute(self, context: Any) -> Any:
         self.wait_out_failed_runs(context)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from airflow_pg_replication.operators.base import PgTableOperator, table_task
 
@@ -21,9 +22,16 @@ class PgReconcileOperator(PgTableOperator):
     ui_color = "#e8f4d9"
 
     def __init__(
-        self, *, ranges: int = 16, when_behind: str = "skip", detail_rows: int = 1000,
-        fail_on_mismatch: bool = True, max_pending_scan: int = 100_000, chunk_rows: int = 50_000,
-        chunk_bytes: int = 4 << 20, **kwargs: Any,
+        self,
+        *,
+        ranges: int = 16,
+        when_behind: str = "skip",
+        detail_rows: int = 1000,
+        fail_on_mismatch: bool = True,
+        max_pending_scan: int = 100_000,
+        chunk_rows: int = 50_000,
+        chunk_bytes: int = 4 << 20,
+        **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         if when_behind not in ("skip", "fail"):
@@ -41,9 +49,15 @@ class PgReconcileOperator(PgTableOperator):
         from airflow_pg_replication.sync.reconcile import DestinationBehind, Reconciliation
 
         reconciliation = Reconciliation(
-            self.source_hook(), self.target, ranges=self.ranges, detail_rows=self.detail_rows,
-            fail_on_mismatch=self.fail_on_mismatch, max_pending_scan=self.max_pending_scan,
-            chunk_rows=self.chunk_rows, chunk_bytes=self.chunk_bytes)
+            self.source_hook(),
+            self.target,
+            ranges=self.ranges,
+            detail_rows=self.detail_rows,
+            fail_on_mismatch=self.fail_on_mismatch,
+            max_pending_scan=self.max_pending_scan,
+            chunk_rows=self.chunk_rows,
+            chunk_bytes=self.chunk_bytes,
+        )
         try:
             return reconciliation.run()
         except DestinationBehind as exc:

@@ -104,7 +104,7 @@ class ColumnCanon:
                 arr = arr.combine_chunks() if arr.num_chunks else pa.array([], arr.type)
             flat = self.element.column(arr.values)
             offsets, valid = arr.offsets.to_pylist(), arr.is_valid().to_pylist()
-            return [("[", tuple(flat[offsets[i]:offsets[i + 1]])) if valid[i] else None for i in range(len(arr))]
+            return [("[", tuple(flat[offsets[i] : offsets[i + 1]])) if valid[i] else None for i in range(len(arr))]
         return [None if v is None else self.value(v) for v in arr.to_pylist()]
 
     def _decimal_column(self, arr: Any) -> list:
@@ -191,7 +191,7 @@ class ColumnCanon:
         """A readable, JSON-friendly form of a canonical value (for keys in messages and results)."""
         import pyarrow as pa
 
-        if c is None or isinstance(c, (bool, int, float, str)) and self.kind != "temporal":
+        if c is None or (isinstance(c, (bool, int, float, str)) and self.kind != "temporal"):
             return c
         if isinstance(c, bytes):
             return "\\x" + c.hex()

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from datetime import time as dtime
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from psycopg import sql
@@ -15,8 +16,18 @@ if TYPE_CHECKING:
     from airflow_pg_replication.source.catalog import TableInfo
     from airflow_pg_replication.source.type_map import PgColumn
 
-__all__ = ["KeyRange", "KeySpace", "RangePlan", "format_key", "mismatch_message", "plain", "plan_ranges",
-           "public_result", "range_result", "range_step"]
+__all__ = [
+    "KeyRange",
+    "KeySpace",
+    "RangePlan",
+    "format_key",
+    "mismatch_message",
+    "plain",
+    "plan_ranges",
+    "public_result",
+    "range_result",
+    "range_step",
+]
 
 _TEXT_TYPES = ("text", "varchar", "bpchar", "name")  # ordered by COLLATE "C" directly
 SHOWN_KEYS = 10  # keys named per list in the error message (the result lists up to detail_rows)
@@ -67,8 +78,12 @@ class KeySpace:
         from airflow_pg_replication.source.type_map import arrow_type
 
         ident = sql.Identifier(col.name)
-        if col.type.element is None and col.type.schema == "pg_catalog" and not col.type.is_enum \
-                and col.type.name in _TEXT_TYPES:
+        if (
+            col.type.element is None
+            and col.type.schema == "pg_catalog"
+            and not col.type.is_enum
+            and col.type.name in _TEXT_TYPES
+        ):
             return sql.SQL('{} COLLATE "C"').format(ident)
         if pa.types.is_string(arrow_type(col)):
             return sql.SQL('({}::text COLLATE "C")').format(ident)
@@ -84,8 +99,11 @@ class KeySpace:
         from psycopg import sql
 
         idents = [sql.Identifier(n) for n in self.names]
-        not_null = sql.SQL(" WHERE ") + sql.SQL(" AND ").join(
-            sql.SQL("{} IS NOT NULL").format(i) for i in idents) if self.nullable else sql.SQL("")
+        not_null = (
+            sql.SQL(" WHERE ") + sql.SQL(" AND ").join(sql.SQL("{} IS NOT NULL").format(i) for i in idents)
+            if self.nullable
+            else sql.SQL("")
+        )
         return sql.SQL(
             "SELECT {texts} FROM (SELECT {cols}, row_number() OVER (ORDER BY {order}) AS rn FROM {table}{nn}) s "
             "WHERE rn > 1 AND (rn - 1) %% %s = 0 ORDER BY rn"
@@ -93,7 +111,8 @@ class KeySpace:
             texts=sql.SQL(", ").join(sql.SQL("{}::text").format(i) for i in idents),
             cols=sql.SQL(", ").join(idents),
             order=sql.SQL(", ").join(self._expr(c) for c in self.columns),
-            table=sql.Identifier(self.info.schema, self.info.name), nn=not_null,
+            table=sql.Identifier(self.info.schema, self.info.name),
+            nn=not_null,
         )
 
     def typed_bounds(self, texts: Sequence[tuple]) -> list[tuple]:
@@ -104,10 +123,14 @@ class KeySpace:
 
         from airflow_pg_replication.source.type_map import text_to_arrow
 
-        typed = list(zip(*[
-            text_to_arrow(pa.array([r[j] for r in texts], pa.string()), c).to_pylist()
-            for j, c in enumerate(self.columns)
-        ]))
+        typed = list(
+            zip(
+                *[
+                    text_to_arrow(pa.array([r[j] for r in texts], pa.string()), c).to_pylist()
+                    for j, c in enumerate(self.columns)
+                ]
+            )
+        )
         return list(zip(texts, typed))
 
     def pg_predicate(self, rng: KeyRange) -> sql.Composable | None:
@@ -170,10 +193,19 @@ def range_result(i: int, n: int, rng: KeyRange, names: Sequence[str], src: Range
     elif not names:
         label = f"range {i + 1}/{n} (whole table: no key)"
     else:
-        label = (f"range {i + 1}/{n} [{format_key(lower, names) if rng.lower else 'start'} .. "
-                 f"{format_key(upper, names) if rng.upper else 'end'})")
-    res: dict[str, Any] = {"range": i + 1, "label": label, "lower": lower, "upper": upper, "ok": ok,
-                           "source_rows": src.rows, "destination_rows": dst.rows}
+        label = (
+            f"range {i + 1}/{n} [{format_key(lower, names) if rng.lower else 'start'} .. "
+            f"{format_key(upper, names) if rng.upper else 'end'})"
+        )
+    res: dict[str, Any] = {
+        "range": i + 1,
+        "label": label,
+        "lower": lower,
+        "upper": upper,
+        "ok": ok,
+        "source_rows": src.rows,
+        "destination_rows": dst.rows,
+    }
     if ok:
         return res
     if src.keys is None or dst.keys is None:
@@ -190,8 +222,9 @@ def range_result(i: int, n: int, rng: KeyRange, names: Sequence[str], src: Range
         other = src.keys.get(k)
         if other is None or other[2] < count:
             extra.append(shown)
-    res.update(detail=True, missing=sorted(missing, key=repr), extra=sorted(extra, key=repr),
-               changed=sorted(changed, key=repr))
+    res.update(
+        detail=True, missing=sorted(missing, key=repr), extra=sorted(extra, key=repr), changed=sorted(changed, key=repr)
+    )
     return res
 
 
@@ -220,8 +253,10 @@ def public_result(r: dict) -> dict:
 
 def mismatch_message(table: str, out: dict, bad: list[dict], names: list[str]) -> str:
     """The error naming each differing range and, where listed, its missing / extra / changed keys."""
-    lines = [f"{table}: destination differs from the source at LSN {out['lsn']}: {len(bad)} of {out['ranges']} "
-             f"range(s) differ (source {out['rows']:,} rows, destination {out['destination_rows']:,} rows)"]
+    lines = [
+        f"{table}: destination differs from the source at LSN {out['lsn']}: {len(bad)} of {out['ranges']} "
+        f"range(s) differ (source {out['rows']:,} rows, destination {out['destination_rows']:,} rows)"
+    ]
     key_names = names or []
     for r in bad:
         line = f"  {r['label']}: source {r['source_rows']:,} rows, destination {r['destination_rows']:,} rows"
@@ -231,8 +266,11 @@ def mismatch_message(table: str, out: dict, bad: list[dict], names: list[str]) -
                 if items:
                     shown = ", ".join(format_key(k, key_names) for k in items[:SHOWN_KEYS])
                     more = f" and {len(items) - SHOWN_KEYS} more" if len(items) > SHOWN_KEYS else ""
-                    label = {"missing": "missing in destination", "extra": "extra in destination",
-                             "changed": "changed"}[what]
+                    label = {
+                        "missing": "missing in destination",
+                        "extra": "extra in destination",
+                        "changed": "changed",
+                    }[what]
                     line += f"; {label}: {shown}{more}"
         else:
             line += "; too many rows to list the keys: narrow it down with more ranges"

@@ -14,7 +14,16 @@ from airflow_pg_replication.registry.models import (
 )
 
 __all__ = [
-    "DestinationConfig", "Registry", "RegistryError", "RegistryIssue", "SourceConfig", "TableConfig",
-    "TableDefaults", "TableError", "load_registry", "load_registry_tolerant", "parse_registry",
+    "DestinationConfig",
+    "Registry",
+    "RegistryError",
+    "RegistryIssue",
+    "SourceConfig",
+    "TableConfig",
+    "TableDefaults",
+    "TableError",
+    "load_registry",
+    "load_registry_tolerant",
+    "parse_registry",
     "parse_registry_tolerant",
 ]

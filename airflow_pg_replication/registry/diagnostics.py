@@ -13,8 +13,10 @@ from pydantic import BaseModel, ValidationError
 
 from airflow_pg_replication.registry import names as naming
 
-CREDENTIALS_HINT = ("credentials must not be written in the registry; store them in an Airflow connection and "
-                    "reference it with conn_id, or pass them through an environment variable")
+CREDENTIALS_HINT = (
+    "credentials must not be written in the registry; store them in an Airflow connection and "
+    "reference it with conn_id, or pass them through an environment variable"
+)
 _SECRET_KEY_RE = re.compile(r"passw(or)?d|secret|token|api_?key|private_?key|access_?key|^(pass|pwd)$", re.I)
 
 _KeyPath = tuple  # e.g. ("tables", 1, "mode"), shown as tables[1].mode
@@ -140,8 +142,13 @@ def _validate(model: type[BaseModel], data: Any) -> tuple[Any, _Found]:
 def _secret_paths(data: Any, path: _KeyPath = ()) -> list[_KeyPath]:
     """Key paths of keys that look like they hold a secret (password, token, ...), at any depth."""
     if isinstance(data, dict):
-        return [p for k, v in data.items() for p in
-                ([path + (k,)] if isinstance(k, str) and _SECRET_KEY_RE.search(k) else _secret_paths(v, path + (k,)))]
+        return [
+            p
+            for k, v in data.items()
+            for p in (
+                [path + (k,)] if isinstance(k, str) and _SECRET_KEY_RE.search(k) else _secret_paths(v, path + (k,))
+            )
+        ]
     if isinstance(data, list):
         return [p for i, v in enumerate(data) for p in _secret_paths(v, path + (i,))]
     return []
@@ -165,9 +172,9 @@ def _table_index(path: _KeyPath) -> int | None:
     return path[1] if len(path) > 1 and path[0] == "tables" and isinstance(path[1], int) else None
 
 
-def check_document(text: str, file: str, sections: dict[str, type[BaseModel]], table_model: type[BaseModel],
-                   duplicates: Duplicates) -> tuple[dict[str, Any] | None, list[Any], list[RegistryIssue],
-                                                    list[TableError]]:
+def check_document(
+    text: str, file: str, sections: dict[str, type[BaseModel]], table_model: type[BaseModel], duplicates: Duplicates
+) -> tuple[dict[str, Any] | None, list[Any], list[RegistryIssue], list[TableError]]:
     """Validate a registry document against the given models, collecting every problem.
 
     Returns the validated sections (None if the registry itself is broken), the valid table configs in
@@ -181,8 +188,9 @@ def check_document(text: str, file: str, sections: dict[str, type[BaseModel]], t
     problems += _repeated_keys(root)
 
     def add(prefix: _KeyPath, found: _Found) -> None:
-        problems.extend((prefix + p, None, m) for p, m in found
-                        if not any((prefix + p)[: len(s)] == s for s in secrets))
+        problems.extend(
+            (prefix + p, None, m) for p, m in found if not any((prefix + p)[: len(s)] == s for s in secrets)
+        )
 
     add((), [((key,), _unknown_key(key, root_keys)) for key in data if key not in root_keys])
     validated = {}
@@ -205,8 +213,10 @@ def check_document(text: str, file: str, sections: dict[str, type[BaseModel]], t
             continue
         cfg, found = _validate(table_model, {**defaults, **item})
         inherited = defaults.keys() - item.keys()
-        add(("tables", index), [(p, f"{m} ({p[0]} is set in defaults)" if p and p[0] in inherited else m)
-                                for p, m in found])
+        add(
+            ("tables", index),
+            [(p, f"{m} ({p[0]} is set in defaults)" if p and p[0] in inherited else m) for p, m in found],
+        )
         if cfg is not None:
             configs[index] = cfg
     broken = {_table_index(p) for p, _, _ in problems} - {None}

@@ -34,8 +34,10 @@ def parse_interval(text: str) -> datetime.timedelta:
     """Turn ``"<number> <unit>"`` (unit second(s), minute(s), hour(s) or day(s)) into a timedelta."""
     match = _INTERVAL_RE.fullmatch(text) if isinstance(text, str) else None
     if match is None:
-        raise ValueError(f"invalid interval {text!r}: expected '<number> <unit>' with unit second(s), minute(s), "
-                         "hour(s) or day(s), e.g. '5 minutes'")
+        raise ValueError(
+            f"invalid interval {text!r}: expected '<number> <unit>' with unit second(s), minute(s), "
+            "hour(s) or day(s), e.g. '5 minutes'"
+        )
     return datetime.timedelta(**{match[2] + "s": float(match[1])})
 
 
@@ -47,8 +49,10 @@ def _check_schedule(value: str | None) -> None:
     except ImportError:  # pragma: no cover
         croniter = None
     if len(value.split()) != 5 or (croniter is not None and not croniter.is_valid(value)):
-        raise ValueError(f"invalid schedule {value!r}: use a 5-field cron expression like '*/5 * * * *', "
-                         f"a preset ({', '.join(SCHEDULE_PRESETS)}), or null for manual runs only")
+        raise ValueError(
+            f"invalid schedule {value!r}: use a 5-field cron expression like '*/5 * * * *', "
+            f"a preset ({', '.join(SCHEDULE_PRESETS)}), or null for manual runs only"
+        )
 
 
 def _check_no_password(value: str) -> None:
@@ -80,10 +84,23 @@ def _named(what: str) -> AfterValidator:
 ColumnName = Annotated[str, _named("column name")]
 ColumnList = Annotated[list[ColumnName], _passes(_check_columns)]
 ConnId = Annotated[str, _passes(partial(_check_pattern, r"[A-Za-z0-9_.-]+", "conn_id", "[A-Za-z0-9_.-]+"))]
-SlotName = Annotated[str, _passes(partial(_check_pattern, r"[a-z0-9_]{1,63}", "slot name",
-                                          "[a-z0-9_]{1,63} (PostgreSQL's rule for slot names)"))]
-DestinationType = Annotated[str, _passes(partial(_check_pattern, r"[A-Za-z_][A-Za-z0-9_.]*", "destination type",
-                                                 "[A-Za-z_][A-Za-z0-9_.]* (a dlt destination name)"))]
+SlotName = Annotated[
+    str,
+    _passes(
+        partial(_check_pattern, r"[a-z0-9_]{1,63}", "slot name", "[a-z0-9_]{1,63} (PostgreSQL's rule for slot names)")
+    ),
+]
+DestinationType = Annotated[
+    str,
+    _passes(
+        partial(
+            _check_pattern,
+            r"[A-Za-z_][A-Za-z0-9_.]*",
+            "destination type",
+            "[A-Za-z_][A-Za-z0-9_.]* (a dlt destination name)",
+        )
+    ),
+]
 
 
 class _Model(BaseModel):
@@ -107,8 +124,12 @@ class DestinationConfig(_Model):
     @model_validator(mode="before")
     @classmethod
     def _default_duckdb_file(cls, data: Any) -> Any:
-        if (isinstance(data, dict) and data.get("type", "duckdb") == "duckdb"
-                and data.get("credentials") is None and data.get("conn_id") is None):
+        if (
+            isinstance(data, dict)
+            and data.get("type", "duckdb") == "duckdb"
+            and data.get("credentials") is None
+            and data.get("conn_id") is None
+        ):
             return {**data, "credentials": default_duckdb_path()}
         return data
 
@@ -204,8 +225,12 @@ def _duplicates(tables: dict[int, TableConfig]) -> list[tuple[int, str, str]]:
     for index, cfg in tables.items():
         claims = [
             ("table", "table", cfg.qualified_name, "list each table once"),
-            ("destination table", "destination_table" if cfg.destination_table else "table",
-             cfg.destination_table_name.lower(), "set a different destination_table (case is ignored)"),
+            (
+                "destination table",
+                "destination_table" if cfg.destination_table else "table",
+                cfg.destination_table_name.lower(),
+                "set a different destination_table (case is ignored)",
+            ),
             ("replication slot", "slot" if cfg.slot else "table", cfg.slot_name, "set a distinct slot"),
             ("DAG id", "table", cfg.dag_id, "these two table names cannot both be replicated"),
         ]
@@ -215,8 +240,9 @@ def _duplicates(tables: dict[int, TableConfig]) -> list[tuple[int, str, str]]:
             continue
         kind, key, value, fix = clash
         other = seen[(kind, value)]
-        problems.append((index, key, f"{kind} {value!r} is already used by tables[{other}] "
-                                     f"({tables[other].qualified_name}); {fix}"))
+        problems.append(
+            (index, key, f"{kind} {value!r} is already used by tables[{other}] ({tables[other].qualified_name}); {fix}")
+        )
     return problems
 
 

@@ -99,5 +99,11 @@ def table_names(table: str, *, slot: str | None = None, destination_table: str |
     ``pgrepl_<schema>_<table>``. ValueError for a name that breaks :data:`NAME_RULE`.
     """
     schema, name = parse_table_name(table)
-    return TableNames(schema, name, slot or slot_name(schema, name), slot or publication_name(schema, name),
-                      destination_table or default_destination_table(schema, name), dag_id(schema, name))
+    return TableNames(
+        schema,
+        name,
+        slot or slot_name(schema, name),
+        slot or publication_name(schema, name),
+        destination_table or default_destination_table(schema, name),
+        dag_id(schema, name),
+    )

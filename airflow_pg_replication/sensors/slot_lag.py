@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import timedelta
-from typing import Any, Sequence
+from typing import Any
 
 from airflow.sdk import conf
 from airflow.sdk.bases.sensor import BaseSensorOperator
@@ -25,9 +26,15 @@ class PgSlotLagSensor(BaseSensorOperator):
     ui_color = "#f6e7c1"
 
     def __init__(
-        self, *, table: str, source_conn_id: str = "pg_source", slot: str | None = None,
-        min_lag_bytes: int = 1, max_lag_bytes: int = 10 * 1024**3,
-        deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False), **kwargs: Any,
+        self,
+        *,
+        table: str,
+        source_conn_id: str = "pg_source",
+        slot: str | None = None,
+        min_lag_bytes: int = 1,
+        max_lag_bytes: int = 10 * 1024**3,
+        deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
+        **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.table = table
@@ -50,8 +57,13 @@ class PgSlotLagSensor(BaseSensorOperator):
         from airflow_pg_replication.source.table_changes import poke_sync
         from airflow_pg_replication.triggers.slot_lag import poke_target
 
-        target = poke_target(self.table, slot=self.slot_name, publication=self.publication,
-                             min_lag_bytes=self.min_lag_bytes, max_lag_bytes=self.max_lag_bytes)
+        target = poke_target(
+            self.table,
+            slot=self.slot_name,
+            publication=self.publication,
+            min_lag_bytes=self.min_lag_bytes,
+            max_lag_bytes=self.max_lag_bytes,
+        )
         hook = PgReplicationHook(postgres_conn_id=self.source_conn_id)
         with hook.connect() as conn:
             result = poke_sync(conn, target)
@@ -67,9 +79,13 @@ class PgSlotLagSensor(BaseSensorOperator):
 
         self.defer(
             trigger=SlotLagTrigger(
-                source_conn_id=self.source_conn_id, slot=self.slot_name, table=self.table,
-                min_lag_bytes=self.min_lag_bytes, max_lag_bytes=self.max_lag_bytes,
-                poke_interval=float(self.poke_interval), publication=self.publication,
+                source_conn_id=self.source_conn_id,
+                slot=self.slot_name,
+                table=self.table,
+                min_lag_bytes=self.min_lag_bytes,
+                max_lag_bytes=self.max_lag_bytes,
+                poke_interval=float(self.poke_interval),
+                publication=self.publication,
             ),
             method_name="execute_complete",
             timeout=timedelta(seconds=self.timeout),

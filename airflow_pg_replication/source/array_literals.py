@@ -29,16 +29,20 @@ def parse_array(
     """
     d = re.escape(delimiter)
     quoted, bare = r'"(?:[^"\\]|\\.)*"', f'[^"{{}}{d}]+'
-    values = map_where(pc.starts_with(values, "["), values,  # drop a lower-bound decoration
-                       lambda v: pc.replace_substring_regex(v, r"^\[-?\d+:-?\d+\]=", ""))
+    values = map_where(
+        pc.starts_with(values, "["),
+        values,  # drop a lower-bound decoration
+        lambda v: pc.replace_substring_regex(v, r"^\[-?\d+:-?\d+\]=", ""),
+    )
     element = f"(?:{quoted}|{bare})"
     ok = pc.match_substring_regex(values, f"(?s)^{{(?:{element}(?:{d}{element})*)?}}$")
     bad = pc.index(pc.and_(pc.is_valid(values), pc.invert(pc.fill_null(ok, True))), True).as_py()
     if bad >= 0:
         text = values[bad].as_py()
         multi = text.startswith(("{{", "[")) or re.match(r'^{[^"]*{', text) is not None
-        raise TextParseError(column, text, "multi-dimensional arrays are not supported"
-                             if multi else "malformed array literal")
+        raise TextParseError(
+            column, text, "multi-dimensional arrays are not supported" if multi else "malformed array literal"
+        )
     inner = pc.utf8_slice_codeunits(values, 1, -1)
     if pa.types.is_large_string(inner.type):
         inner = inner.cast(pa.string())
@@ -64,7 +68,7 @@ def _elements_exact(inner: pa.Array, delimiter: str) -> tuple[pa.Array, pa.Array
     """
     n = len(inner)
     valid = ~pc.is_null(inner).to_numpy(zero_copy_only=False) if inner.null_count else np.ones(n, dtype=bool)
-    offsets = np.frombuffer(inner.buffers()[1], dtype=np.int32)[inner.offset:inner.offset + n + 1].astype(np.int64)
+    offsets = np.frombuffer(inner.buffers()[1], dtype=np.int32)[inner.offset : inner.offset + n + 1].astype(np.int64)
     lo, hi = int(offsets[0]), int(offsets[-1])
     data = np.frombuffer(inner.buffers()[2], dtype=np.uint8)[lo:hi] if hi > lo else np.zeros(0, np.uint8)
     starts, ends = offsets[:-1] - lo, offsets[1:] - lo
@@ -120,9 +124,15 @@ def _elements_exact(inner: pa.Array, delimiter: str) -> tuple[pa.Array, pa.Array
     if len(maybe):
         word = kept[kept_offsets[maybe][:, None] + np.arange(4)] | 0x20
         null[maybe] = (word == np.frombuffer(b"null", dtype=np.uint8)).all(axis=1)
-    texts = pa.Array.from_buffers(pa.string(), len(length), [
-        pa.array(~null).buffers()[1] if null.any() else None,
-        pa.py_buffer(kept_offsets.astype(np.int32)), pa.py_buffer(kept)])
+    texts = pa.Array.from_buffers(
+        pa.string(),
+        len(length),
+        [
+            pa.array(~null).buffers()[1] if null.any() else None,
+            pa.py_buffer(kept_offsets.astype(np.int32)),
+            pa.py_buffer(kept),
+        ],
+    )
     return pa.array(list_offsets.astype(np.int32)), texts
 
 
@@ -138,9 +148,11 @@ def _elements_by_regex(inner: pa.Array, delimiter: str, tokenize: str) -> tuple[
     is_null = pc.equal(pc.ascii_upper(tokens), "NULL")  # unquoted NULL, as array_in
     texts = pc.if_else(is_null, pa.scalar(None, pa.string()), tokens)
     texts = map_where(is_quoted, texts, lambda v: pc.utf8_slice_codeunits(v, 1, -1))
-    texts = map_where(pc.and_(is_quoted, pc.match_substring(texts, "\\")), texts,
-                      lambda v: pc.replace_substring_regex(v, r"(?s)\\(.)", "\\1"))
+    texts = map_where(
+        pc.and_(is_quoted, pc.match_substring(texts, "\\")),
+        texts,
+        lambda v: pc.replace_substring_regex(v, r"(?s)\\(.)", "\\1"),
+    )
     lengths = pc.if_else(empty, 0, pc.fill_null(pc.list_value_length(tokens_lists), 0))
-    offsets = pa.concat_arrays([pa.array([0], pa.int32()),
-                                pc.cast(pc.cumulative_sum(lengths), pa.int32())])
+    offsets = pa.concat_arrays([pa.array([0], pa.int32()), pc.cast(pc.cumulative_sum(lengths), pa.int32())])
     return offsets, texts

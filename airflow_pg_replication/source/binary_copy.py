@@ -32,8 +32,25 @@ if TYPE_CHECKING:
     from airflow_pg_replication.source.type_map import PgColumn
 
 #: PostgreSQL base types read binary: ADBC's Arrow type for them is our type map's.
-NATIVE = frozenset({"int2", "int4", "int8", "float4", "float8", "bool", "text", "varchar", "bpchar", "bytea",
-                    "date", "timestamp", "timestamptz", "json", "jsonb"})
+NATIVE = frozenset(
+    {
+        "int2",
+        "int4",
+        "int8",
+        "float4",
+        "float8",
+        "bool",
+        "text",
+        "varchar",
+        "bpchar",
+        "bytea",
+        "date",
+        "timestamp",
+        "timestamptz",
+        "json",
+        "jsonb",
+    }
+)
 
 # ADBC shifts PostgreSQL's 2000-01-01 epoch to 1970 with wrapping arithmetic, so PostgreSQL's
 # ±infinity (the extreme int64 / int32) arrive as these values; anything else below the
@@ -74,11 +91,15 @@ def _json_lists(docs: pa.Array, typ: pa.DataType) -> pa.Array:
         return pa.array([], typ)
     lines = pc.binary_join_element_wise(docs, pa.scalar("\n"), "")
     offsets = lines.buffers()[1]
-    start, end = (int.from_bytes(offsets[i * 4:(i + 1) * 4], "little", signed=True)
-                  for i in (lines.offset, lines.offset + len(lines)))
+    start, end = (
+        int.from_bytes(offsets[i * 4 : (i + 1) * 4], "little", signed=True)
+        for i in (lines.offset, lines.offset + len(lines))
+    )
     data = lines.buffers()[2][start:end]
-    table = pajson.read_json(pa.BufferReader(data), parse_options=pajson.ParseOptions(
-        explicit_schema=pa.schema([("v", typ)]), newlines_in_values=False))
+    table = pajson.read_json(
+        pa.BufferReader(data),
+        parse_options=pajson.ParseOptions(explicit_schema=pa.schema([("v", typ)]), newlines_in_values=False),
+    )
     return table.column("v").combine_chunks()
 
 
@@ -118,8 +139,14 @@ class BinaryCopyReader:
     is exported and imported by the ADBC connection, so the rows are exactly what ``conn`` sees.
     """
 
-    def __init__(self, conn: psycopg.Connection, info: TableInfo, *, where: sql.Composable | None = None,
-                 block_bytes: int = 8 << 20) -> None:
+    def __init__(
+        self,
+        conn: psycopg.Connection,
+        info: TableInfo,
+        *,
+        where: sql.Composable | None = None,
+        block_bytes: int = 8 << 20,
+    ) -> None:
         self.conn = conn
         self.info = info
         self.where = where
@@ -159,8 +186,11 @@ class BinaryCopyReader:
             else:  # the type's output function, except the casts of bpchar, inet, bool (kept out of here)
                 exprs.append(sql.SQL("{}::text").format(ident))
         return sql.SQL("SELECT {} FROM {}.{}{}").format(
-            sql.SQL(", ").join(exprs), sql.Identifier(self.info.schema), sql.Identifier(self.info.name),
-            sql.SQL(" WHERE ") + self.where if self.where is not None else sql.SQL(""))
+            sql.SQL(", ").join(exprs),
+            sql.Identifier(self.info.schema),
+            sql.Identifier(self.info.name),
+            sql.SQL(" WHERE ") + self.where if self.where is not None else sql.SQL(""),
+        )
 
     def __enter__(self) -> BinaryCopyReader:
         from psycopg import sql
@@ -201,7 +231,6 @@ class BinaryCopyReader:
     def convert(self, batch: pa.RecordBatch) -> list[pa.Array]:
         """The batch's columns as arrays of :func:`.typemap.arrow_type`."""
         import pyarrow as pa
-
         import pyarrow.compute as pc
 
         out = []

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 from airflow_pg_replication.errors import NeedsAttentionError
 from airflow_pg_replication.source.type_map import TYPE_CATALOG_SQL, PgColumn, PgType, resolve_types
@@ -106,8 +107,13 @@ def resolve_column_types(conn: psycopg.Connection, type_oids: Sequence[int]) -> 
 
 
 def read_table_info(
-    conn: psycopg.Connection, schema: str, table: str, *, source: str = "the source",
-    columns: Sequence[str] | None = None, primary_key: Sequence[str] | None = None,
+    conn: psycopg.Connection,
+    schema: str,
+    table: str,
+    *,
+    source: str = "the source",
+    columns: Sequence[str] | None = None,
+    primary_key: Sequence[str] | None = None,
 ) -> TableInfo:
     """Read a table's columns and key; a missing table or column is a clear error."""
     rows = conn.execute(_COLUMNS_SQL, (schema, table)).fetchall()
@@ -140,7 +146,9 @@ def read_table_info(
     if columns and pk:
         outside = [c for c in pk if c not in columns]
         if outside:
-            raise NeedsAttentionError(f"the key column(s) {', '.join(outside)} of {schema}.{table} must be in `columns`")
+            raise NeedsAttentionError(
+                f"the key column(s) {', '.join(outside)} of {schema}.{table} must be in `columns`"
+            )
     return TableInfo(schema, table, oid, relkind, replident, cols, pk)
 
 
@@ -182,8 +190,18 @@ def slot_info_from_row(row: tuple | None) -> SlotInfo | None:
     if row is None:
         return None
     return SlotInfo(
-        name=row[0], plugin=row[1], database=row[3], active=bool(row[4]), wal_status=row[5],
-        safe_wal_size=row[6], restart_lsn=row[7], confirmed_flush_lsn=row[8], retained_bytes=row[9],
-        lag_bytes=row[10], in_this_database=row[3] == row[11], wal_bytes_per_second=row[12],
-        active_pid=row[13], wal_flush_lsn=row[14],
+        name=row[0],
+        plugin=row[1],
+        database=row[3],
+        active=bool(row[4]),
+        wal_status=row[5],
+        safe_wal_size=row[6],
+        restart_lsn=row[7],
+        confirmed_flush_lsn=row[8],
+        retained_bytes=row[9],
+        lag_bytes=row[10],
+        in_this_database=row[3] == row[11],
+        wal_bytes_per_second=row[12],
+        active_pid=row[13],
+        wal_flush_lsn=row[14],
     )

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterator, Mapping
+from typing import TYPE_CHECKING, Any
 
 from airflow_pg_replication.errors import NeedsAttentionError, ReplicationError, TransientError
 from airflow_pg_replication.source.catalog import SlotInfo, TableInfo, read_slot_info, read_table_info
@@ -150,9 +151,7 @@ class SourceDatabase:
 
     def drop_slot(self, conn: psycopg.Connection, slot: str) -> bool:
         """Drop the slot if it exists (ending a walsender still using it). True when one was dropped."""
-        row = conn.execute(
-            "SELECT active_pid FROM pg_replication_slots WHERE slot_name = %s", (slot,)
-        ).fetchone()
+        row = conn.execute("SELECT active_pid FROM pg_replication_slots WHERE slot_name = %s", (slot,)).fetchone()
         if row is None:
             return False
         if row[0] is not None:
@@ -181,9 +180,7 @@ class SourceDatabase:
         try:
             cur = rconn.cursor()
             cur.execute(
-                sql2.SQL("CREATE_REPLICATION_SLOT {} LOGICAL pgoutput EXPORT_SNAPSHOT").format(
-                    sql2.Identifier(slot)
-                )
+                sql2.SQL("CREATE_REPLICATION_SLOT {} LOGICAL pgoutput EXPORT_SNAPSHOT").format(sql2.Identifier(slot))
             )
             name, consistent_point, snapshot_name, _plugin = cur.fetchone()
             created = CreatedSlot(name, parse_lsn(consistent_point), snapshot_name)
@@ -227,16 +224,19 @@ class SourceDatabase:
         deadline = time.monotonic() + timeout
         while self.current_wal_flush_lsn(conn) < lsn:
             if time.monotonic() > deadline:
-                raise TransientError(f"the source's WAL was not flushed up to {format_lsn(lsn)} within {timeout:g} s "
-                                     f"({self.describe()}); try again")
+                raise TransientError(
+                    f"the source's WAL was not flushed up to {format_lsn(lsn)} within {timeout:g} s "
+                    f"({self.describe()}); try again"
+                )
             time.sleep(0.01)
 
     def arrow_connection_params(self) -> dict[str, Any]:
         """libpq parameters for an ADBC (Arrow) connection, with our session settings."""
         return {**self.connect_params(), "options": SESSION_OPTIONS}
 
-    def peek_changes_query(self, conn: psycopg.Connection, slot: str, publication: str, *, upto_lsn: int,
-                           max_changes: int) -> str:
+    def peek_changes_query(
+        self, conn: psycopg.Connection, slot: str, publication: str, *, upto_lsn: int, max_changes: int
+    ) -> str:
         """The SQL that peeks the slot's pgoutput messages up to ``upto_lsn``, without consuming them.
 
         Whole transactions only: PostgreSQL stops after the transaction in which ``max_changes``
@@ -246,14 +246,25 @@ class SourceDatabase:
 
         from airflow_pg_replication.source.pgoutput import format_lsn
 
-        return sql.SQL(
-            "SELECT data FROM pg_logical_slot_peek_binary_changes("
-            "{}, {}::pg_lsn, {}, 'proto_version', '1', 'publication_names', {})"
-        ).format(sql.Literal(slot), sql.Literal(format_lsn(upto_lsn)), sql.Literal(max_changes),
-                 sql.Literal(publication)).as_string(conn)
+        return (
+            sql.SQL(
+                "SELECT data FROM pg_logical_slot_peek_binary_changes("
+                "{}, {}::pg_lsn, {}, 'proto_version', '1', 'publication_names', {})"
+            )
+            .format(
+                sql.Literal(slot), sql.Literal(format_lsn(upto_lsn)), sql.Literal(max_changes), sql.Literal(publication)
+            )
+            .as_string(conn)
+        )
 
     def peek_change_chunks(
-        self, conn: psycopg.Connection, slot: str, publication: str, *, upto_lsn: int, max_changes: int,
+        self,
+        conn: psycopg.Connection,
+        slot: str,
+        publication: str,
+        *,
+        upto_lsn: int,
+        max_changes: int,
         arrow_conn: Any = None,
     ) -> Iterator[pa.Array]:
         """Stream the slot's messages (see :meth:`peek_changes_query`) as Arrow binary arrays.
@@ -267,8 +278,9 @@ class SourceDatabase:
         query = self.peek_changes_query(conn, slot, publication, upto_lsn=upto_lsn, max_changes=max_changes)
         with contextlib.ExitStack() as stack:
             if arrow_conn is None:
-                arrow_conn = stack.enter_context(contextlib.closing(
-                    adbc_connect(self.arrow_connection_params(), autocommit=True)))
+                arrow_conn = stack.enter_context(
+                    contextlib.closing(adbc_connect(self.arrow_connection_params(), autocommit=True))
+                )
             cur = stack.enter_context(contextlib.closing(arrow_conn.cursor()))
             cur.execute(query)
             for batch in cur.fetch_record_batch():
@@ -281,8 +293,14 @@ class SourceDatabase:
         conn.execute("SELECT pg_replication_slot_advance(%s, %s::pg_lsn)", (slot, format_lsn(lsn)))
 
 
-_NEEDS_A_PERSON = ("password authentication failed", "no pg_hba.conf entry", "does not exist",
-                   "must be superuser or replication role", "permission denied", "must have replication")
+_NEEDS_A_PERSON = (
+    "password authentication failed",
+    "no pg_hba.conf entry",
+    "does not exist",
+    "must be superuser or replication role",
+    "permission denied",
+    "must have replication",
+)
 
 
 def _connect_error(message: str) -> ReplicationError:

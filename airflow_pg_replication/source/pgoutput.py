@@ -203,9 +203,7 @@ def _tuple(buf: bytes, pos: int) -> tuple[tuple[TupleValue, ...], int]:
             pos += 4
             end = pos + n
             if end > size:
-                raise PgOutputError(
-                    f"column value of {n} bytes at offset {pos} exceeds message length {size}"
-                )
+                raise PgOutputError(f"column value of {n} bytes at offset {pos} exceeds message length {size}")
             append(buf[pos:end].decode("utf-8"))
             pos = end
         elif kind == _KIND_NULL:
@@ -217,9 +215,7 @@ def _tuple(buf: bytes, pos: int) -> tuple[tuple[TupleValue, ...], int]:
             pos += 4
             end = pos + n
             if end > size:
-                raise PgOutputError(
-                    f"column value of {n} bytes at offset {pos} exceeds message length {size}"
-                )
+                raise PgOutputError(f"column value of {n} bytes at offset {pos} exceeds message length {size}")
             append(buf[pos:end])
             pos = end
         else:
@@ -314,9 +310,7 @@ def _message(buf: bytes) -> tuple[LogicalMessage, int]:
     pos += 4
     end = pos + n
     if end > len(buf):
-        raise PgOutputError(
-            f"message content of {n} bytes at offset {pos} exceeds message length {len(buf)}"
-        )
+        raise PgOutputError(f"message content of {n} bytes at offset {pos} exceeds message length {len(buf)}")
     return LogicalMessage(bool(flags & 1), lsn, prefix, buf[pos:end]), end
 
 
@@ -357,19 +351,14 @@ def decode(data: bytes | bytearray | memoryview) -> Message:
     try:
         msg, end = decoder(buf)
     except PgOutputError as exc:
-        raise PgOutputError(
-            f"malformed pgoutput {chr(tag)!r} message ({len(buf)} bytes): {exc}"
-        ) from None
+        raise PgOutputError(f"malformed pgoutput {chr(tag)!r} message ({len(buf)} bytes): {exc}") from None
     except struct.error as exc:  # text names the offset and the buffer size
-        raise PgOutputError(
-            f"truncated pgoutput {chr(tag)!r} message ({len(buf)} bytes): {exc}"
-        ) from None
+        raise PgOutputError(f"truncated pgoutput {chr(tag)!r} message ({len(buf)} bytes): {exc}") from None
     except UnicodeDecodeError as exc:
         raise PgOutputError(f"invalid UTF-8 in pgoutput {chr(tag)!r} message: {exc}") from None
     if end != len(buf):
         raise PgOutputError(
-            f"pgoutput {chr(tag)!r} message has {len(buf) - end} unexpected trailing "
-            f"bytes at offset {end}"
+            f"pgoutput {chr(tag)!r} message has {len(buf) - end} unexpected trailing bytes at offset {end}"
         )
     return msg
 

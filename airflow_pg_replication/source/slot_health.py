@@ -17,8 +17,9 @@ class SlotVerdict:
     warn: bool = False
 
 
-def judge_slot(slot: SlotInfo | None, *, slot_name: str, table: str, min_lag_bytes: int,
-               max_lag_bytes: int) -> SlotVerdict:
+def judge_slot(
+    slot: SlotInfo | None, *, slot_name: str, table: str, min_lag_bytes: int, max_lag_bytes: int
+) -> SlotVerdict:
     """Raise on a missing, invalidated or overfull slot; else say whether there is work."""
     if slot is None:
         raise SlotLostError(
@@ -34,10 +35,16 @@ def judge_slot(slot: SlotInfo | None, *, slot_name: str, table: str, min_lag_byt
     lag = slot.lag_bytes or 0
     safe = f", safe_wal_size {slot.safe_wal_size:,} bytes" if slot.safe_wal_size is not None else ""
     until = slot.seconds_until_invalidated
-    eta = (f", invalidated in about {_duration(until)} at {slot.wal_bytes_per_second / 1e6:,.2f} MB/s of WAL "
-           "(max_slot_wal_keep_size)" if until is not None else "")
-    msg = (f"slot {slot_name} of {table}: lag {lag:,} bytes, retained {slot.retained_bytes or 0:,} bytes, "
-           f"wal_status {slot.wal_status}{safe}{eta}")
+    eta = (
+        f", invalidated in about {_duration(until)} at {slot.wal_bytes_per_second / 1e6:,.2f} MB/s of WAL "
+        "(max_slot_wal_keep_size)"
+        if until is not None
+        else ""
+    )
+    msg = (
+        f"slot {slot_name} of {table}: lag {lag:,} bytes, retained {slot.retained_bytes or 0:,} bytes, "
+        f"wal_status {slot.wal_status}{safe}{eta}"
+    )
     if lag > max_lag_bytes:
         raise ReplicationError(
             f"{msg}: past max_lag_bytes={max_lag_bytes:,}. The slot pins WAL on the source; apply changes more "

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Iterable, Iterator, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from airflow_pg_replication.replica_columns import LSN_COLUMN
 from airflow_pg_replication.source.type_map import arrow_type
@@ -41,8 +42,10 @@ class CopyProgress:
 
     def summary(self) -> str:
         secs = max(time.monotonic() - self.started, 1e-9)
-        return (f"{self.rows:,} rows, {self.bytes / 1e6:,.1f} MB in {secs:,.1f} s "
-                f"({self.rows / secs:,.0f} rows/s, {self.bytes / 1e6 / secs:,.1f} MB/s)")
+        return (
+            f"{self.rows:,} rows, {self.bytes / 1e6:,.1f} MB in {secs:,.1f} s "
+            f"({self.rows / secs:,.0f} rows/s, {self.bytes / 1e6 / secs:,.1f} MB/s)"
+        )
 
 
 def prefetched(items: Iterable[T], depth: int = 2) -> Iterator[T]:
@@ -89,9 +92,8 @@ def prefetched(items: Iterable[T], depth: int = 2) -> Iterator[T]:
 
 def begin_snapshot(conn: psycopg.Connection, snapshot_name: str | None) -> None:
     """Open a read-only repeatable-read transaction, at the exported snapshot when given."""
-    from psycopg import sql
-
     import psycopg
+    from psycopg import sql
 
     if conn.autocommit or conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
         raise ValueError("begin_snapshot needs an idle connection with autocommit off")
@@ -111,8 +113,13 @@ def snapshot_schema(info: TableInfo) -> pa.Schema:
 
 
 def copy_batches(
-    conn: psycopg.Connection, info: TableInfo, *, lsn: int | None, block_bytes: int = 8 << 20,
-    progress: CopyProgress | None = None, where: sql.Composable | None = None,
+    conn: psycopg.Connection,
+    info: TableInfo,
+    *,
+    lsn: int | None,
+    block_bytes: int = 8 << 20,
+    progress: CopyProgress | None = None,
+    where: sql.Composable | None = None,
 ) -> Iterator[pa.RecordBatch]:
     """Yield the table as typed Arrow record batches of about ``block_bytes`` each.
 

@@ -26,13 +26,14 @@ however long the table stays quiet; without it, everything since the table's las
 from __future__ import annotations
 
 import time
+from collections.abc import Generator, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Generator, Iterable, Union
+from typing import TYPE_CHECKING, Any, Union
 
 from airflow_pg_replication.errors import NeedsAttentionError, ReplicationError
+from airflow_pg_replication.source.catalog import SLOT_SQL, SlotInfo, slot_info_from_row
 from airflow_pg_replication.source.pgoutput import Commit, Relation, Truncate, decode, format_lsn, parse_lsn
 from airflow_pg_replication.source.slot_health import judge_slot
-from airflow_pg_replication.source.catalog import SLOT_SQL, SlotInfo, slot_info_from_row
 
 if TYPE_CHECKING:
     import psycopg
@@ -207,15 +208,17 @@ def _poke_steps(t: PokeTarget) -> _Steps:
 
     def read_slot() -> Generator[_Step, Any, tuple[SlotInfo, Any]]:
         slot = slot_info_from_row((yield _Step(SLOT_SQL, (t.slot,))))
-        verdict = judge_slot(slot, slot_name=t.slot, table=t.qualified_name, min_lag_bytes=1,
-                             max_lag_bytes=t.max_lag_bytes)  # raises on a missing, lost or overfull slot
+        verdict = judge_slot(
+            slot, slot_name=t.slot, table=t.qualified_name, min_lag_bytes=1, max_lag_bytes=t.max_lag_bytes
+        )  # raises on a missing, lost or overfull slot
         return slot, verdict  # type: ignore[return-value]
 
     slot, verdict = yield from read_slot()
     if not slot.in_this_database:
         raise NeedsAttentionError(
             f"replication slot {t.slot} of {t.qualified_name} belongs to database {slot.database}, not this one; "
-            "set a distinct `slot` name for this table in the registry")
+            "set a distinct `slot` name for this table in the registry"
+        )
     head, warn, lag = verdict.message, verdict.warn, slot.lag_bytes or 0
 
     def result(ready: bool, why: str, **kw: Any) -> PokeResult:
@@ -226,8 +229,12 @@ def _poke_steps(t: PokeTarget) -> _Steps:
     if not verdict.ready:
         return result(False, "not firing: no WAL past the slot's confirmed point, nothing to decode")
     if slot.active:
-        return result(False, f"not firing: the slot is in use by PID {slot.active_pid} (apply_changes or another "
-                             "reader): nothing decoded, looking again next poke", busy=True)
+        return result(
+            False,
+            f"not firing: the slot is in use by PID {slot.active_pid} (apply_changes or another "
+            "reader): nothing decoded, looking again next poke",
+            busy=True,
+        )
     start = parse_lsn(slot.confirmed_flush_lsn)  # type: ignore[arg-type]
     upto = parse_lsn(slot.wal_flush_lsn)  # type: ignore[arg-type]
     restart = parse_lsn(slot.restart_lsn)  # type: ignore[arg-type]
@@ -240,29 +247,44 @@ def _poke_steps(t: PokeTarget) -> _Steps:
     try:
         rows = yield _Step(_PEEK_SQL, (t.slot, format_lsn(upto), bound, t.publication, bound), "all", binary=True)
     except pe.ObjectInUse as exc:  # "replication slot ... is active for PID ...": apply_changes reads it
-        return result(False, f"not firing: the slot is busy ({_first_line(exc)}): nothing decoded, looking again "
-                             "next poke", busy=True)
+        return result(
+            False,
+            f"not firing: the slot is busy ({_first_line(exc)}): nothing decoded, looking again next poke",
+            busy=True,
+        )
     except pe.UndefinedObject as exc:
         if "publication" in str(exc):
             raise NeedsAttentionError(
                 f"cannot peek slot {t.slot} of {t.qualified_name}: {_first_line(exc)}. The table's publication "
                 f"{t.publication} is gone: take a new snapshot (trigger the DAG with full_refresh=true), which "
-                "creates it again.") from exc
+                "creates it again."
+            ) from exc
         yield from read_slot()  # the slot disappeared meanwhile: SlotLostError with the fix
         raise exc
     except psycopg.Error as exc:
         yield from read_slot()  # invalidated meanwhile ("This slot has been invalidated ..."): SlotLostError
-        raise ReplicationError(f"cannot peek slot {t.slot} of {t.qualified_name} up to {format_lsn(upto)}: "
-                               f"{_first_line(exc)}") from exc
+        raise ReplicationError(
+            f"cannot peek slot {t.slot} of {t.qualified_name} up to {format_lsn(upto)}: {_first_line(exc)}"
+        ) from exc
     peek_seconds = time.monotonic() - peek_started
     count = count_table_changes(rows, t.schema, t.table)
     cut = count.messages >= bound
-    seen = dict(decoded_from=start, decoded_to=upto, wal_read_bytes=max(upto - restart, 0), changes=count.changes,
-                change_bytes=count.change_bytes, transactions=count.transactions, cut=cut, peek_seconds=peek_seconds)
-    found = (f"peeked {span} ({upto - start:,} bytes of WAL past the confirmed point; {upto - restart:,} read "
-             f"from restart_lsn {slot.restart_lsn}) in {peek_seconds:.3f} s: {count.changes:,} change(s) of "
-             f"{t.qualified_name} pending ({count.change_bytes:,} bytes) in {count.transactions:,} transaction(s)"
-             + (f", peek stopped at its bound of {bound:,} messages" if cut else ""))
+    seen = dict(
+        decoded_from=start,
+        decoded_to=upto,
+        wal_read_bytes=max(upto - restart, 0),
+        changes=count.changes,
+        change_bytes=count.change_bytes,
+        transactions=count.transactions,
+        cut=cut,
+        peek_seconds=peek_seconds,
+    )
+    found = (
+        f"peeked {span} ({upto - start:,} bytes of WAL past the confirmed point; {upto - restart:,} read "
+        f"from restart_lsn {slot.restart_lsn}) in {peek_seconds:.3f} s: {count.changes:,} change(s) of "
+        f"{t.qualified_name} pending ({count.change_bytes:,} bytes) in {count.transactions:,} transaction(s)"
+        + (f", peek stopped at its bound of {bound:,} messages" if cut else "")
+    )
     if count.change_bytes >= t.min_lag_bytes:
         return result(True, f"{found}; firing: the table's changes reach min_lag_bytes={t.min_lag_bytes:,}", **seen)
     if cut and count.changes:
@@ -294,36 +316,56 @@ def _poke_steps(t: PokeTarget) -> _Steps:
     #   crash the slot may move back, which only means decoding that WAL again.
     target = upto if not cut and count.changes == 0 else count.clear_upto
     if count.changes:
-        why = (f"not firing: {count.change_bytes:,} of min_lag_bytes={t.min_lag_bytes:,} bytes of the table's "
-               "changes wait")
+        why = (
+            f"not firing: {count.change_bytes:,} of min_lag_bytes={t.min_lag_bytes:,} bytes of the table's changes wait"
+        )
     elif cut:
-        why = ("not firing: no change of the table in the transactions read, but the peek stopped at its bound: "
-               f"publication {t.publication} publishes other tables too")
+        why = (
+            "not firing: no change of the table in the transactions read, but the peek stopped at its bound: "
+            f"publication {t.publication} publishes other tables too"
+        )
     else:
         why = "not firing: no change of the table pending (only other tables' or PostgreSQL's own WAL)"
     if target is None or target <= start:
-        return result(False, f"{found}; {why}; the slot stays at {format_lsn(start)}"
-                             + (" (not past the table's changes)" if count.changes else ""), **seen)
+        return result(
+            False,
+            f"{found}; {why}; the slot stays at {format_lsn(start)}"
+            + (" (not past the table's changes)" if count.changes else ""),
+            **seen,
+        )
     advance_started = time.monotonic()
     try:
         row = yield _Step(_ADVANCE_SQL, (t.slot, format_lsn(target)))
     except pe.ObjectInUse as exc:
-        return result(False, f"{found}; {why}; the slot was not advanced: busy ({_first_line(exc)}), looking again "
-                             "next poke", busy=True, **seen)
+        return result(
+            False,
+            f"{found}; {why}; the slot was not advanced: busy ({_first_line(exc)}), looking again next poke",
+            busy=True,
+            **seen,
+        )
     except pe.ObjectNotInPrerequisiteState as exc:
         if "minimum is" not in str(exc):
             yield from read_slot()  # invalidated meanwhile: SlotLostError
             raise exc
-        return result(False, f"{found}; {why}; the slot was not advanced: another reader moved it further "
-                             f"({_first_line(exc)})", **seen)
+        return result(
+            False,
+            f"{found}; {why}; the slot was not advanced: another reader moved it further ({_first_line(exc)})",
+            **seen,
+        )
     except pe.UndefinedObject as exc:
         yield from read_slot()  # dropped meanwhile: SlotLostError
         raise exc
     advance_seconds = time.monotonic() - advance_started
     moved_to = parse_lsn(row[0])
-    return result(False, f"{found}; advanced the slot {moved_to - start:,} bytes past other tables' WAL, "
-                         f"{format_lsn(start)} -> {format_lsn(moved_to)} in {advance_seconds:.3f} s; {why}",
-                  advanced_to=moved_to, advanced_bytes=moved_to - start, advance_seconds=advance_seconds, **seen)
+    return result(
+        False,
+        f"{found}; advanced the slot {moved_to - start:,} bytes past other tables' WAL, "
+        f"{format_lsn(start)} -> {format_lsn(moved_to)} in {advance_seconds:.3f} s; {why}",
+        advanced_to=moved_to,
+        advanced_bytes=moved_to - start,
+        advance_seconds=advance_seconds,
+        **seen,
+    )
 
 
 def _first_line(exc: BaseException) -> str:

@@ -54,8 +54,7 @@ def _check(values: pa.Array, ok: pa.Array, column: str, reason: str) -> None:
         raise TextParseError(column, values[idx].as_py(), reason)
 
 
-def _cast(values: pa.Array, to: pa.DataType, column: str, originals: pa.Array | None = None
-          ) -> pa.Array:
+def _cast(values: pa.Array, to: pa.DataType, column: str, originals: pa.Array | None = None) -> pa.Array:
     try:
         return pc.cast(values, to)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
@@ -87,8 +86,9 @@ def _most_digits(values: pa.Array) -> int:
     longest = pc.max(pc.binary_length(values)).as_py() or 0
     if longest == 0:
         return 0
-    marks = pc.add(pc.cast(pc.starts_with(values, "-"), pa.int32()),
-                   pc.cast(pc.match_substring(values, "."), pa.int32()))
+    marks = pc.add(
+        pc.cast(pc.starts_with(values, "-"), pa.int32()), pc.cast(pc.match_substring(values, "."), pa.int32())
+    )
     return pc.max(pc.subtract(pc.binary_length(values), marks)).as_py() or 0
 
 
@@ -99,9 +99,13 @@ def parse_decimal(values: pa.Array, to: pa.DataType, column: str, *, fits: bool 
     value to it and a plain cast is exact (only NaN needs catching).
     """
     special = pc.is_in(values, pa.array(["NaN", "Infinity", "-Infinity"]))
-    _check(values, pc.invert(special), column,
-           "numeric NaN/Infinity has no decimal representation; declare the column float8"
-           " or keep such values out of replicated tables")
+    _check(
+        values,
+        pc.invert(special),
+        column,
+        "numeric NaN/Infinity has no decimal representation; declare the column float8"
+        " or keep such values out of replicated tables",
+    )
     if fits and _most_digits(values) <= to.precision:  # guard: Arrow's cast wraps past 38 digits
         return _cast(values, to, column)
     parts = pc.extract_regex(values, _NUMERIC_RE)
@@ -109,12 +113,18 @@ def parse_decimal(values: pa.Array, to: pa.DataType, column: str, *, fits: bool 
     digits = pc.utf8_ltrim(pc.struct_field(parts, "int"), characters="0")
     frac = pc.utf8_rtrim(pc.struct_field(parts, "frac"), characters="0")
     max_int = to.precision - to.scale
-    _check(values, pc.less_equal(pc.utf8_length(digits), max_int), column,
-           f"more than {max_int} integer digits do not fit {to};"
-           " declare numeric(p,s) on the column")
-    _check(values, pc.less_equal(pc.utf8_length(frac), to.scale), column,
-           f"more than {to.scale} fractional digits do not fit {to} exactly;"
-           " declare numeric(p,s) on the column")
+    _check(
+        values,
+        pc.less_equal(pc.utf8_length(digits), max_int),
+        column,
+        f"more than {max_int} integer digits do not fit {to}; declare numeric(p,s) on the column",
+    )
+    _check(
+        values,
+        pc.less_equal(pc.utf8_length(frac), to.scale),
+        column,
+        f"more than {to.scale} fractional digits do not fit {to} exactly; declare numeric(p,s) on the column",
+    )
     digits = pc.if_else(pc.equal(digits, ""), "0", digits)
     frac = pc.if_else(pc.equal(frac, ""), "", pc.binary_join_element_wise(".", frac, ""))
     text = pc.binary_join_element_wise(pc.struct_field(parts, "sign"), digits, frac, "")
@@ -123,8 +133,12 @@ def parse_decimal(values: pa.Array, to: pa.DataType, column: str, *, fits: bool 
 
 def parse_bytea(values: pa.Array, column: str) -> pa.Array:
     """Decode ``\\x``-hex bytea output; one ``bytes.fromhex`` over the whole buffer."""
-    _check(values, pc.match_substring_regex(values, _BYTEA_RE), column,
-           "bytea must be in hex format (set bytea_output=hex)")
+    _check(
+        values,
+        pc.match_substring_regex(values, _BYTEA_RE),
+        column,
+        "bytea must be in hex format (set bytea_output=hex)",
+    )
     hexes = pc.utf8_slice_codeunits(pc.fill_null(values, "\\x"), 2)
     n = len(hexes)
     offsets = pa.Array.from_buffers(pa.int32(), n + 1, [None, hexes.buffers()[1]], 0, hexes.offset)
@@ -153,15 +167,13 @@ def _days(parts: pa.Array) -> pa.Array:
     yoe = pc.subtract(y, pc.multiply(era, 400))
     mp = pc.if_else(pc.greater(month, 2), pc.subtract(month, 3), pc.add(month, 9))
     doy = pc.add(pc.divide(pc.add(pc.multiply(mp, 153), 2), 5), pc.subtract(day, 1))
-    doe = pc.add(pc.subtract(pc.add(pc.multiply(yoe, 365), pc.divide(yoe, 4)),
-                             pc.divide(yoe, 100)), doy)
+    doe = pc.add(pc.subtract(pc.add(pc.multiply(yoe, 365), pc.divide(yoe, 4)), pc.divide(yoe, 100)), doy)
     return pc.subtract(pc.add(pc.multiply(era, 146097), doe), 719468 + 12 * 146097)
 
 
 def _micros_of_day(parts: pa.Array) -> pa.Array:
     frac = pc.utf8_rpad(pc.struct_field(parts, "f"), width=6, padding="0")
-    seconds = pc.add(pc.add(pc.multiply(_int(parts, "h"), 3600),
-                            pc.multiply(_int(parts, "mi"), 60)), _int(parts, "s"))
+    seconds = pc.add(pc.add(pc.multiply(_int(parts, "h"), 3600), pc.multiply(_int(parts, "mi"), 60)), _int(parts, "s"))
     return pc.add(pc.multiply(seconds, 1_000_000), pc.cast(frac, pa.int64()))
 
 
@@ -179,8 +191,9 @@ def _extract(values: pa.Array, pattern: str, column: str, what: str) -> pa.Array
     return parts
 
 
-def _fast_or_exact(values: pa.Array, ordinary_re: str, fast: Callable[[pa.Array], pa.Array],
-                   exact: Callable[[pa.Array], pa.Array]) -> pa.Array:
+def _fast_or_exact(
+    values: pa.Array, ordinary_re: str, fast: Callable[[pa.Array], pa.Array], exact: Callable[[pa.Array], pa.Array]
+) -> pa.Array:
     """Arrow's C++ parser (``fast``) for ordinary values, ``exact`` (regex + arithmetic) else.
 
     Arrow's parser is strict, so it either agrees with ``exact`` or fails; rows not matching
@@ -201,8 +214,9 @@ def _fast_or_exact(values: pa.Array, ordinary_re: str, fast: Callable[[pa.Array]
 
 
 def parse_date(values: pa.Array, column: str) -> pa.Array:
-    return _fast_or_exact(values, r"^\d{4}-\d\d-\d\d$", lambda v: pc.cast(v, pa.date32()),
-                          lambda v: exact_date(v, column))
+    return _fast_or_exact(
+        values, r"^\d{4}-\d\d-\d\d$", lambda v: pc.cast(v, pa.date32()), lambda v: exact_date(v, column)
+    )
 
 
 def _fast_time(values: pa.Array) -> pa.Array:
@@ -212,15 +226,15 @@ def _fast_time(values: pa.Array) -> pa.Array:
 
 def parse_time(values: pa.Array, column: str) -> pa.Array:
     """``time`` -> time64[us]; PostgreSQL's '24:00:00' becomes 23:59:59.999999."""
-    return _fast_or_exact(values, r"^(?:[01]\d|2[0-3]):", _fast_time,
-                          lambda v: exact_time(v, column))
+    return _fast_or_exact(values, r"^(?:[01]\d|2[0-3]):", _fast_time, lambda v: exact_time(v, column))
 
 
 def parse_timestamp(values: pa.Array, column: str, *, tz: bool) -> pa.Array:
     """``timestamp``/``timestamptz`` -> timestamp[us] (UTC if ``tz``)."""
     to = pa.timestamp("us", tz="UTC" if tz else None)
-    return _fast_or_exact(values, r"^\d{4}-.*\d$", lambda v: pc.cast(v, to),
-                          lambda v: exact_timestamp(v, column, tz=tz))
+    return _fast_or_exact(
+        values, r"^\d{4}-.*\d$", lambda v: pc.cast(v, to), lambda v: exact_timestamp(v, column, tz=tz)
+    )
 
 
 def exact_date(values: pa.Array, column: str) -> pa.Array:
@@ -241,8 +255,9 @@ def exact_timestamp(values: pa.Array, column: str, *, tz: bool) -> pa.Array:
     parts = _extract(values, _TIMESTAMPTZ_RE if tz else _TIMESTAMP_RE, column, "timestamp")
     micros = _micros_of_day(parts)
     if tz:
-        offset = pc.add(pc.add(pc.multiply(_int(parts, "zh"), 3600),
-                               pc.multiply(_int(parts, "zm"), 60)), _int(parts, "zsec"))
+        offset = pc.add(
+            pc.add(pc.multiply(_int(parts, "zh"), 3600), pc.multiply(_int(parts, "zm"), 60)), _int(parts, "zsec")
+        )
         offset = pc.if_else(pc.equal(pc.struct_field(parts, "zs"), "-"), pc.negate(offset), offset)
         micros = pc.subtract(micros, pc.multiply(offset, 1_000_000))
     try:

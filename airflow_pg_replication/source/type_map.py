@@ -55,13 +55,23 @@ from typing import Any
 
 import pyarrow as pa
 
-from airflow_pg_replication.source import array_literals, text_values as textparse
+from airflow_pg_replication.source import array_literals
+from airflow_pg_replication.source import text_values as textparse
 from airflow_pg_replication.source.text_values import TextParseError
 
 __all__ = [
-    "TYPE_CATALOG_SQL", "UNBOUNDED_NUMERIC", "PgColumn", "PgType", "TextParseError",
-    "arrow_type", "base_type_name", "dlt_column_hints", "numeric_precision_scale", "resolve_types",
-    "text_to_arrow", "text_to_table",
+    "TYPE_CATALOG_SQL",
+    "UNBOUNDED_NUMERIC",
+    "PgColumn",
+    "PgType",
+    "TextParseError",
+    "arrow_type",
+    "base_type_name",
+    "dlt_column_hints",
+    "numeric_precision_scale",
+    "resolve_types",
+    "text_to_arrow",
+    "text_to_table",
 ]
 
 # Parameter: the requested type oids as ``int[]`` (psycopg: a list of ints). Returns one row
@@ -102,8 +112,17 @@ SELECT t.oid::int8 AS oid,
   LEFT JOIN pg_catalog.pg_type e ON e.oid = t.typelem AND e.typarray = t.oid
  ORDER BY t.oid
 """
-_CATALOG_COLUMNS = ("oid", "nspname", "typname", "typtype", "typcategory", "typbasetype",
-                    "typtypmod", "typelem", "typdelim")
+_CATALOG_COLUMNS = (
+    "oid",
+    "nspname",
+    "typname",
+    "typtype",
+    "typcategory",
+    "typbasetype",
+    "typtypmod",
+    "typelem",
+    "typdelim",
+)
 
 
 @dataclass(frozen=True)
@@ -146,14 +165,12 @@ def resolve_types(rows: Sequence[Sequence[Any] | Mapping[str, Any]]) -> dict[int
         if rec["typtype"] == "d":
             base = resolve(int(rec["typbasetype"]), (*seen, oid))
             typmod = int(rec["typtypmod"]) if int(rec["typtypmod"]) >= 0 else base.typmod
-            result = PgType(oid, base.name, base.is_enum, base.element, typmod, base.schema,
-                            base.delimiter)
+            result = PgType(oid, base.name, base.is_enum, base.element, typmod, base.schema, base.delimiter)
         else:
             elem = int(rec["typelem"] or 0)
             element = resolve(elem, (*seen, oid)) if elem else None
             delimiter = element.delimiter if element else (rec.get("typdelim") or ",")
-            result = PgType(oid, rec["typname"], rec["typtype"] == "e", element, -1,
-                            rec["nspname"], delimiter)
+            result = PgType(oid, rec["typname"], rec["typtype"] == "e", element, -1, rec["nspname"], delimiter)
         done[oid] = result
         return result
 
@@ -181,10 +198,18 @@ def numeric_precision_scale(typmod: int) -> tuple[int, int] | None:
 UNBOUNDED_NUMERIC = (38, 9)
 
 _SCALARS: dict[str, pa.DataType] = {
-    "int2": pa.int16(), "int4": pa.int32(), "int8": pa.int64(), "oid": pa.int64(),
-    "float4": pa.float32(), "float8": pa.float64(), "bool": pa.bool_(),
-    "bytea": pa.binary(), "date": pa.date32(), "time": pa.time64("us"),
-    "timestamp": pa.timestamp("us"), "timestamptz": pa.timestamp("us", tz="UTC"),
+    "int2": pa.int16(),
+    "int4": pa.int32(),
+    "int8": pa.int64(),
+    "oid": pa.int64(),
+    "float4": pa.float32(),
+    "float8": pa.float64(),
+    "bool": pa.bool_(),
+    "bytea": pa.binary(),
+    "date": pa.date32(),
+    "time": pa.time64("us"),
+    "timestamp": pa.timestamp("us"),
+    "timestamptz": pa.timestamp("us", tz="UTC"),
 }
 
 
@@ -229,22 +254,23 @@ def dlt_column_hints(col: PgColumn) -> dict[str, Any]:
     elif pa.types.is_time(at):
         hints.update(data_type="time", precision=6)
     else:
-        hints["data_type"] = {pa.float32(): "double", pa.float64(): "double",
-                              pa.bool_(): "bool", pa.binary(): "binary",
-                              pa.date32(): "date"}.get(at, "text")
+        hints["data_type"] = {
+            pa.float32(): "double",
+            pa.float64(): "double",
+            pa.bool_(): "bool",
+            pa.binary(): "binary",
+            pa.date32(): "date",
+        }.get(at, "text")
     return hints
 
 
-def text_to_arrow(
-    values: pa.Array | pa.ChunkedArray | Sequence[str | None], col: PgColumn
-) -> pa.Array:
+def text_to_arrow(values: pa.Array | pa.ChunkedArray | Sequence[str | None], col: PgColumn) -> pa.Array:
     """Convert PostgreSQL TEXT output values (None = SQL NULL) to an array of ``arrow_type``."""
     values = textparse.as_string_array(values)
     to = arrow_type(col)
     if col.type.element is not None:
         element = _element_column(col)
-        return array_literals.parse_array(values, to, lambda v: text_to_arrow(v, element),
-                                          col.name, col.type.delimiter)
+        return array_literals.parse_array(values, to, lambda v: text_to_arrow(v, element), col.name, col.type.delimiter)
     if pa.types.is_string(to):
         return values
     if pa.types.is_integer(to):
@@ -253,8 +279,9 @@ def text_to_arrow(
         return textparse.parse_float(values, to, col.name)
     if pa.types.is_decimal(to):
         declared = numeric_precision_scale(_typmod(col))
-        return textparse.parse_decimal(values, to, col.name,
-                                       fits=declared is not None and declared[1] >= 0 and declared[0] <= 38)
+        return textparse.parse_decimal(
+            values, to, col.name, fits=declared is not None and declared[1] >= 0 and declared[0] <= 38
+        )
     if pa.types.is_boolean(to):
         return textparse.parse_bool(values, col.name)
     if pa.types.is_binary(to):

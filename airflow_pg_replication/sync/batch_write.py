@@ -9,16 +9,17 @@ found nowhere fails the batch with nothing half-applied.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 from airflow_pg_replication.changes.reference_fold import ChangeBatch, RowState
 from airflow_pg_replication.changes.typed_batch import TypedBatch, typed_keys
-from airflow_pg_replication.errors import NeedsAttentionError
 from airflow_pg_replication.destination.base import TableDestination
 from airflow_pg_replication.destination.columns import destination_columns
-from airflow_pg_replication.replica_columns import DELETED_AT_COLUMN, LSN_COLUMN
 from airflow_pg_replication.destination.state_table import ReplicationState
+from airflow_pg_replication.errors import NeedsAttentionError
+from airflow_pg_replication.replica_columns import DELETED_AT_COLUMN, LSN_COLUMN
 from airflow_pg_replication.source.pgoutput import UNCHANGED_TOAST, format_lsn
 from airflow_pg_replication.source.type_map import PgColumn, arrow_type, text_to_arrow
 
@@ -48,7 +49,11 @@ class ApplyResult:
 
 
 def write_change_batch(
-    dest: TableDestination, batch: ChangeBatch, columns: Mapping[str, PgColumn], *, soft_deletes: bool,
+    dest: TableDestination,
+    batch: ChangeBatch,
+    columns: Mapping[str, PgColumn],
+    *,
+    soft_deletes: bool,
     state: ReplicationState | None = None,
 ) -> ApplyResult:
     """Write ``batch`` into ``dest`` and then ``state``. Every step is idempotent, so re-applying is harmless.
@@ -79,16 +84,27 @@ def write_change_batch(
     if tables:
         upserts = tables[0] if len(tables) == 1 else pa.concat_tables(tables, promote_options="default")
     hint_cols = [columns[n] for n in (upserts.column_names if upserts is not None else []) if n in columns]
-    dest.apply_batch(upserts=upserts, delete_keys=delete_keys, truncate=truncate, key_columns=key_columns,
-                     columns=destination_columns(hint_cols, soft_deletes=soft_deletes), state=state)
+    dest.apply_batch(
+        upserts=upserts,
+        delete_keys=delete_keys,
+        truncate=truncate,
+        key_columns=key_columns,
+        columns=destination_columns(hint_cols, soft_deletes=soft_deletes),
+        state=state,
+    )
     result.upserts = sum(1 for _, r in written if not r.deleted)
     result.deletes += sum(1 for _, r in written if r.deleted)
     return result
 
 
 def _rows_to_table(
-    dest: TableDestination, rows: list[tuple[tuple, RowState]], layout: tuple[str, ...],
-    key_columns: Sequence[str], columns: Mapping[str, PgColumn], soft_deletes: bool, result: ApplyResult,
+    dest: TableDestination,
+    rows: list[tuple[tuple, RowState]],
+    layout: tuple[str, ...],
+    key_columns: Sequence[str],
+    columns: Mapping[str, PgColumn],
+    soft_deletes: bool,
+    result: ApplyResult,
     continues_lsn: int | None = None,
 ) -> pa.Table:
     """One Arrow table for rows of one column layout; cells to keep are read back from the destination.
@@ -121,12 +137,22 @@ def _rows_to_table(
         arrays.append(text_to_arrow(pa.array(col_text, pa.string()), columns[name]))
     deleted_at = None
     if soft_deletes:
-        deleted_at = pa.array([row.commit_time if row.deleted else None for _, row in rows],
-                              pa.timestamp("us", tz="UTC"))
+        deleted_at = pa.array(
+            [row.commit_time if row.deleted else None for _, row in rows], pa.timestamp("us", tz="UTC")
+        )
     sources = _Sources.of(rows, key_columns, columns, continues_lsn) if to_fill else None
-    return _finish_table(dest, arrays, layout, key_columns, columns, to_fill,
-                         pa.array([row.commit_lsn for _, row in rows], pa.int64()), deleted_at, result,
-                         sources=sources)
+    return _finish_table(
+        dest,
+        arrays,
+        layout,
+        key_columns,
+        columns,
+        to_fill,
+        pa.array([row.commit_lsn for _, row in rows], pa.int64()),
+        deleted_at,
+        result,
+        sources=sources,
+    )
 
 
 @dataclass
@@ -138,8 +164,13 @@ class _Sources:
     continues_lsn: int | None  # see ChangeBatch.continues_lsn
 
     @classmethod
-    def of(cls, rows: list[tuple[tuple, RowState]], key_columns: Sequence[str],
-           columns: Mapping[str, PgColumn], continues_lsn: int | None) -> _Sources | None:
+    def of(
+        cls,
+        rows: list[tuple[tuple, RowState]],
+        key_columns: Sequence[str],
+        columns: Mapping[str, PgColumn],
+        continues_lsn: int | None,
+    ) -> _Sources | None:
         """The source keys of ``rows``, typed like the destination's keys; None when no row moved."""
         moved = [r for r, (_, row) in enumerate(rows) if row.source_key is not None]
         if not moved:
@@ -162,9 +193,17 @@ class _Sources:
 
 
 def _finish_table(
-    dest: TableDestination, arrays: list, layout: Sequence[str], key_columns: Sequence[str],
-    columns: Mapping[str, PgColumn], to_fill: dict[int, list[int]], lsn: pa.Array, deleted_at: pa.Array | None,
-    result: ApplyResult, *, sources: _Sources | None = None,
+    dest: TableDestination,
+    arrays: list,
+    layout: Sequence[str],
+    key_columns: Sequence[str],
+    columns: Mapping[str, PgColumn],
+    to_fill: dict[int, list[int]],
+    lsn: pa.Array,
+    deleted_at: pa.Array | None,
+    result: ApplyResult,
+    *,
+    sources: _Sources | None = None,
 ) -> pa.Table:
     """Typed columns + kept values read back from the destination + ``_pg_lsn`` (+ ``_pg_deleted_at``).
 
@@ -184,14 +223,35 @@ def _finish_table(
     return pa.Table.from_arrays(arrays, names=names)
 
 
-def write_typed_batch(dest: TableDestination, typed: TypedBatch, *, state: ReplicationState | None = None) -> ApplyResult:
+def write_typed_batch(
+    dest: TableDestination, typed: TypedBatch, *, state: ReplicationState | None = None
+) -> ApplyResult:
     """Write a :class:`TypedBatch` into ``dest`` (kept values read from it first), then ``state``."""
     result = ApplyResult(upserts=typed.upserts, deletes=typed.deletes)
-    upserts = _finish_table(dest, typed.arrays, typed.layout, typed.key_columns, typed.columns, typed.to_fill,
-                            typed.lsn, typed.deleted_at, result) if len(typed.lsn) else None
+    upserts = (
+        _finish_table(
+            dest,
+            typed.arrays,
+            typed.layout,
+            typed.key_columns,
+            typed.columns,
+            typed.to_fill,
+            typed.lsn,
+            typed.deleted_at,
+            result,
+        )
+        if len(typed.lsn)
+        else None
+    )
     hint_cols = [typed.columns[n] for n in typed.layout]
-    dest.apply_batch(upserts=upserts, delete_keys=typed.delete_keys, truncate=None, key_columns=typed.key_columns,
-                     columns=destination_columns(hint_cols, soft_deletes=typed.soft_deletes), state=state)
+    dest.apply_batch(
+        upserts=upserts,
+        delete_keys=typed.delete_keys,
+        truncate=None,
+        key_columns=typed.key_columns,
+        columns=destination_columns(hint_cols, soft_deletes=typed.soft_deletes),
+        state=state,
+    )
     return result
 
 
@@ -226,8 +286,11 @@ def _fill_kept_values(dest: TableDestination, arrays: list, kept: _KeptCells, re
     fill_names = [kept.layout[c] for c in sorted(kept.to_fill)]
     fetch_names = [*fill_names, LSN_COLUMN] if moved else fill_names
     current = dest.fetch_rows(kept.key_columns, list(dict.fromkeys(read_from.values())), fetch_names)
-    missing = [r for r in need_rows if read_from[r] not in current
-               or (r in moved and not src.still_there(r, current[read_from[r]][LSN_COLUMN]))]
+    missing = [
+        r
+        for r in need_rows
+        if read_from[r] not in current or (r in moved and not src.still_there(r, current[read_from[r]][LSN_COLUMN]))
+    ]
     if missing:
         _missing_kept_values(dest, kept, missing, keys_py, read_from)
     out = list(arrays)
@@ -243,8 +306,9 @@ def _fill_kept_values(dest: TableDestination, arrays: list, kept: _KeptCells, re
     return out
 
 
-def _missing_kept_values(dest: TableDestination, kept: _KeptCells, missing: list[int], keys_py: list[tuple],
-                         read_from: Mapping[int, tuple]) -> None:
+def _missing_kept_values(
+    dest: TableDestination, kept: _KeptCells, missing: list[int], keys_py: list[tuple], read_from: Mapping[int, tuple]
+) -> None:
     """Rows whose kept values are not in the destination: fail for live rows; warn for soft-deleted ones.
 
     A live row's value must never be guessed, so the batch fails before anything of it is written.
@@ -254,13 +318,18 @@ def _missing_kept_values(dest: TableDestination, kept: _KeptCells, missing: list
     live = [r for r, gone in zip(missing, deleted) if not gone]
     if live:
         raise NeedsAttentionError(_missing_message(dest, kept, live, keys_py, read_from))
-    log.warning("%s: %d soft-deleted row(s) with values neither in this batch nor in the destination (e.g. key %s); "
-                "those columns stay NULL until the next full refresh", dest.table_name, len(missing),
-                keys_py[missing[0]])
+    log.warning(
+        "%s: %d soft-deleted row(s) with values neither in this batch nor in the destination (e.g. key %s); "
+        "those columns stay NULL until the next full refresh",
+        dest.table_name,
+        len(missing),
+        keys_py[missing[0]],
+    )
 
 
-def _missing_message(dest: TableDestination, kept: _KeptCells, live: list[int], keys_py: list[tuple],
-                     read_from: Mapping[int, tuple]) -> str:
+def _missing_message(
+    dest: TableDestination, kept: _KeptCells, live: list[int], keys_py: list[tuple], read_from: Mapping[int, tuple]
+) -> str:
     """The error for live rows whose unchanged TOAST values are neither in the batch nor in the destination."""
     names = ", ".join(kept.key_columns)
     shown = []

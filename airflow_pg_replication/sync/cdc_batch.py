@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from airflow_pg_replication.errors import NeedsAttentionError, TransientError
 from airflow_pg_replication.table_state import TablePhase
@@ -56,8 +57,15 @@ class BatchOutcome:
 class CdcBatch:
     """Reads, folds and commits one batch of ``table``'s changes, at most about ``max_batch_changes`` messages."""
 
-    def __init__(self, source: SourceDatabase, table: ReplicatedTable, info: TableInfo, *, max_batch_changes: int,
-                 max_rows_in_memory: int) -> None:
+    def __init__(
+        self,
+        source: SourceDatabase,
+        table: ReplicatedTable,
+        info: TableInfo,
+        *,
+        max_batch_changes: int,
+        max_rows_in_memory: int,
+    ) -> None:
         self.source = source
         self.table = table
         self.info = info
@@ -77,10 +85,16 @@ class CdcBatch:
 
         t = self.table
         started = time.monotonic()
-        with DestinationOpening(t.open_destination(), self._open_state, then=lambda dest: dest.checkpoint(),
-                                let_go=let_go_while_folding, recheck=self._state_unchanged) as opening:
-            chunks = self.source.peek_change_chunks(conn, t.slot, t.publication, upto_lsn=upto,
-                                                    max_changes=self.max_batch_changes, arrow_conn=arrow_conn)
+        with DestinationOpening(
+            t.open_destination(),
+            self._open_state,
+            then=lambda dest: dest.checkpoint(),
+            let_go=let_go_while_folding,
+            recheck=self._state_unchanged,
+        ) as opening:
+            chunks = self.source.peek_change_chunks(
+                conn, t.slot, t.publication, upto_lsn=upto, max_changes=self.max_batch_changes, arrow_conn=arrow_conn
+            )
             outcome = self._fold_and_apply(conn, chunks, opening)
         # Leaving the block closed the destination: the batch and its state row are committed.
         # Where the slot may advance to: all read WAL when the read ran to ``upto``, else the last commit.
@@ -88,11 +102,19 @@ class CdcBatch:
         outcome.from_lsn = confirmed
         outcome.seconds = time.monotonic() - started
         if outcome.nothing:
-            why = ("every transaction read was already applied" if outcome.skipped
-                   else "no change for this table in the WAL read")
-            log.info("%s: nothing to apply between %s and %s (%s); %d transaction(s) of other tables read",
-                     t.qualified_name, format_lsn(confirmed) if confirmed else "the slot's start",
-                     format_lsn(outcome.advance_to), why, outcome.read_transactions)
+            why = (
+                "every transaction read was already applied"
+                if outcome.skipped
+                else "no change for this table in the WAL read"
+            )
+            log.info(
+                "%s: nothing to apply between %s and %s (%s); %d transaction(s) of other tables read",
+                t.qualified_name,
+                format_lsn(confirmed) if confirmed else "the slot's start",
+                format_lsn(outcome.advance_to),
+                why,
+                outcome.read_transactions,
+            )
         return outcome
 
     def _open_state(self, dest: Any) -> Any:
@@ -121,7 +143,8 @@ class CdcBatch:
                 f"{t.qualified_name}: the table's state in {dest.describe()} changed while this batch was folded "
                 f"(read {[getattr(as_read, f) for f in fields]}, now "
                 f"{[getattr(now, f) for f in fields] if now else 'no state'}): another task loaded the table. "
-                "Nothing of the batch was written and the slot did not advance; the next run reads the changes again")
+                "Nothing of the batch was written and the slot did not advance; the next run reads the changes again"
+            )
 
     def _fold_and_apply(self, conn: Any, changes: Iterable[Any], opening: Any) -> BatchOutcome:
         """Fold the read's Arrow chunks and apply them with the state (its LSN set here); the slot is untouched.
@@ -133,8 +156,8 @@ class CdcBatch:
 
         from airflow_pg_replication.changes.columnar_fold import fold_columnar
         from airflow_pg_replication.changes.reference_fold import ChangeFolder
-        from airflow_pg_replication.source.pgoutput import decode
         from airflow_pg_replication.changes.typed_batch import type_columnar_batch
+        from airflow_pg_replication.source.pgoutput import decode
         from airflow_pg_replication.sync.batch_write import write_change_batch, write_typed_batch
 
         t, info = self.table, self.info
@@ -166,8 +189,12 @@ class CdcBatch:
                     # A huge transaction: apply what is folded so far, in order, and go on. Nothing is
                     # recorded or advanced until the whole batch is in, so a crash replays it from the start.
                     part = folder.take_rows()
-                    log.info("%s: applying part %d of a large batch (%d rows) to bound memory",
-                             t.qualified_name, folder.flushed_parts, len(part.rows))
+                    log.info(
+                        "%s: applying part %d of a large batch (%d rows) to bound memory",
+                        t.qualified_name,
+                        folder.flushed_parts,
+                        len(part.rows),
+                    )
                     cols = columns_of_relations(conn, folder.relations_seen, info)
                     applied = _combine(applied, write_change_batch(dest, part, cols, soft_deletes=soft))
             del pending
@@ -187,8 +214,14 @@ class CdcBatch:
         cut = messages >= self.max_batch_changes  # PostgreSQL may have stopped early: more is waiting
         nothing = batch.is_empty and not (folder is not None and folder.flushed_parts)
         if not nothing:
-            log.info("%s: read %d message(s), %d change(s) in %.1f s (%s fold)", t.qualified_name, messages,
-                     batch.changes, read_secs, "column-wise" if columnar is not None else "per-message")
+            log.info(
+                "%s: read %d message(s), %d change(s) in %.1f s (%s fold)",
+                t.qualified_name,
+                messages,
+                batch.changes,
+                read_secs,
+                "column-wise" if columnar is not None else "per-message",
+            )
             state = state.moved_to(TablePhase.READY, applied_lsn=batch.last_commit_lsn)
             if columnar is not None:  # the state commits with the data where the destination allows (DuckDB)
                 cols = columns_of_relations(conn, [columnar.relation], info)
@@ -201,8 +234,16 @@ class CdcBatch:
                 cols = columns_of_relations(conn, folder.relations_seen, info)
                 dest, _ = opening.result()
                 applied = _combine(applied, write_change_batch(dest, batch, cols, soft_deletes=soft, state=state))
-        return BatchOutcome(0 if nothing else batch.changes, batch.transactions, batch.skipped, batch.last_end_lsn,
-                            cut, nothing, applied, bytes_read=bytes_read)
+        return BatchOutcome(
+            0 if nothing else batch.changes,
+            batch.transactions,
+            batch.skipped,
+            batch.last_end_lsn,
+            cut,
+            nothing,
+            applied,
+            bytes_read=bytes_read,
+        )
 
 
 def columns_of_relations(conn: Any, rels: Sequence[Any], info: TableInfo) -> dict:

@@ -33,9 +33,15 @@ log = logging.getLogger(__name__)
 MAX_RUN_SECONDS = 600
 
 
-def apply_changes(source: SourceDatabase, table: ReplicatedTable, *, max_batch_changes: int = 100_000,
-                  max_rows_in_memory: int = 200_000, max_lag_bytes: int | None = None,
-                  max_run_seconds: float = MAX_RUN_SECONDS) -> dict[str, Any]:
+def apply_changes(
+    source: SourceDatabase,
+    table: ReplicatedTable,
+    *,
+    max_batch_changes: int = 100_000,
+    max_rows_in_memory: int = 200_000,
+    max_lag_bytes: int | None = None,
+    max_run_seconds: float = MAX_RUN_SECONDS,
+) -> dict[str, Any]:
     """Apply the slot's changes up to the WAL position flushed at the run's start, batch after batch.
 
     Returns ``{table, changes, lsn, transactions, more, seconds, batches}``; ``more`` is true when
@@ -80,9 +86,11 @@ def apply_changes(source: SourceDatabase, table: ReplicatedTable, *, max_batch_c
                 log.warning("%s: %s", t.qualified_name, stop)
                 break
             if time.monotonic() - started >= max_run_seconds:
-                stop = (f"time budget reached (max_run_seconds={max_run_seconds:g}) with "
-                        f"{max(0, upto - (confirmed or 0)):,} bytes of WAL left before {format_lsn(upto)}, the WAL "
-                        "position at the run's start; the next run goes on from there")
+                stop = (
+                    f"time budget reached (max_run_seconds={max_run_seconds:g}) with "
+                    f"{max(0, upto - (confirmed or 0)):,} bytes of WAL left before {format_lsn(upto)}, the WAL "
+                    "position at the run's start; the next run goes on from there"
+                )
                 break
     secs = time.monotonic() - started
     changes = sum(o.changes for o in outcomes)
@@ -90,12 +98,30 @@ def apply_changes(source: SourceDatabase, table: ReplicatedTable, *, max_batch_c
     upserts = sum(o.applied.upserts for o in outcomes if o.applied)
     deletes = sum(o.applied.deletes for o in outcomes if o.applied)
     lsn = format_lsn(confirmed) if confirmed else start_lsn
-    log.info("%s: %s. Applied %s change(s) in %s transaction(s) and %d batch(es), LSN %s -> %s: %s upserted "
-             "row(s), %s deleted; %.1f s (%s changes/s)", t.qualified_name, stop, f"{changes:,}",
-             f"{transactions:,}", len(outcomes), start_lsn, lsn, f"{upserts:,}", f"{deletes:,}", secs,
-             f"{changes / secs if secs else 0.0:,.0f}")
-    return {"table": t.qualified_name, "changes": changes, "lsn": lsn, "transactions": transactions,
-            "more": outcomes[-1].cut, "seconds": round(secs, 3), "batches": len(outcomes)}
+    log.info(
+        "%s: %s. Applied %s change(s) in %s transaction(s) and %d batch(es), LSN %s -> %s: %s upserted "
+        "row(s), %s deleted; %.1f s (%s changes/s)",
+        t.qualified_name,
+        stop,
+        f"{changes:,}",
+        f"{transactions:,}",
+        len(outcomes),
+        start_lsn,
+        lsn,
+        f"{upserts:,}",
+        f"{deletes:,}",
+        secs,
+        f"{changes / secs if secs else 0.0:,.0f}",
+    )
+    return {
+        "table": t.qualified_name,
+        "changes": changes,
+        "lsn": lsn,
+        "transactions": transactions,
+        "more": outcomes[-1].cut,
+        "seconds": round(secs, 3),
+        "batches": len(outcomes),
+    }
 
 
 def _check_slot(table: ReplicatedTable, slot: SlotInfo | None, max_lag_bytes: int | None) -> None:
@@ -105,11 +131,18 @@ def _check_slot(table: ReplicatedTable, slot: SlotInfo | None, max_lag_bytes: in
     judge_slot(slot, slot_name=table.slot, table=table.qualified_name, min_lag_bytes=0, max_lag_bytes=2**63 - 1)
     assert slot is not None  # judge_slot raised otherwise
     if not slot.in_this_database:
-        raise NeedsAttentionError(f"replication slot {table.slot} belongs to database {slot.database}, not this one; "
-                                  "set a distinct `slot` name for this table in the registry")
+        raise NeedsAttentionError(
+            f"replication slot {table.slot} belongs to database {slot.database}, not this one; "
+            "set a distinct `slot` name for this table in the registry"
+        )
     if max_lag_bytes and slot.lag_bytes and slot.lag_bytes > max_lag_bytes:
-        log.warning("%s: slot %s holds %s bytes of WAL, past max_lag_bytes=%s; catching up batch after batch",
-                    table.qualified_name, table.slot, f"{slot.lag_bytes:,}", f"{max_lag_bytes:,}")
+        log.warning(
+            "%s: slot %s holds %s bytes of WAL, past max_lag_bytes=%s; catching up batch after batch",
+            table.qualified_name,
+            table.slot,
+            f"{slot.lag_bytes:,}",
+            f"{max_lag_bytes:,}",
+        )
 
 
 def _log_batch(table: ReplicatedTable, number: int, outcome: BatchOutcome) -> None:
@@ -121,12 +154,19 @@ def _log_batch(table: ReplicatedTable, number: int, outcome: BatchOutcome) -> No
     applied = outcome.applied
     log.info(
         "%s: batch %d: LSN %s -> %s, %s change(s) in %s transaction(s)%s: %s upserted row(s), %s deleted%s; "
-        "%.1f MB of pgoutput; %.2f s (%s changes/s)%s", table.qualified_name, number,
-        format_lsn(outcome.from_lsn) if outcome.from_lsn else "the slot's start", format_lsn(outcome.advance_to),
-        f"{outcome.changes:,}", f"{outcome.transactions:,}",
+        "%.1f MB of pgoutput; %.2f s (%s changes/s)%s",
+        table.qualified_name,
+        number,
+        format_lsn(outcome.from_lsn) if outcome.from_lsn else "the slot's start",
+        format_lsn(outcome.advance_to),
+        f"{outcome.changes:,}",
+        f"{outcome.transactions:,}",
         f", {outcome.skipped} already applied skipped" if outcome.skipped else "",
-        f"{applied.upserts if applied else 0:,}", f"{applied.deletes if applied else 0:,}",
-        ", table truncated" if applied and applied.truncated else "", outcome.bytes_read / 1e6, outcome.seconds,
+        f"{applied.upserts if applied else 0:,}",
+        f"{applied.deletes if applied else 0:,}",
+        ", table truncated" if applied and applied.truncated else "",
+        outcome.bytes_read / 1e6,
+        outcome.seconds,
         f"{outcome.changes / outcome.seconds if outcome.seconds else 0.0:,.0f}",
         "; the batch limit was reached, more is waiting" if outcome.cut else "",
     )

@@ -66,9 +66,16 @@ class IncrementalRefresh:
       see them or their changes. Each run logs a warning with their count.
     """
 
-    def __init__(self, source: SourceDatabase, table: ReplicatedTable, *, cursor_column: str,
-                 lookback: datetime.timedelta | None = None, lookback_text: str | None = None,
-                 chunk_bytes: int = 8 << 20) -> None:
+    def __init__(
+        self,
+        source: SourceDatabase,
+        table: ReplicatedTable,
+        *,
+        cursor_column: str,
+        lookback: datetime.timedelta | None = None,
+        lookback_text: str | None = None,
+        chunk_bytes: int = 8 << 20,
+    ) -> None:
         self.source = source
         self.table = table
         self.cursor_column = cursor_column
@@ -113,11 +120,16 @@ class IncrementalRefresh:
         """Copy the rows past the mark (the whole table the first time, or when asked) and merge them."""
         from psycopg import sql
 
-        from airflow_pg_replication.sync.arrow_memory import use_jemalloc
         from airflow_pg_replication.destination.columns import destination_columns
-        from airflow_pg_replication.source.pgoutput import format_lsn
-        from airflow_pg_replication.source.snapshot_reads import snapshot_schema, CopyProgress, begin_snapshot, copy_batches
         from airflow_pg_replication.source.catalog import require_key
+        from airflow_pg_replication.source.pgoutput import format_lsn
+        from airflow_pg_replication.source.snapshot_reads import (
+            CopyProgress,
+            begin_snapshot,
+            copy_batches,
+            snapshot_schema,
+        )
+        from airflow_pg_replication.sync.arrow_memory import use_jemalloc
 
         use_jemalloc()  # lower peak RSS for the batches' Arrow buffers
         t, source = self.table, self.source
@@ -129,8 +141,11 @@ class IncrementalRefresh:
         col = self._cursor(info)
         hints = destination_columns(info.columns, soft_deletes=t.soft_deletes)
         if t.soft_deletes:
-            log.warning("%s: deletes: soft has no effect in incremental mode (deletes are not seen); "
-                        "%s stays empty", t.qualified_name, "_pg_deleted_at")
+            log.warning(
+                "%s: deletes: soft has no effect in incremental mode (deletes are not seen); %s stays empty",
+                t.qualified_name,
+                "_pg_deleted_at",
+            )
         progress = CopyProgress(t.qualified_name)
         cursor_id = sql.Identifier(col.name)
         table_id = sql.SQL("{}.{}").format(sql.Identifier(info.schema), sql.Identifier(info.name))
@@ -147,17 +162,26 @@ class IncrementalRefresh:
                 lower = self._lower_bound(col, mark_before)
                 cursor_from = copy_conn.execute(sql.SQL("SELECT ({})::text").format(lower)).fetchone()[0]
                 where = sql.SQL("{} >= {}").format(cursor_id, lower)
-                log.info("%s: copying rows with %s >= %s (mark %s%s) into %s", t.qualified_name, col.name,
-                         cursor_from, mark_before, f" - lookback {self.lookback_text}" if self.lookback else "",
-                         dest.describe())
+                log.info(
+                    "%s: copying rows with %s >= %s (mark %s%s) into %s",
+                    t.qualified_name,
+                    col.name,
+                    cursor_from,
+                    mark_before,
+                    f" - lookback {self.lookback_text}" if self.lookback else "",
+                    dest.describe(),
+                )
             # Same snapshot as the COPY below, so this is exactly the largest cursor value copied.
             max_sql = sql.SQL("SELECT max({})::text FROM {}").format(cursor_id, table_id)
-            new_max = copy_conn.execute(max_sql + (sql.SQL(" WHERE ") + where if where is not None
-                                                   else sql.SQL(""))).fetchone()[0]
-            nulls = copy_conn.execute(sql.SQL("SELECT count(*) FROM {} WHERE {} IS NULL").format(
-                table_id, cursor_id)).fetchone()[0]
-            batches = copy_batches(copy_conn, info, lsn=lsn, block_bytes=self.chunk_bytes, progress=progress,
-                                   where=where)
+            new_max = copy_conn.execute(
+                max_sql + (sql.SQL(" WHERE ") + where if where is not None else sql.SQL(""))
+            ).fetchone()[0]
+            nulls = copy_conn.execute(
+                sql.SQL("SELECT count(*) FROM {} WHERE {} IS NULL").format(table_id, cursor_id)
+            ).fetchone()[0]
+            batches = copy_batches(
+                copy_conn, info, lsn=lsn, block_bytes=self.chunk_bytes, progress=progress, where=where
+            )
             if forced:
                 dest.replace(batches, hints, info.primary_key, schema=snapshot_schema(info))
             else:
@@ -165,31 +189,60 @@ class IncrementalRefresh:
             copy_conn.rollback()
             mark_after = new_max if new_max is not None else mark_before
             # Only now, with the data committed: a crash before this line re-reads the window next run.
-            dest.write_state(full_copy_state(t.qualified_name, TablePhase.LOADED, snapshot_lsn=lsn,
-                                             cursor_value=mark_after))
+            dest.write_state(
+                full_copy_state(t.qualified_name, TablePhase.LOADED, snapshot_lsn=lsn, cursor_value=mark_after)
+            )
 
         if nulls:
             log.warning(
                 "%s: %d row(s) have a NULL %s; %s. Give the column a value (e.g. DEFAULT now() NOT NULL) or use "
-                "mode cdc / full_refresh for this table.", t.qualified_name, nulls, col.name,
-                "they were copied by this full copy, but later runs will not see their changes" if where is None
-                else "incremental runs do not copy them (only a full copy does)")
+                "mode cdc / full_refresh for this table.",
+                t.qualified_name,
+                nulls,
+                col.name,
+                "they were copied by this full copy, but later runs will not see their changes"
+                if where is None
+                else "incremental runs do not copy them (only a full copy does)",
+            )
         if progress.rows == 0:
-            log.info("%s: copied nothing: %s", t.qualified_name,
-                     "the source table is empty" if where is None else
-                     f"no row has {col.name} >= {cursor_from} (rows at the mark were deleted or moved back); "
-                     "the mark is kept")
+            log.info(
+                "%s: copied nothing: %s",
+                t.qualified_name,
+                "the source table is empty"
+                if where is None
+                else f"no row has {col.name} >= {cursor_from} (rows at the mark were deleted or moved back); "
+                "the mark is kept",
+            )
         elif where is not None and mark_after == mark_before:
-            log.info("%s: nothing newer than the mark %s; re-read %d row(s) at or behind it (ties%s are "
-                     "re-read and merged idempotently by design)", t.qualified_name, mark_before, progress.rows,
-                     " and the lookback window" if self.lookback else "")
+            log.info(
+                "%s: nothing newer than the mark %s; re-read %d row(s) at or behind it (ties%s are "
+                "re-read and merged idempotently by design)",
+                t.qualified_name,
+                mark_before,
+                progress.rows,
+                " and the lookback window" if self.lookback else "",
+            )
         secs = time.monotonic() - started
-        log.info("%s: incremental refresh done at LSN %s: mark %s -> %s; %s; total %.1f s", t.qualified_name,
-                 format_lsn(lsn), mark_before, mark_after, progress.summary(), secs)
-        return {"table": t.qualified_name, "rows": progress.rows, "lsn": format_lsn(lsn),
-                "cursor_from": cursor_from, "cursor_to": mark_after, "full_copy": where is None,
-                "mb": round(progress.bytes / 1e6, 3), "seconds": round(secs, 3),
-                "destination_table": t.destination_table}
+        log.info(
+            "%s: incremental refresh done at LSN %s: mark %s -> %s; %s; total %.1f s",
+            t.qualified_name,
+            format_lsn(lsn),
+            mark_before,
+            mark_after,
+            progress.summary(),
+            secs,
+        )
+        return {
+            "table": t.qualified_name,
+            "rows": progress.rows,
+            "lsn": format_lsn(lsn),
+            "cursor_from": cursor_from,
+            "cursor_to": mark_after,
+            "full_copy": where is None,
+            "mb": round(progress.bytes / 1e6, 3),
+            "seconds": round(secs, 3),
+            "destination_table": t.destination_table,
+        }
 
 
 def _previous_mark(state: Any, dest: TableDestination, forced: bool) -> tuple[str | None, str | None]:

@@ -20,8 +20,9 @@ class NextStep(enum.Enum):
     WAIT_FOR_CHANGES = "wait_for_changes"
 
 
-def next_step(source: SourceDatabase, table: ReplicatedTable, *, on_slot_lost: str = "fail",
-              full_refresh_asked: bool = False) -> NextStep:
+def next_step(
+    source: SourceDatabase, table: ReplicatedTable, *, on_slot_lost: str = "fail", full_refresh_asked: bool = False
+) -> NextStep:
     """Say what the run does next, and why in the log.
 
     Snapshot when asked, when the table has no slot, or when the destination holds no snapshot
@@ -42,16 +43,28 @@ def next_step(source: SourceDatabase, table: ReplicatedTable, *, on_slot_lost: s
         return NextStep.SNAPSHOT
     if info.lost:
         if on_slot_lost == "resync":
-            log.warning("%s: slot %s was invalidated (wal_status=lost); on_slot_lost=resync: taking a new snapshot",
-                        t.qualified_name, t.slot)
+            log.warning(
+                "%s: slot %s was invalidated (wal_status=lost); on_slot_lost=resync: taking a new snapshot",
+                t.qualified_name,
+                t.slot,
+            )
             return NextStep.SNAPSHOT
         judge_slot(info, slot_name=t.slot, table=t.qualified_name, min_lag_bytes=0, max_lag_bytes=2**63 - 1)
     with t.open_destination(read_only=True) as dest:
         state = dest.read_state()
     if state is None or not state.applies_changes or state.slot != t.slot:
-        log.info("%s: no snapshot loaded for slot %s in %s (state: %s): taking a snapshot", t.qualified_name,
-                 t.slot, dest.describe(), state.status if state else "none")
+        log.info(
+            "%s: no snapshot loaded for slot %s in %s (state: %s): taking a snapshot",
+            t.qualified_name,
+            t.slot,
+            dest.describe(),
+            state.status if state else "none",
+        )
         return NextStep.SNAPSHOT
-    log.info("%s: snapshot loaded, slot %s healthy (lag %s bytes): waiting for changes", t.qualified_name,
-             t.slot, f"{info.lag_bytes or 0:,}")
+    log.info(
+        "%s: snapshot loaded, slot %s healthy (lag %s bytes): waiting for changes",
+        t.qualified_name,
+        t.slot,
+        f"{info.lag_bytes or 0:,}",
+    )
     return NextStep.WAIT_FOR_CHANGES

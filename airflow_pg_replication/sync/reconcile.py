@@ -58,7 +58,6 @@ from typing import TYPE_CHECKING, Any
 from airflow_pg_replication.destination.sql import compose
 from airflow_pg_replication.errors import NeedsAttentionError, ReplicationError, SlotLostError
 from airflow_pg_replication.reconcile.hashing import ColumnCanon, RangeDigest
-from airflow_pg_replication.table_state import TablePhase
 from airflow_pg_replication.reconcile.ranges import (
     KeySpace,
     RangePlan,
@@ -68,6 +67,7 @@ from airflow_pg_replication.reconcile.ranges import (
     range_result,
     range_step,
 )
+from airflow_pg_replication.table_state import TablePhase
 
 if TYPE_CHECKING:
     from airflow_pg_replication.source.catalog import TableInfo
@@ -90,9 +90,18 @@ class Reconciliation:
     A CDC table's destination that is behind the source snapshot raises :class:`DestinationBehind`.
     """
 
-    def __init__(self, source: SourceDatabase, table: ReplicatedTable, *, ranges: int = 16, detail_rows: int = 1000,
-                 fail_on_mismatch: bool = True, max_pending_scan: int = 100_000, chunk_rows: int = 50_000,
-                 chunk_bytes: int = 4 << 20) -> None:
+    def __init__(
+        self,
+        source: SourceDatabase,
+        table: ReplicatedTable,
+        *,
+        ranges: int = 16,
+        detail_rows: int = 1000,
+        fail_on_mismatch: bool = True,
+        max_pending_scan: int = 100_000,
+        chunk_rows: int = 50_000,
+        chunk_bytes: int = 4 << 20,
+    ) -> None:
         self.source = source
         self.table = table
         self.ranges = ranges
@@ -117,15 +126,19 @@ class Reconciliation:
             if state is None:
                 raise ReplicationError(
                     f"{t.qualified_name}: nothing was loaded into {dest.describe()} yet (no replication state); "
-                    "run the full_refresh task first")
+                    "run the full_refresh task first"
+                )
             if state.status is TablePhase.SNAPSHOTTING:
-                self._behind(f"{t.qualified_name}: destination is behind: a snapshot into {dest.describe()} "
-                             "is in progress or failed (state: snapshotting); run full_refresh first")
+                self._behind(
+                    f"{t.qualified_name}: destination is behind: a snapshot into {dest.describe()} "
+                    "is in progress or failed (state: snapshotting); run full_refresh first"
+                )
             cdc = state.applies_changes
             if cdc and state.slot != t.slot:
                 raise ReplicationError(
                     f"{t.qualified_name}: the destination's snapshot was loaded for slot {state.slot}, not {t.slot}; "
-                    "run full_refresh first")
+                    "run full_refresh first"
+                )
             info = t.read_info(source, conn)
             applied = max(state.applied_lsn or 0, state.snapshot_lsn or 0)
             with source.connect(autocommit=False) as snap:
@@ -135,31 +148,51 @@ class Reconciliation:
                     self._check_pending(conn, info, applied, lsn)
                 keys = KeySpace(info, _nullable_key_columns(conn, info))
                 plan = _plan(snap, keys, n_ranges)
-                log.info("%s: reconciling against %s at LSN %s%s: %s rows in the source, %d range(s) by %s",
-                         t.qualified_name, dest.describe(), format_lsn(lsn),
-                         f" (destination applied up to {format_lsn(applied)})" if cdc else "",
-                         f"{plan.source_rows:,}", len(plan.ranges), ", ".join(keys.names) or "(no key: whole rows)")
+                log.info(
+                    "%s: reconciling against %s at LSN %s%s: %s rows in the source, %d range(s) by %s",
+                    t.qualified_name,
+                    dest.describe(),
+                    format_lsn(lsn),
+                    f" (destination applied up to {format_lsn(applied)})" if cdc else "",
+                    f"{plan.source_rows:,}",
+                    len(plan.ranges),
+                    ", ".join(keys.names) or "(no key: whole rows)",
+                )
                 results = self._compare(snap, dest, info, keys, plan)
                 snap.rollback()
             after = dest.read_state()
-        moved = after is None or any(getattr(after, f) != getattr(state, f)
-                                     for f in ("status", "applied_lsn", "snapshot_lsn", "cursor_value"))
+        moved = after is None or any(
+            getattr(after, f) != getattr(state, f) for f in ("status", "applied_lsn", "snapshot_lsn", "cursor_value")
+        )
         if moved:
-            self._behind(f"{t.qualified_name}: the destination changed while it was compared (applied LSN "
-                         f"{_fmt_lsn(state.applied_lsn)} -> {_fmt_lsn(after.applied_lsn if after else None)}); "
-                         "the result is ambiguous: run the reconciliation again")
+            self._behind(
+                f"{t.qualified_name}: the destination changed while it was compared (applied LSN "
+                f"{_fmt_lsn(state.applied_lsn)} -> {_fmt_lsn(after.applied_lsn if after else None)}); "
+                "the result is ambiguous: run the reconciliation again"
+            )
         bad = [r for r in results if not r["ok"]]
         secs = time.monotonic() - started
         out = {
-            "table": t.qualified_name, "rows": sum(r["source_rows"] for r in results),
-            "destination_rows": sum(r["destination_rows"] for r in results), "lsn": format_lsn(lsn),
-            "applied_lsn": format_lsn(applied) if cdc else None, "mode": "cdc" if cdc else "loaded",
-            "ranges": len(results), "mismatched_ranges": [public_result(r) for r in bad], "ok": not bad,
+            "table": t.qualified_name,
+            "rows": sum(r["source_rows"] for r in results),
+            "destination_rows": sum(r["destination_rows"] for r in results),
+            "lsn": format_lsn(lsn),
+            "applied_lsn": format_lsn(applied) if cdc else None,
+            "mode": "cdc" if cdc else "loaded",
+            "ranges": len(results),
+            "mismatched_ranges": [public_result(r) for r in bad],
+            "ok": not bad,
             "seconds": round(secs, 3),
         }
         if not bad:
-            log.info("%s: source and destination match at LSN %s: %s rows in %d range(s); %.1f s",
-                     t.qualified_name, out["lsn"], f"{out['rows']:,}", len(results), secs)
+            log.info(
+                "%s: source and destination match at LSN %s: %s rows in %d range(s); %.1f s",
+                t.qualified_name,
+                out["lsn"],
+                f"{out['rows']:,}",
+                len(results),
+                secs,
+            )
             return out
         message = mismatch_message(t.qualified_name, out, bad, keys.names)
         log.error("%s", message)
@@ -182,13 +215,15 @@ class Reconciliation:
             raise SlotLostError(
                 f"{t.qualified_name}: replication slot {t.slot} is {'missing' if slot is None else 'invalidated'}, "
                 "so the destination cannot catch up and cannot be compared at a known LSN. Resync: trigger the "
-                "DAG with full_refresh=true.")
+                "DAG with full_refresh=true."
+            )
         folder = ChangeFolder(info.primary_key, applied_lsn=applied, relation_names={(t.schema, t.name)})
         messages = 0
         # A peek reads only flushed WAL: every commit the snapshot sees must be flushed before the peek.
         self.source.wait_for_flush(conn, lsn)
-        for chunk in self.source.peek_change_chunks(conn, t.slot, t.publication, upto_lsn=lsn,
-                                                    max_changes=self.max_pending_scan):
+        for chunk in self.source.peek_change_chunks(
+            conn, t.slot, t.publication, upto_lsn=lsn, max_changes=self.max_pending_scan
+        ):
             messages += len(chunk)
             for data in chunk.to_pylist():
                 folder.feed(decode(data))
@@ -198,9 +233,14 @@ class Reconciliation:
             self._behind(
                 f"{t.qualified_name}: destination is behind: {pending:,}{'+' if cut else ''} changes pending; "
                 f"run apply_changes first (applied up to LSN {format_lsn(applied)}, the source is at "
-                f"{format_lsn(lsn)})")
-        log.info("%s: no change pending between the applied LSN %s and the source snapshot at %s",
-                 t.qualified_name, format_lsn(applied), format_lsn(lsn))
+                f"{format_lsn(lsn)})"
+            )
+        log.info(
+            "%s: no change pending between the applied LSN %s and the source snapshot at %s",
+            t.qualified_name,
+            format_lsn(applied),
+            format_lsn(lsn),
+        )
 
     def _compare(self, snap: Any, dest: Any, info: TableInfo, keys: KeySpace, plan: RangePlan) -> list[dict]:
         from dlt.destinations.exceptions import DatabaseUndefinedRelation
@@ -218,21 +258,27 @@ class Reconciliation:
                 with client.execute_query(compose("SELECT * FROM", table, "LIMIT 0")) as cur:
                     have = [d[0] for d in cur.description]
             except DatabaseUndefinedRelation:
-                raise ReplicationError(f"{t.qualified_name}: destination table {dest.describe()} does not exist; "
-                                       "run the full_refresh task first") from None
+                raise ReplicationError(
+                    f"{t.qualified_name}: destination table {dest.describe()} does not exist; "
+                    "run the full_refresh task first"
+                ) from None
             missing = [c for c in info.column_names if c not in have]
             if missing:
                 raise ReplicationError(
                     f"{t.qualified_name}: column(s) {', '.join(missing)} of the source are not in {dest.describe()} "
-                    "(added after the last snapshot?); run full_refresh, or apply the changes that add them")
+                    "(added after the last snapshot?); run full_refresh, or apply the changes that add them"
+                )
             select = ", ".join(client.escape_column_name(c) for c in info.column_names)
-            live = compose(client.escape_column_name(DELETED_AT_COLUMN), "IS NULL") if DELETED_AT_COLUMN in have else None
+            live = (
+                compose(client.escape_column_name(DELETED_AT_COLUMN), "IS NULL") if DELETED_AT_COLUMN in have else None
+            )
             for i, rng in enumerate(plan.ranges):
                 started = time.monotonic()
                 src = RangeDigest(self.detail_rows)
                 progress = CopyProgress(t.qualified_name, every=60.0)
-                for batch in copy_batches(snap, info, lsn=None, block_bytes=self.chunk_bytes, progress=progress,
-                                          where=keys.pg_predicate(rng)):
+                for batch in copy_batches(
+                    snap, info, lsn=None, block_bytes=self.chunk_bytes, progress=progress, where=keys.pg_predicate(rng)
+                ):
                     src.feed([batch.column(j) for j in range(len(canon))], canon, key_idx)
                 dst = RangeDigest(self.detail_rows)
                 where, params = keys.dest_predicate(client, rng)
@@ -243,9 +289,15 @@ class Reconciliation:
                     for tbl in cur.iter_arrow(self.chunk_rows):
                         dst.feed([tbl.column(j) for j in range(len(canon))], canon, key_idx)
                 res = range_result(i, len(plan.ranges), rng, keys.names, src, dst)
-                log.info("%s: %s: %s source rows, %s destination rows: %s (%.1f s)", t.qualified_name,
-                         res["label"], f"{src.rows:,}", f"{dst.rows:,}", "match" if res["ok"] else "DIFFERENT",
-                         time.monotonic() - started)
+                log.info(
+                    "%s: %s: %s source rows, %s destination rows: %s (%.1f s)",
+                    t.qualified_name,
+                    res["label"],
+                    f"{src.rows:,}",
+                    f"{dst.rows:,}",
+                    "match" if res["ok"] else "DIFFERENT",
+                    time.monotonic() - started,
+                )
                 results.append(res)
         return results
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import psycopg
@@ -41,9 +42,13 @@ class ReplicatedTable:
         """The table's destination, not yet entered (use it as a context manager)."""
         from airflow_pg_replication.destination.factory import table_destination
 
-        return table_destination(self.destination, table_name=self.qualified_name,
-                                 destination_table=self.destination_table, pipeline_name=self.pipeline_name,
-                                 read_only=read_only)
+        return table_destination(
+            self.destination,
+            table_name=self.qualified_name,
+            destination_table=self.destination_table,
+            pipeline_name=self.pipeline_name,
+            read_only=read_only,
+        )
 
     def read_info(self, source: SourceDatabase, conn: psycopg.Connection) -> TableInfo:
         """The table's replicated columns and key, from the source catalog."""

@@ -25,8 +25,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def snapshot_table(source: SourceDatabase, table: ReplicatedTable, *, with_slot: bool,
-                   chunk_bytes: int = 8 << 20) -> dict[str, Any]:
+def snapshot_table(
+    source: SourceDatabase, table: ReplicatedTable, *, with_slot: bool, chunk_bytes: int = 8 << 20
+) -> dict[str, Any]:
     """Copy the whole table, replacing its destination copy; returns ``{table, rows, lsn, mb, seconds, ...}``.
 
     ``with_slot`` (CDC): drop and re-create the table's slot with an exported snapshot, copy under
@@ -34,7 +35,6 @@ def snapshot_table(source: SourceDatabase, table: ReplicatedTable, *, with_slot:
     slot. Memory is bounded by ``chunk_bytes``, not by the table's size.
     """
     from airflow_pg_replication.destination.columns import destination_columns
-    from airflow_pg_replication.table_state import TablePhase, full_copy_state
     from airflow_pg_replication.source.catalog import require_key
     from airflow_pg_replication.source.pgoutput import format_lsn
     from airflow_pg_replication.source.snapshot_reads import (
@@ -45,6 +45,7 @@ def snapshot_table(source: SourceDatabase, table: ReplicatedTable, *, with_slot:
         snapshot_schema,
     )
     from airflow_pg_replication.sync.arrow_memory import use_jemalloc
+    from airflow_pg_replication.table_state import TablePhase, full_copy_state
 
     use_jemalloc()  # lower peak RSS for the batches' Arrow buffers
     t = table
@@ -62,12 +63,20 @@ def snapshot_table(source: SourceDatabase, table: ReplicatedTable, *, with_slot:
             return prefetched(copy_batches(copy_conn, info, lsn=lsn, block_bytes=chunk_bytes, progress=progress))
 
         with t.open_destination() as dest, source.connect(autocommit=False) as copy_conn:
-            log.info("%s: full refresh (%s) into %s", t.qualified_name, "cdc" if with_slot else "full_refresh",
-                     dest.describe())
+            log.info(
+                "%s: full refresh (%s) into %s",
+                t.qualified_name,
+                "cdc" if with_slot else "full_refresh",
+                dest.describe(),
+            )
             if with_slot:
                 # First say the copy is not usable, so a crash anywhere below leads to a new snapshot.
-                dest.prepare_replace(full_copy_state(t.qualified_name, TablePhase.SNAPSHOTTING, slot=t.slot),
-                                     schema=schema, columns=hints, primary_key=info.primary_key)
+                dest.prepare_replace(
+                    full_copy_state(t.qualified_name, TablePhase.SNAPSHOTTING, slot=t.slot),
+                    schema=schema,
+                    columns=hints,
+                    primary_key=info.primary_key,
+                )
                 source.ensure_publication(conn, t.publication, t.schema, t.name)
                 source.drop_slot(conn, t.slot)
                 with source.create_slot_with_snapshot(t.slot) as created:
@@ -83,8 +92,14 @@ def snapshot_table(source: SourceDatabase, table: ReplicatedTable, *, with_slot:
                 dest.replace(rows(copy_conn, lsn), hints, info.primary_key, schema=schema, state=state)
                 copy_conn.rollback()
     secs = time.monotonic() - started
-    log.info("%s: full refresh done at LSN %s: %s; total %.1f s", t.qualified_name, format_lsn(lsn),
-             progress.summary(), secs)
-    return {"table": t.qualified_name, "rows": progress.rows, "lsn": format_lsn(lsn),
-            "mb": round(progress.bytes / 1e6, 3), "seconds": round(secs, 3),
-            "destination_table": t.destination_table}
+    log.info(
+        "%s: full refresh done at LSN %s: %s; total %.1f s", t.qualified_name, format_lsn(lsn), progress.summary(), secs
+    )
+    return {
+        "table": t.qualified_name,
+        "rows": progress.rows,
+        "lsn": format_lsn(lsn),
+        "mb": round(progress.bytes / 1e6, 3),
+        "seconds": round(secs, 3),
+        "destination_table": t.destination_table,
+    }

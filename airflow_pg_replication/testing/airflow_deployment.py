@@ -30,9 +30,10 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence, TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -151,7 +152,7 @@ class AirflowDeployment:
             (self.home / "simple_auth_manager_passwords.json").write_text(json.dumps({username: self.password}) + "\n")
 
     # -- lifecycle -----------------------------------------------------------------------------------------
-    def __enter__(self) -> "AirflowDeployment":
+    def __enter__(self) -> AirflowDeployment:
         atexit.register(self.stop)
         return self
 
@@ -177,8 +178,15 @@ class AirflowDeployment:
                 cmd += ["--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"]
             log = self.logs / f"{name}.log"
             with open(log, "ab") as out:
-                proc = subprocess.Popen(cmd, env=self.env, cwd=self.home, stdin=subprocess.DEVNULL, stdout=out,
-                                        stderr=subprocess.STDOUT, start_new_session=True)
+                proc = subprocess.Popen(
+                    cmd,
+                    env=self.env,
+                    cwd=self.home,
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
             self.components[name] = Component(name, proc, log)
         if wait:
             self.wait_healthy(timeout=timeout, components=components)
@@ -240,13 +248,22 @@ class AirflowDeployment:
     # -- CLI -------------------------------------------------------------------------------------------------
     def cli(self, *args: str, timeout: float = 300, check: bool = True) -> subprocess.CompletedProcess:
         """Run ``airflow <args>`` against this deployment; output in ``component-logs/cli.log`` too."""
-        proc = subprocess.run([sys.executable, "-m", "airflow", *args], env=self.env, cwd=self.home,
-                              capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=timeout)
+        proc = subprocess.run(
+            [sys.executable, "-m", "airflow", *args],
+            env=self.env,
+            cwd=self.home,
+            capture_output=True,
+            text=True,
+            stdin=subprocess.DEVNULL,
+            timeout=timeout,
+        )
         with open(self.logs / "cli.log", "a") as out:
             out.write(f"$ airflow {' '.join(args)}  (exit {proc.returncode})\n{proc.stdout}{proc.stderr}\n")
         if check and proc.returncode != 0:
-            raise DeploymentError(f"`airflow {' '.join(args)}` failed (exit {proc.returncode}):\n"
-                                  f"{_tail_text(proc.stdout + proc.stderr, 60)}")
+            raise DeploymentError(
+                f"`airflow {' '.join(args)}` failed (exit {proc.returncode}):\n"
+                f"{_tail_text(proc.stdout + proc.stderr, 60)}"
+            )
         return proc
 
     # -- waiting and diagnostics ---------------------------------------------------------------------------
@@ -257,8 +274,15 @@ class AirflowDeployment:
             names = ", ".join(f"{c.name} (exit {c.proc.returncode})" for c in dead)
             raise DeploymentError(f"Airflow component(s) exited: {names}{self.log_tails()}")
 
-    def wait_for(self, predicate: Callable[[], T], timeout: float, what: str, *, interval: float = 1.0,
-                 describe: Callable[[], str] | None = None) -> T:
+    def wait_for(
+        self,
+        predicate: Callable[[], T],
+        timeout: float,
+        what: str,
+        *,
+        interval: float = 1.0,
+        describe: Callable[[], str] | None = None,
+    ) -> T:
         """Call ``predicate`` until it returns something truthy (returned) or ``timeout`` s pass.
 
         On timeout raises :class:`DeploymentError` naming ``what``, ``describe()`` (the state seen) and the
@@ -298,8 +322,13 @@ class AirflowDeployment:
             last = self.api("GET", "/api/v2/monitor/health")
             return last if all((last.get(n) or {}).get("status") == "healthy" for n in wanted) else None
 
-        return self.wait_for(healthy, timeout, f"a healthy Airflow at {self.url} ({', '.join(components)})",
-                             interval=2, describe=lambda: json.dumps(last))
+        return self.wait_for(
+            healthy,
+            timeout,
+            f"a healthy Airflow at {self.url} ({', '.join(components)})",
+            interval=2,
+            describe=lambda: json.dumps(last),
+        )
 
     def log_tail(self, name: str, lines: int = 40) -> str:
         path = self.logs / f"{name}.log"
@@ -344,16 +373,25 @@ class AirflowDeployment:
             if self.all_admins:
                 resp = httpx.get(f"{self.url}/auth/token", timeout=30)
             else:
-                resp = httpx.post(f"{self.url}/auth/token", json={"username": self.username, "password": self.password},
-                                  timeout=30)
+                resp = httpx.post(
+                    f"{self.url}/auth/token", json={"username": self.username, "password": self.password}, timeout=30
+                )
             if resp.status_code not in (200, 201):
-                raise DeploymentError(f"getting a token from {self.url}/auth/token: HTTP {resp.status_code} "
-                                      f"{resp.text[:500]}")
+                raise DeploymentError(
+                    f"getting a token from {self.url}/auth/token: HTTP {resp.status_code} {resp.text[:500]}"
+                )
             self._token = resp.json()["access_token"]
         return self._token
 
-    def api(self, method: str, path: str, *, json_body: Any = None, params: Mapping[str, Any] | None = None,
-            ok: Iterable[int] = (200, 201)) -> Any:
+    def api(
+        self,
+        method: str,
+        path: str,
+        *,
+        json_body: Any = None,
+        params: Mapping[str, Any] | None = None,
+        ok: Iterable[int] = (200, 201),
+    ) -> Any:
         """One REST call (``/api/v2/...``) with a bearer token; the decoded JSON, or DeploymentError."""
         import httpx
 
@@ -384,16 +422,18 @@ class AirflowDeployment:
 
     def trigger(self, dag_id: str, conf: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """``POST /api/v2/dags/{dag_id}/dagRuns`` (a manual run, no logical date); the new run."""
-        return self.api("POST", f"/api/v2/dags/{dag_id}/dagRuns",
-                        json_body={"logical_date": None, "conf": dict(conf or {})})
+        return self.api(
+            "POST", f"/api/v2/dags/{dag_id}/dagRuns", json_body={"logical_date": None, "conf": dict(conf or {})}
+        )
 
     def runs(self, dag_id: str) -> list[dict[str, Any]]:
         """The DAG's runs, oldest first (by ``run_after``)."""
         runs = self.api("GET", f"/api/v2/dags/{dag_id}/dagRuns", params={"limit": 1000})["dag_runs"]
         return sorted(runs, key=lambda r: (r.get("run_after") or "", r.get("start_date") or ""))
 
-    def latest_run(self, dag_id: str, *, run_type: str | None = None, state: str | None = None,
-                   after: str | None = None) -> dict[str, Any] | None:
+    def latest_run(
+        self, dag_id: str, *, run_type: str | None = None, state: str | None = None, after: str | None = None
+    ) -> dict[str, Any] | None:
         """The newest run matching ``run_type``/``state`` whose ``run_after`` is past ``after``, or None."""
         for run in reversed(self.runs(dag_id)):
             if run_type and run["run_type"] != run_type:
@@ -415,8 +455,9 @@ class AirflowDeployment:
     def task_states(self, dag_id: str, run_id: str) -> dict[str, str | None]:
         return {t: ti["state"] for t, ti in self.task_instances(dag_id, run_id).items()}
 
-    def wait_for_run(self, dag_id: str, run_id: str, timeout: float,
-                     states: Iterable[str] = ("success", "failed")) -> dict[str, Any]:
+    def wait_for_run(
+        self, dag_id: str, run_id: str, timeout: float, states: Iterable[str] = ("success", "failed")
+    ) -> dict[str, Any]:
         """Wait until the run reaches one of ``states``; the run. The failure message shows its tasks."""
         states = set(states)
 
@@ -424,15 +465,20 @@ class AirflowDeployment:
             run = self.api("GET", f"/api/v2/dags/{dag_id}/dagRuns/{_quote(run_id)}")
             return run if run["state"] in states else None
 
-        return self.wait_for(done, timeout, f"run {dag_id}/{run_id} to reach {sorted(states)}",
-                             describe=lambda: self.describe_run(dag_id, run_id))
+        return self.wait_for(
+            done,
+            timeout,
+            f"run {dag_id}/{run_id} to reach {sorted(states)}",
+            describe=lambda: self.describe_run(dag_id, run_id),
+        )
 
     def describe_run(self, dag_id: str, run_id: str, *, with_logs: bool = True) -> str:
         """A run's state and its tasks' states (and failed tasks' log tails), for failure messages."""
         run = self.api("GET", f"/api/v2/dags/{dag_id}/dagRuns/{_quote(run_id)}")
         tis = self.task_instances(dag_id, run_id)
-        text = (f"{dag_id}/{run_id} ({run['run_type']}): {run['state']}; "
-                + ", ".join(f"{t}={ti['state']}" for t, ti in tis.items()))
+        text = f"{dag_id}/{run_id} ({run['run_type']}): {run['state']}; " + ", ".join(
+            f"{t}={ti['state']}" for t, ti in tis.items()
+        )
         if with_logs:
             for t, ti in tis.items():
                 if ti["state"] in ("failed", "up_for_retry"):
@@ -447,14 +493,21 @@ class AirflowDeployment:
         def loaded() -> dict[str, dict[str, Any]] | None:
             errors = self.import_errors()
             if errors:
-                raise DeploymentError("import errors in the DAGs folder:\n" + "\n".join(
-                    f"{e.get('filename')}: {e.get('stack_trace')}" for e in errors) + self.log_tails())
+                raise DeploymentError(
+                    "import errors in the DAGs folder:\n"
+                    + "\n".join(f"{e.get('filename')}: {e.get('stack_trace')}" for e in errors)
+                    + self.log_tails()
+                )
             dags = self.dags()
             return dags if wanted <= set(dags) and wanted <= set(self.serialized_dag_ids()) else None
 
-        return self.wait_for(loaded, timeout, f"DAGs {sorted(wanted)} to be parsed and serialized", interval=2,
-                             describe=lambda: f"DAGs known: {sorted(self.dags())}; serialized: "
-                                              f"{sorted(self.serialized_dag_ids())}")
+        return self.wait_for(
+            loaded,
+            timeout,
+            f"DAGs {sorted(wanted)} to be parsed and serialized",
+            interval=2,
+            describe=lambda: f"DAGs known: {sorted(self.dags())}; serialized: {sorted(self.serialized_dag_ids())}",
+        )
 
     # -- metadata DB (read only) -----------------------------------------------------------------------------
     def metadata(self, query: str, params: Sequence[Any] = ()) -> list[tuple]:

@@ -13,8 +13,8 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 from urllib.parse import quote
 
 import psycopg
@@ -110,8 +110,9 @@ class ThrowawayCluster:
     host = "127.0.0.1"
     user = "postgres"
 
-    def __init__(self, settings: Mapping[str, object] | None = None, bindir: str | None = None,
-                 startup_timeout: float = 30.0) -> None:
+    def __init__(
+        self, settings: Mapping[str, object] | None = None, bindir: str | None = None, startup_timeout: float = 30.0
+    ) -> None:
         self.settings: dict[str, str] = {**DEFAULT_SETTINGS, **{k: str(v) for k, v in (settings or {}).items()}}
         self.bindir = bindir or find_server_bindir()
         self.startup_timeout = startup_timeout
@@ -135,8 +136,11 @@ class ThrowawayCluster:
         return self._path("server.log")
 
     def _popen_kwargs(self) -> dict:
-        kwargs: dict = {"cwd": self.tmpdir, "stdin": subprocess.DEVNULL,
-                        "env": {k: v for k, v in os.environ.items() if not k.startswith("PG")}}
+        kwargs: dict = {
+            "cwd": self.tmpdir,
+            "stdin": subprocess.DEVNULL,
+            "env": {k: v for k, v in os.environ.items() if not k.startswith("PG")},
+        }
         if self._os_user is not None:  # root: drop to the postgres OS user
             kwargs.update(user=self._os_user.pw_uid, group=self._os_user.pw_gid, extra_groups=[])
         return kwargs
@@ -144,11 +148,13 @@ class ThrowawayCluster:
     def _run(self, *args: str, timeout: float | None = None) -> subprocess.CompletedProcess:
         cmd = [os.path.join(self.bindir, args[0]), *args[1:]]
         try:
-            return subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=timeout,
-                                  **self._popen_kwargs())
+            return subprocess.run(
+                cmd, capture_output=True, text=True, check=True, timeout=timeout, **self._popen_kwargs()
+            )
         except subprocess.CalledProcessError as exc:
-            raise RuntimeError(f"{' '.join(cmd)} failed ({exc.returncode}):\n{exc.stdout}{exc.stderr}"
-                               f"{self._log_tail()}") from None
+            raise RuntimeError(
+                f"{' '.join(cmd)} failed ({exc.returncode}):\n{exc.stdout}{exc.stderr}{self._log_tail()}"
+            ) from None
 
     def _log_tail(self, lines: int = 30) -> str:
         try:
@@ -166,7 +172,7 @@ class ThrowawayCluster:
             os.chown(path, self._os_user.pw_uid, self._os_user.pw_gid)
 
     # -- lifecycle ---------------------------------------------------------------
-    def start(self) -> "ThrowawayCluster":
+    def start(self) -> ThrowawayCluster:
         """initdb into a temp dir, start the server and wait until it accepts connections."""
         if self.tmpdir is not None:
             return self
@@ -181,8 +187,19 @@ class ThrowawayCluster:
         self.port = _free_port(self.host)
         atexit.register(self.stop)
         try:
-            self._run("initdb", "-D", str(self.datadir), "-U", self.user, "--auth=trust", "-E", "UTF8",
-                      "--locale=C", "--no-sync", "--no-instructions")
+            self._run(
+                "initdb",
+                "-D",
+                str(self.datadir),
+                "-U",
+                self.user,
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--locale=C",
+                "--no-sync",
+                "--no-instructions",
+            )
             with open(self.datadir / "postgresql.conf", "a") as conf:
                 conf.write("\ninclude 'throwaway.conf'\n")
             self._write_settings()
@@ -197,21 +214,26 @@ class ThrowawayCluster:
         with open(self.logfile, "ab") as log:
             if self._os_user is not None:
                 os.chown(self.logfile, self._os_user.pw_uid, self._os_user.pw_gid)
-            self._proc = subprocess.Popen([os.path.join(self.bindir, "postgres"), "-D", str(self.datadir)],
-                                          stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                                          **self._popen_kwargs())
+            self._proc = subprocess.Popen(
+                [os.path.join(self.bindir, "postgres"), "-D", str(self.datadir)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                **self._popen_kwargs(),
+            )
         deadline = time.monotonic() + self.startup_timeout
         while True:
             if self._proc.poll() is not None:
-                raise RuntimeError(f"PostgreSQL exited during startup (code {self._proc.returncode})"
-                                   f"{self._log_tail()}")
+                raise RuntimeError(f"PostgreSQL exited during startup (code {self._proc.returncode}){self._log_tail()}")
             try:
                 psycopg.connect(self.dsn(), connect_timeout=2).close()
                 return
             except psycopg.OperationalError as exc:
                 if time.monotonic() > deadline:
-                    raise RuntimeError(f"PostgreSQL on port {self.port} did not accept connections within "
-                                       f"{self.startup_timeout:.0f}s: {exc}{self._log_tail()}") from None
+                    raise RuntimeError(
+                        f"PostgreSQL on port {self.port} did not accept connections within "
+                        f"{self.startup_timeout:.0f}s: {exc}{self._log_tail()}"
+                    ) from None
                 time.sleep(0.05)
 
     def _shutdown(self, mode: str) -> None:
@@ -252,7 +274,7 @@ class ThrowawayCluster:
             shutil.rmtree(self.tmpdir, ignore_errors=True)
             self.tmpdir = None
 
-    def __enter__(self) -> "ThrowawayCluster":
+    def __enter__(self) -> ThrowawayCluster:
         return self.start()
 
     def __exit__(self, *exc_info: object) -> None:
@@ -283,10 +305,15 @@ class ThrowawayCluster:
         deadline = time.monotonic() + timeout
         with self._admin() as conn:
             while True:
-                conn.execute("SELECT pg_terminate_backend(active_pid, 5000) FROM pg_replication_slots"
-                             " WHERE database = %s AND active_pid IS NOT NULL", (dbname,))
-                slots = [r[0] for r in conn.execute(
-                    "SELECT slot_name FROM pg_replication_slots WHERE database = %s", (dbname,))]
+                conn.execute(
+                    "SELECT pg_terminate_backend(active_pid, 5000) FROM pg_replication_slots"
+                    " WHERE database = %s AND active_pid IS NOT NULL",
+                    (dbname,),
+                )
+                slots = [
+                    r[0]
+                    for r in conn.execute("SELECT slot_name FROM pg_replication_slots WHERE database = %s", (dbname,))
+                ]
                 if not slots:
                     return dropped
                 for slot in slots:

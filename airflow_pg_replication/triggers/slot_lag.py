@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
@@ -16,8 +17,17 @@ class SlotLagTrigger(BaseTrigger):
     slot (or an unreachable source); a slot busy with ``apply_changes`` is looked at again later.
     """
 
-    def __init__(self, *, source_conn_id: str, slot: str, table: str, min_lag_bytes: int, max_lag_bytes: int,
-                 poke_interval: float = 30.0, publication: str | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        source_conn_id: str,
+        slot: str,
+        table: str,
+        min_lag_bytes: int,
+        max_lag_bytes: int,
+        poke_interval: float = 30.0,
+        publication: str | None = None,
+    ) -> None:
         super().__init__()
         self.source_conn_id = source_conn_id
         self.slot = slot
@@ -32,9 +42,15 @@ class SlotLagTrigger(BaseTrigger):
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
             f"{type(self).__module__}.{type(self).__qualname__}",
-            {"source_conn_id": self.source_conn_id, "slot": self.slot, "table": self.table,
-             "min_lag_bytes": self.min_lag_bytes, "max_lag_bytes": self.max_lag_bytes,
-             "poke_interval": self.poke_interval, "publication": self.publication},
+            {
+                "source_conn_id": self.source_conn_id,
+                "slot": self.slot,
+                "table": self.table,
+                "min_lag_bytes": self.min_lag_bytes,
+                "max_lag_bytes": self.max_lag_bytes,
+                "poke_interval": self.poke_interval,
+                "publication": self.publication,
+            },
         )
 
     async def _look(self) -> Any:
@@ -44,8 +60,13 @@ class SlotLagTrigger(BaseTrigger):
         from airflow_pg_replication.hooks.replication import SESSION_OPTIONS, PgReplicationHook
         from airflow_pg_replication.source.table_changes import poke_async
 
-        target = poke_target(self.table, slot=self.slot, publication=self.publication,
-                             min_lag_bytes=self.min_lag_bytes, max_lag_bytes=self.max_lag_bytes)
+        target = poke_target(
+            self.table,
+            slot=self.slot,
+            publication=self.publication,
+            min_lag_bytes=self.min_lag_bytes,
+            max_lag_bytes=self.max_lag_bytes,
+        )
         hook = PgReplicationHook(postgres_conn_id=self.source_conn_id)
         params = await sync_to_async(hook.connect_params)()
         async with await psycopg.AsyncConnection.connect(**params, options=SESSION_OPTIONS, autocommit=True) as conn:

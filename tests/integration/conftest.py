@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import duckdb
 import pytest
@@ -33,7 +34,9 @@ class DuckDest:
     def columns(self, table: str) -> dict[str, str]:
         rows = self.query(
             "SELECT column_name, data_type FROM information_schema.columns "
-            "WHERE table_schema = ? AND table_name = ? ORDER BY ordinal_position", [self.dataset, table])
+            "WHERE table_schema = ? AND table_name = ? ORDER BY ordinal_position",
+            [self.dataset, table],
+        )
         return dict(rows)
 
 
@@ -47,8 +50,10 @@ def source_rows(pg_db: Any, table: str, columns: Sequence[str], order_by: Sequen
     from psycopg import sql
 
     q = sql.SQL("SELECT {} FROM {} ORDER BY {}").format(
-        sql.SQL(", ").join(map(sql.Identifier, columns)), sql.Identifier(*table.split(".")),
-        sql.SQL(", ").join(map(sql.Identifier, order_by)))
+        sql.SQL(", ").join(map(sql.Identifier, columns)),
+        sql.Identifier(*table.split(".")),
+        sql.SQL(", ").join(map(sql.Identifier, order_by)),
+    )
     with pg_db.connect() as conn:
         conn.execute("SET TimeZone = 'UTC'")
         return conn.execute(q).fetchall()

@@ -13,8 +13,9 @@ from __future__ import annotations
 import datetime
 import time
 import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -34,10 +35,13 @@ COLUMNS = {
     "orders": ["order_id", "customer_id", "total", "status"],
 }
 KEYS = {"customers": ["customer_id"], "orders": ["order_id"]}
-SNAPSHOT_TASKS = {"plan": "success", "full_refresh": "success", "wait_for_changes": "skipped",
-                  "apply_changes": "skipped"}
-CDC_TASKS = {"plan": "success", "full_refresh": "skipped", "wait_for_changes": "success",
-             "apply_changes": "success"}
+SNAPSHOT_TASKS = {
+    "plan": "success",
+    "full_refresh": "success",
+    "wait_for_changes": "skipped",
+    "apply_changes": "skipped",
+}
+CDC_TASKS = {"plan": "success", "full_refresh": "skipped", "wait_for_changes": "success", "apply_changes": "success"}
 
 REGISTRY = """\
 source:
@@ -61,14 +65,21 @@ tables:
 
 
 def make_tables(pg_db) -> None:
-    pg_db.execute("CREATE TABLE customers (customer_id bigint PRIMARY KEY, name text NOT NULL, email text, "
-                  "updated_at timestamptz NOT NULL DEFAULT '2024-01-01 00:00:00+00')")
-    pg_db.execute("INSERT INTO customers (customer_id, name, email) "
-                  "SELECT g, 'customer ' || g, 'c' || g || '@example.com' FROM generate_series(1, 300) g")
-    pg_db.execute("CREATE TABLE orders (order_id bigint PRIMARY KEY, customer_id bigint NOT NULL, "
-                  "total numeric(12,2) NOT NULL, status text NOT NULL)")
-    pg_db.execute("INSERT INTO orders SELECT g, 1 + g % 300, (g * 7 % 1000) / 4.0, 'new' "
-                  "FROM generate_series(1, 500) g")
+    pg_db.execute(
+        "CREATE TABLE customers (customer_id bigint PRIMARY KEY, name text NOT NULL, email text, "
+        "updated_at timestamptz NOT NULL DEFAULT '2024-01-01 00:00:00+00')"
+    )
+    pg_db.execute(
+        "INSERT INTO customers (customer_id, name, email) "
+        "SELECT g, 'customer ' || g, 'c' || g || '@example.com' FROM generate_series(1, 300) g"
+    )
+    pg_db.execute(
+        "CREATE TABLE orders (order_id bigint PRIMARY KEY, customer_id bigint NOT NULL, "
+        "total numeric(12,2) NOT NULL, status text NOT NULL)"
+    )
+    pg_db.execute(
+        "INSERT INTO orders SELECT g, 1 + g % 300, (g * 7 % 1000) / 4.0, 'new' FROM generate_series(1, 500) g"
+    )
 
 
 @pytest.fixture
@@ -79,8 +90,10 @@ def airflow(pg_db, tmp_path: Path) -> Iterator[AirflowDeployment]:
     registry = tmp_path / "tables.yaml"
     registry.write_text(REGISTRY.format(duckdb=tmp_path / "warehouse.duckdb"))
     deployment = AirflowDeployment(
-        tmp_path / "airflow", dag_files=PG_REPLICATION_DAG_FILES,
-        env={"AIRFLOW_CONN_PG_SOURCE": pg_db.conn_uri, "PG_REPLICATION_REGISTRY": str(registry)})
+        tmp_path / "airflow",
+        dag_files=PG_REPLICATION_DAG_FILES,
+        env={"AIRFLOW_CONN_PG_SOURCE": pg_db.conn_uri, "PG_REPLICATION_REGISTRY": str(registry)},
+    )
     try:
         yield deployment
     finally:
@@ -107,27 +120,41 @@ class Checker:
     def differences(self, table: str) -> str | None:
         cols, key = COLUMNS[table], KEYS[table]
         quoted = ", ".join(f'"{c}"' for c in cols)
-        dst = read_duckdb(self.warehouse, f'SELECT {quoted} FROM replica."{table}" ORDER BY '
-                                          + ", ".join(f'"{k}"' for k in key))
+        dst = read_duckdb(
+            self.warehouse, f'SELECT {quoted} FROM replica."{table}" ORDER BY ' + ", ".join(f'"{k}"' for k in key)
+        )
         src = source_rows(self.pg_db, f"public.{table}", cols, key)
         if dst == src:
             return None
         only_src, only_dst = sorted(set(src) - set(dst)), sorted(set(dst) - set(src))
-        return (f"replica.{table} differs from public.{table}: {len(src)} source rows, {len(dst)} destination "
-                f"rows; only in the source: {only_src[:3]}; only in the destination: {only_dst[:3]}")
+        return (
+            f"replica.{table} differs from public.{table}: {len(src)} source rows, {len(dst)} destination "
+            f"rows; only in the source: {only_src[:3]}; only in the destination: {only_dst[:3]}"
+        )
 
     def assert_same(self, table: str) -> None:
         diff = self.differences(table)
         assert diff is None, diff
 
     def state(self, table: str) -> dict[str, Any]:
-        rows = read_duckdb(self.warehouse, "SELECT status, snapshot_lsn, applied_lsn FROM "
-                                           f"replica._pg_replication_state WHERE table_name = 'public.{table}'")
+        rows = read_duckdb(
+            self.warehouse,
+            "SELECT status, snapshot_lsn, applied_lsn FROM "
+            f"replica._pg_replication_state WHERE table_name = 'public.{table}'",
+        )
         assert rows, f"no state row for public.{table}"
         return dict(zip(("status", "snapshot_lsn", "applied_lsn"), rows[0]))
 
-    def run_where(self, dag_id: str, what: str, timeout: float, accept: Callable[[dict, dict], bool], *,
-                  run_type: str | None = "scheduled", after: str | None = None) -> tuple[dict, dict]:
+    def run_where(
+        self,
+        dag_id: str,
+        what: str,
+        timeout: float,
+        accept: Callable[[dict, dict], bool],
+        *,
+        run_type: str | None = "scheduled",
+        after: str | None = None,
+    ) -> tuple[dict, dict]:
         """Wait for a run of ``dag_id`` (newer than ``after``) for which ``accept(run, task_states)`` holds."""
         found: dict[str, Any] = {}
 
@@ -152,8 +179,11 @@ class Checker:
 
     def seconds_left_deferred(self, dag_id: str, run_id: str, task_id: str = "wait_for_changes") -> float:
         """Seconds until the deferred task's trigger times out (so a write made now still finds it waiting)."""
-        rows = self.af.metadata("SELECT trigger_timeout FROM task_instance WHERE dag_id = ? AND run_id = ? "
-                                "AND task_id = ? AND state = 'deferred'", (dag_id, run_id, task_id))
+        rows = self.af.metadata(
+            "SELECT trigger_timeout FROM task_instance WHERE dag_id = ? AND run_id = ? "
+            "AND task_id = ? AND state = 'deferred'",
+            (dag_id, run_id, task_id),
+        )
         if not rows or rows[0][0] is None:
             return 0.0
         timeout = datetime.datetime.fromisoformat(rows[0][0]).replace(tzinfo=datetime.timezone.utc)
@@ -169,16 +199,19 @@ class Checker:
             if not failed and "upstream_failed" not in tasks.values():
                 continue
             if failed == {"wait_for_changes"} and (dag_id, "wait_for_changes", run["dag_run_id"]) in races:
-                warnings.warn(f"{dag_id}/{run['dag_run_id']}: the scheduler failed wait_for_changes (reschedule "
-                              "mode) on a late executor event: Airflow's race apache/airflow#71172, not the sensor")
+                warnings.warn(
+                    f"{dag_id}/{run['dag_run_id']}: the scheduler failed wait_for_changes (reschedule "
+                    "mode) on a late executor event: Airflow's race apache/airflow#71172, not the sensor"
+                )
                 continue
             bad.append(self.af.describe_run(dag_id, run["dag_run_id"]))
         return bad
 
 
 @pytest.mark.timeout(540)
-def test_scheduled_runs_deferral_and_rest_trigger_under_a_real_airflow(airflow: AirflowDeployment, pg_db,
-                                                                       tmp_path: Path) -> None:
+def test_scheduled_runs_deferral_and_rest_trigger_under_a_real_airflow(
+    airflow: AirflowDeployment, pg_db, tmp_path: Path
+) -> None:
     af = airflow
     check = Checker(af, pg_db, tmp_path / "warehouse.duckdb")
     try:
@@ -207,8 +240,11 @@ def _scenario(af: AirflowDeployment, pg_db, check: Checker) -> None:
     first: dict[str, dict] = {}
     for dag_id in DAG_IDS:
         first[dag_id], tasks = check.run_where(
-            dag_id, "a scheduled run that takes the snapshot", 180,
-            lambda run, tasks: run["state"] in ("success", "failed") or tasks.get("full_refresh") == "failed")
+            dag_id,
+            "a scheduled run that takes the snapshot",
+            180,
+            lambda run, tasks: run["state"] in ("success", "failed") or tasks.get("full_refresh") == "failed",
+        )
         assert first[dag_id]["state"] == "success" and tasks == SNAPSHOT_TASKS, check.runs_seen(dag_id)
     check.assert_same("customers")
     check.assert_same("orders")
@@ -217,21 +253,34 @@ def _scenario(af: AirflowDeployment, pg_db, check: Checker) -> None:
 
     # (c) writes after the snapshot are applied by a later scheduled run (reschedule-mode sensor)
     pg_db.execute("INSERT INTO customers (customer_id, name) SELECT g, 'late ' || g FROM generate_series(1001, 1040) g")
-    pg_db.execute("UPDATE customers SET email = NULL, name = 'Müller', updated_at = '2025-06-01 12:00:00+02' "
-                  "WHERE customer_id % 9 = 0")
+    pg_db.execute(
+        "UPDATE customers SET email = NULL, name = 'Müller', updated_at = '2025-06-01 12:00:00+02' "
+        "WHERE customer_id % 9 = 0"
+    )
     pg_db.execute("DELETE FROM customers WHERE customer_id BETWEEN 100 AND 119")
     cdc_run, _ = check.run_where(  # 240 s: a run failed by Airflow's race (below) backs the next off 1 min
-        CUSTOMERS, "a later scheduled run that applies the changes", 240,
-        lambda run, tasks: run["state"] == "success" and tasks == CDC_TASKS, after=first[CUSTOMERS]["run_after"])
+        CUSTOMERS,
+        "a later scheduled run that applies the changes",
+        240,
+        lambda run, tasks: run["state"] == "success" and tasks == CDC_TASKS,
+        after=first[CUSTOMERS]["run_after"],
+    )
     check.assert_same("customers")
-    check.phase(f"scheduled run {cdc_run['dag_run_id']} applied customers' changes (wait_for_changes -> "
-                f"apply_changes); destination equals source")
+    check.phase(
+        f"scheduled run {cdc_run['dag_run_id']} applied customers' changes (wait_for_changes -> "
+        f"apply_changes); destination equals source"
+    )
 
     # (d) orders, deferrable: no write yet, so the first poke finds nothing and the sensor defers
     deferred_run, _ = check.run_where(
-        ORDERS, "a scheduled run whose wait_for_changes is deferred (in the triggerer) for 15 s more or longer",
-        150, lambda run, tasks: tasks.get("wait_for_changes") == "deferred"
-        and check.seconds_left_deferred(ORDERS, run["dag_run_id"]) > 15, after=first[ORDERS]["run_after"])
+        ORDERS,
+        "a scheduled run whose wait_for_changes is deferred (in the triggerer) for 15 s more or longer",
+        150,
+        lambda run, tasks: (
+            tasks.get("wait_for_changes") == "deferred" and check.seconds_left_deferred(ORDERS, run["dag_run_id"]) > 15
+        ),
+        after=first[ORDERS]["run_after"],
+    )
     check.phase(f"orders run {deferred_run['dag_run_id']}: wait_for_changes deferred")
     pg_db.execute("UPDATE orders SET status = 'paid', total = total + 1 WHERE order_id % 5 = 0")
     pg_db.execute("INSERT INTO orders VALUES (9001, 7, 12.50, 'new'), (9002, 8, 99.99, 'new')")
@@ -240,13 +289,18 @@ def _scenario(af: AirflowDeployment, pg_db, check: Checker) -> None:
     run = af.wait_for_run(ORDERS, run_id, timeout=120)
     tasks = af.task_states(ORDERS, run_id)
     assert run["state"] == "success" and tasks == CDC_TASKS, af.describe_run(ORDERS, run_id)
-    events = [e for (e,) in af.metadata(
-        "SELECT event FROM log WHERE dag_id = ? AND run_id = ? AND task_id = 'wait_for_changes' ORDER BY id",
-        (ORDERS, run_id))]
+    events = [
+        e
+        for (e,) in af.metadata(
+            "SELECT event FROM log WHERE dag_id = ? AND run_id = ? AND task_id = 'wait_for_changes' ORDER BY id",
+            (ORDERS, run_id),
+        )
+    ]
     assert events.count("deferred") == 1 and events[-1] == "success", events  # resumed, not re-run from scratch
     check.assert_same("orders")
-    check.phase("the triggerer resumed wait_for_changes on the write; apply_changes applied it; "
-                "destination equals source")
+    check.phase(
+        "the triggerer resumed wait_for_changes on the write; apply_changes applied it; destination equals source"
+    )
 
     # (e) a run triggered through the REST API with {"full_refresh": true} takes a new snapshot
     pg_db.execute("UPDATE customers SET name = name || ' (renamed)' WHERE customer_id <= 5")
@@ -257,8 +311,10 @@ def _scenario(af: AirflowDeployment, pg_db, check: Checker) -> None:
     assert run["state"] == "success" and tasks == SNAPSHOT_TASKS, af.describe_run(CUSTOMERS, manual["dag_run_id"])
     new_snapshot_lsn = check.state("customers")["snapshot_lsn"]
     assert new_snapshot_lsn > snapshot_lsn, (snapshot_lsn, new_snapshot_lsn)
-    check.phase(f"REST-triggered run {manual['dag_run_id']}: full_refresh took a new snapshot "
-                f"(snapshot LSN {snapshot_lsn} -> {new_snapshot_lsn})")
+    check.phase(
+        f"REST-triggered run {manual['dag_run_id']}: full_refresh took a new snapshot "
+        f"(snapshot LSN {snapshot_lsn} -> {new_snapshot_lsn})"
+    )
 
     # no task of any run failed or went up for retry; then, with Airflow stopped, the warehouse holds
     # exactly the source

@@ -51,7 +51,8 @@ def _text_output(hook: PgReplicationHook, info) -> dict[str, list[str | None]]:
 
     with hook.connect() as conn:
         query = sql.SQL("SELECT {} FROM {} ORDER BY id").format(
-            sql.SQL(", ").join(sql.Identifier(c.name) for c in info.columns), sql.Identifier(info.name))
+            sql.SQL(", ").join(sql.Identifier(c.name) for c in info.columns), sql.Identifier(info.name)
+        )
         cur = conn.cursor()
         cur.execute(query)
         for d in cur.description:  # every type loaded as its text

@@ -13,8 +13,9 @@ BATCH = 500
 
 
 def confirmed_flush(pg_db, slot: str = "pgrepl_public_customers") -> int:
-    return parse_lsn(str(pg_db.query("SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = %s",
-                                     (slot,))[0][0]))
+    return parse_lsn(
+        str(pg_db.query("SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = %s", (slot,))[0][0])
+    )
 
 
 def applied_lsn(duck) -> int:
@@ -89,8 +90,9 @@ def test_a_crash_between_batches_keeps_the_first_and_the_rerun_is_exact(pg_db, d
     rest = apply.execute({})
     assert rest["more"] is False and rest["changes"] < 2000
     assert_same(pg_db, duck)
-    assert duck.rows("customers", COLS, ["customer_id"]) == source_rows(pg_db, "public.customers", COLS,
-                                                                         ["customer_id"])
+    assert duck.rows("customers", COLS, ["customer_id"]) == source_rows(
+        pg_db, "public.customers", COLS, ["customer_id"]
+    )
 
 
 def test_a_state_changed_while_the_file_was_let_go_fails_the_batch_unwritten(pg_db, duck, monkeypatch):

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
-
 from airflow_pg_replication import PgCdcApplyOperator, PgFullRefreshOperator
 from tests.integration.conftest import source_rows
 
@@ -13,16 +11,21 @@ COLS = ["customer_id", "first_name", "last_name", "email", "created_at"]
 def make_customers(pg_db, rows: int = 50) -> None:
     pg_db.execute(
         "CREATE TABLE customers (customer_id bigint PRIMARY KEY, first_name text NOT NULL, "
-        "last_name text NOT NULL, email text, created_at timestamptz NOT NULL DEFAULT now())")
+        "last_name text NOT NULL, email text, created_at timestamptz NOT NULL DEFAULT now())"
+    )
     pg_db.execute(
         "INSERT INTO customers SELECT g, 'first' || g, 'last' || g, 'c' || g || '@example.com', "
-        "timestamptz '2024-01-01 00:00:00+00' + g * interval '1 hour' FROM generate_series(1, %s) g", (rows,))
+        "timestamptz '2024-01-01 00:00:00+00' + g * interval '1 hour' FROM generate_series(1, %s) g",
+        (rows,),
+    )
 
 
 def ops(duck, **kw):
     common = dict(table="public.customers", source_conn_id="pg_source", destination=duck.spec, **kw)
-    return (PgFullRefreshOperator(task_id="full_refresh", **common),
-            PgCdcApplyOperator(task_id="apply_changes", **common))
+    return (
+        PgFullRefreshOperator(task_id="full_refresh", **common),
+        PgCdcApplyOperator(task_id="apply_changes", **common),
+    )
 
 
 def assert_same(pg_db, duck, table="customers", dest_table="customers", cols=COLS, key=("customer_id",)):

@@ -12,8 +12,10 @@ from tests.integration.conftest import source_rows
 
 def run_ops(duck, table, **kw):
     common = dict(table=table, source_conn_id="pg_source", destination=duck.spec, **kw)
-    return (PgFullRefreshOperator(task_id="full_refresh", **common),
-            PgCdcApplyOperator(task_id="apply_changes", **common))
+    return (
+        PgFullRefreshOperator(task_id="full_refresh", **common),
+        PgCdcApplyOperator(task_id="apply_changes", **common),
+    )
 
 
 def same(pg_db, duck, table, dest, cols, key):
@@ -101,8 +103,7 @@ def test_truncate_applied_at_its_position(pg_db, duck):
 
 
 def test_schema_changes_mid_stream(pg_db, duck):
-    pg_db.execute("CREATE TABLE items (id int PRIMARY KEY, qty int, name varchar(10), price numeric(6,2), "
-                  "gone text)")
+    pg_db.execute("CREATE TABLE items (id int PRIMARY KEY, qty int, name varchar(10), price numeric(6,2), gone text)")
     pg_db.execute("INSERT INTO items SELECT g, g, 'n' || g, g * 1.5, 'x' FROM generate_series(1, 10) g")
     full, apply = run_ops(duck, "items")
     full.execute({})
@@ -115,10 +116,13 @@ def test_schema_changes_mid_stream(pg_db, duck):
     cols = ["id", "qty", "name", "price", "color"]
     same(pg_db, duck, "public.items", "items", cols, ["id"])
     # widen types: int -> bigint, varchar(10) -> text, numeric(6,2) -> numeric(14,2)
-    pg_db.execute("ALTER TABLE items ALTER COLUMN qty TYPE bigint, ALTER COLUMN name TYPE text, "
-                  "ALTER COLUMN price TYPE numeric(14,2)")
-    pg_db.execute("INSERT INTO items (id, qty, name, price) VALUES "
-                  "(12, 9000000000, 'a name longer than ten', 123456789012.34)")
+    pg_db.execute(
+        "ALTER TABLE items ALTER COLUMN qty TYPE bigint, ALTER COLUMN name TYPE text, "
+        "ALTER COLUMN price TYPE numeric(14,2)"
+    )
+    pg_db.execute(
+        "INSERT INTO items (id, qty, name, price) VALUES (12, 9000000000, 'a name longer than ten', 123456789012.34)"
+    )
     apply.execute({})
     same(pg_db, duck, "public.items", "items", cols, ["id"])
 
@@ -150,12 +154,17 @@ def test_quiet_table_slot_advances(pg_db, duck):
     full.execute({})
     retained = []
     for run in range(3):
-        pg_db.execute("INSERT INTO busy SELECT g, repeat('x', 500) FROM generate_series(%s::int, %s::int) g",
-                      (run * 20000, run * 20000 + 19999))
+        pg_db.execute(
+            "INSERT INTO busy SELECT g, repeat('x', 500) FROM generate_series(%s::int, %s::int) g",
+            (run * 20000, run * 20000 + 19999),
+        )
         assert apply.execute({})["changes"] == 0
-        retained.append(pg_db.query(
-            "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn) FROM pg_replication_slots "
-            "WHERE slot_name = 'pgrepl_public_quiet'")[0][0])
+        retained.append(
+            pg_db.query(
+                "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn) FROM pg_replication_slots "
+                "WHERE slot_name = 'pgrepl_public_quiet'"
+            )[0][0]
+        )
     assert all(r < 1_000_000 for r in retained), retained  # ~10 MB of WAL written each run, none held back
 
 
@@ -175,8 +184,7 @@ def test_no_primary_key_with_and_without_full_identity(pg_db, duck):
 
 
 def test_partitioned_table_replicates_as_root(pg_db, duck):
-    pg_db.execute("CREATE TABLE measurements (id int, day date, v int, PRIMARY KEY (id, day)) "
-                  "PARTITION BY RANGE (day)")
+    pg_db.execute("CREATE TABLE measurements (id int, day date, v int, PRIMARY KEY (id, day)) PARTITION BY RANGE (day)")
     pg_db.execute("CREATE TABLE m2024 PARTITION OF measurements FOR VALUES FROM ('2024-01-01') TO ('2025-01-01')")
     pg_db.execute("CREATE TABLE m2025 PARTITION OF measurements FOR VALUES FROM ('2025-01-01') TO ('2026-01-01')")
     pg_db.execute("INSERT INTO measurements SELECT g, date '2024-06-01' + g, g FROM generate_series(1, 300) g")
@@ -206,8 +214,10 @@ def test_transaction_larger_than_batch(pg_db, duck):
 
 def test_kept_values_of_array_and_json_columns(pg_db, duck):
     pg_db.execute("CREATE TABLE tagged (id int PRIMARY KEY, tags text[], nums int[], attrs jsonb, body text)")
-    pg_db.execute(f"INSERT INTO tagged SELECT g, ARRAY['a b', 'c\"d'], ARRAY[g, NULL], '{{\"k\": [1, null]}}', "
-                  f"{BIG} FROM generate_series(1, 5) g")
+    pg_db.execute(
+        f"INSERT INTO tagged SELECT g, ARRAY['a b', 'c\"d'], ARRAY[g, NULL], '{{\"k\": [1, null]}}', "
+        f"{BIG} FROM generate_series(1, 5) g"
+    )
     full, apply = run_ops(duck, "tagged", deletes="soft")
     full.execute({})
     pg_db.execute("UPDATE tagged SET tags = '{}' WHERE id = 1")  # body: unchanged TOAST

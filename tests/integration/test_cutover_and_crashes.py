@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import threading
-import time
 
 import psycopg
 import pytest
 
-from airflow_pg_replication import PgCdcApplyOperator, PgFullRefreshOperator
-from airflow_pg_replication.source import snapshot_reads as snapshot_module
-from airflow_pg_replication.errors import ReplicationError
-from airflow_pg_replication.hooks.replication import PgReplicationHook
+from airflow_pg_replication import PgFullRefreshOperator
 from airflow_pg_replication.destination.dlt_table import DltTableDestination as TableDestination
 from airflow_pg_replication.destination.duckdb.table import DuckDbTableDestination
+from airflow_pg_replication.errors import ReplicationError
+from airflow_pg_replication.hooks.replication import PgReplicationHook
 from airflow_pg_replication.operators.plan import choose_next_task
+from airflow_pg_replication.source import snapshot_reads as snapshot_module
 from airflow_pg_replication.testing.throwaway_cluster import ThrowawayCluster
 from tests.integration.test_cdc_end_to_end import COLS, assert_same, make_customers, ops
 
@@ -172,8 +171,10 @@ def test_full_refresh_crash_mid_copy_then_rerun(pg_db, duck, monkeypatch):
     pg_db.execute("DELETE FROM customers WHERE customer_id > 2990")
     assert apply.execute({})["changes"] == 10
     assert_same(pg_db, duck)
-    assert choose_next_task(table="public.customers", source_conn_id="pg_source",
-                            destination=duck.spec) == "wait_for_changes"
+    assert (
+        choose_next_task(table="public.customers", source_conn_id="pg_source", destination=duck.spec)
+        == "wait_for_changes"
+    )
 
 
 def test_missing_table_is_one_clear_error(pg_db, duck):

@@ -30,10 +30,13 @@ COLS = ["customer_id", "first_name", "last_name", "email", "created_at"]
 def make_customers(pg_db, rows: int) -> None:
     pg_db.execute(
         "CREATE TABLE customers (customer_id bigint PRIMARY KEY, first_name text NOT NULL, "
-        "last_name text NOT NULL, email text, created_at timestamptz NOT NULL DEFAULT now())")
+        "last_name text NOT NULL, email text, created_at timestamptz NOT NULL DEFAULT now())"
+    )
     pg_db.execute(
         "INSERT INTO customers SELECT g, 'first' || g, 'last' || g, 'c' || g || '@example.com', "
-        "timestamptz '2024-01-01 00:00:00+00' + g * interval '1 hour' FROM generate_series(1, %s::int) g", (rows,))
+        "timestamptz '2024-01-01 00:00:00+00' + g * interval '1 hour' FROM generate_series(1, %s::int) g",
+        (rows,),
+    )
 
 
 @dataclass
@@ -47,18 +50,27 @@ class AirflowEnv:
         env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
         if "AIRFLOW_CONN_PG_SOURCE" in os.environ:  # set by the pg_db fixture
             env["AIRFLOW_CONN_PG_SOURCE"] = os.environ["AIRFLOW_CONN_PG_SOURCE"]
-        env.update({
-            "AIRFLOW_HOME": str(self.home),
-            "AIRFLOW__CORE__DAGS_FOLDER": str(self.dags),
-            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-            "PG_REPLICATION_REGISTRY": str(registry),
-            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
-        })
+        env.update(
+            {
+                "AIRFLOW_HOME": str(self.home),
+                "AIRFLOW__CORE__DAGS_FOLDER": str(self.dags),
+                "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+                "PG_REPLICATION_REGISTRY": str(registry),
+                "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+            }
+        )
         return env
 
     def airflow(self, *args: str, registry: Path, check: bool = True) -> subprocess.CompletedProcess:
-        proc = subprocess.run([sys.executable, "-m", "airflow", *args], env=self.env(registry), cwd=self.home,
-                              capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=300)
+        proc = subprocess.run(
+            [sys.executable, "-m", "airflow", *args],
+            env=self.env(registry),
+            cwd=self.home,
+            capture_output=True,
+            text=True,
+            stdin=subprocess.DEVNULL,
+            timeout=300,
+        )
         if check and proc.returncode != 0:
             pytest.fail(f"airflow {' '.join(args)} failed ({proc.returncode}):\n{_tail(proc)}")
         return proc
@@ -67,9 +79,13 @@ class AirflowEnv:
         """(state of the latest run of dag_id, {task_id: state}) from the metadata DB."""
         with sqlite3.connect(self.home / "airflow.db") as db:
             run_id, state = db.execute(
-                "SELECT run_id, state FROM dag_run WHERE dag_id = ? ORDER BY id DESC LIMIT 1", (dag_id,)).fetchone()
-            tasks = dict(db.execute("SELECT task_id, state FROM task_instance WHERE dag_id = ? AND run_id = ?",
-                                    (dag_id, run_id)).fetchall())
+                "SELECT run_id, state FROM dag_run WHERE dag_id = ? ORDER BY id DESC LIMIT 1", (dag_id,)
+            ).fetchone()
+            tasks = dict(
+                db.execute(
+                    "SELECT task_id, state FROM task_instance WHERE dag_id = ? AND run_id = ?", (dag_id, run_id)
+                ).fetchall()
+            )
         return state, tasks
 
 
@@ -90,7 +106,8 @@ def airflow_env(tmp_path_factory: pytest.TempPathFactory) -> AirflowEnv:
 
 
 def write_registry(path: Path, duckdb_path: Path, tables: str) -> Path:
-    path.write_text(textwrap.dedent(f"""\
+    path.write_text(
+        textwrap.dedent(f"""\
         source:
           conn_id: pg_source
         destination:
@@ -102,16 +119,22 @@ def write_registry(path: Path, duckdb_path: Path, tables: str) -> Path:
           poke_interval: 1
           wait_timeout: 60
         tables:
-        """) + textwrap.indent(textwrap.dedent(tables), "  "))
+        """)
+        + textwrap.indent(textwrap.dedent(tables), "  ")
+    )
     return path
 
 
 def test_dag_snapshot_then_cdc_under_airflow(airflow_env: AirflowEnv, pg_db, duck, tmp_path: Path) -> None:
     make_customers(pg_db, rows=200)
-    registry = write_registry(tmp_path / "tables.yaml", duck.path, """\
+    registry = write_registry(
+        tmp_path / "tables.yaml",
+        duck.path,
+        """\
         - table: public.customers
           primary_key: [customer_id]
-        """)
+        """,
+    )
 
     def same_as_source() -> None:
         key = ["customer_id"]
@@ -121,14 +144,20 @@ def test_dag_snapshot_then_cdc_under_airflow(airflow_env: AirflowEnv, pg_db, duc
     airflow_env.airflow("dags", "test", DAG_ID, registry=registry)
     state, tasks = airflow_env.last_run(DAG_ID)
     assert state == "success", tasks
-    assert tasks == {"plan": "success", "full_refresh": "success",
-                     "wait_for_changes": "skipped", "apply_changes": "skipped"}
+    assert tasks == {
+        "plan": "success",
+        "full_refresh": "success",
+        "wait_for_changes": "skipped",
+        "apply_changes": "skipped",
+    }
     same_as_source()
     assert duck.query("SELECT count(*) FROM replica.customers")[0][0] == 200
 
     # Changes on the source: inserts, updates, a key change, deletes.
-    pg_db.execute("INSERT INTO customers (customer_id, first_name, last_name) "
-                  "SELECT g, 'new' || g, 'row' FROM generate_series(1001, 1020) g")
+    pg_db.execute(
+        "INSERT INTO customers (customer_id, first_name, last_name) "
+        "SELECT g, 'new' || g, 'row' FROM generate_series(1001, 1020) g"
+    )
     pg_db.execute("UPDATE customers SET email = NULL, last_name = 'Müller' WHERE customer_id % 7 = 0")
     pg_db.execute("UPDATE customers SET customer_id = 5000 WHERE customer_id = 3")
     pg_db.execute("DELETE FROM customers WHERE customer_id BETWEEN 50 AND 59")
@@ -137,8 +166,12 @@ def test_dag_snapshot_then_cdc_under_airflow(airflow_env: AirflowEnv, pg_db, duc
     airflow_env.airflow("dags", "test", DAG_ID, registry=registry)
     state, tasks = airflow_env.last_run(DAG_ID)
     assert state == "success", tasks
-    assert tasks == {"plan": "success", "full_refresh": "skipped",
-                     "wait_for_changes": "success", "apply_changes": "success"}
+    assert tasks == {
+        "plan": "success",
+        "full_refresh": "skipped",
+        "wait_for_changes": "success",
+        "apply_changes": "success",
+    }
     same_as_source()
     assert duck.query("SELECT count(*) FROM replica.customers WHERE customer_id IN (3, 50)") == [(0,)]
 
@@ -155,7 +188,11 @@ def test_broken_entry_does_not_hide_other_dags(tmp_path: Path) -> None:
     dags = build_dags(registry)
     assert set(dags) == {"pg_replication__public__customers", "pg_replication__public__orders"}
     assert set(dags["pg_replication__public__customers"].task_dict) == {
-        "plan", "full_refresh", "wait_for_changes", "apply_changes"}
+        "plan",
+        "full_refresh",
+        "wait_for_changes",
+        "apply_changes",
+    }
     broken = dags["pg_replication__public__orders"]
     assert list(broken.task_dict) == ["registry_error"]
     with pytest.raises(RegistryError) as err:
@@ -175,10 +212,14 @@ def test_dag_file_builds_from_env_registry_without_heavy_imports(tmp_path: Path)
         print(sorted(m for m in sys.modules if m.split('.')[0] in ('dlt', 'pyarrow', 'duckdb', 'pandas', 'adbc_driver_manager', 'adbc_driver_postgresql')))
         """)
     env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW__")}
-    env.update(PG_REPLICATION_REGISTRY=str(registry), AIRFLOW_HOME=str(tmp_path / "home"),
-               PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
-    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120,
-                          stdin=subprocess.DEVNULL)
+    env.update(
+        PG_REPLICATION_REGISTRY=str(registry),
+        AIRFLOW_HOME=str(tmp_path / "home"),
+        PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL
+    )
     assert proc.returncode == 0, proc.stderr
     dag_ids, heavy = proc.stdout.strip().splitlines()[-2:]
     assert dag_ids == "['pg_replication__public__customers', 'pg_replication__public__orders']"
@@ -222,11 +263,15 @@ def test_broken_entry_is_an_airflow_import_error_and_good_dags_load(tmp_path: Pa
         print(json.dumps({{"dags": sorted(bag.dag_ids), "errors": {{k.split("/")[-1]: v for k, v in bag.import_errors.items()}}}}))
         """)
     env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW__")}
-    env.update(PG_REPLICATION_REGISTRY=str(registry), AIRFLOW_HOME=str(tmp_path / "home"),
-               AIRFLOW__CORE__LOAD_EXAMPLES="False",
-               PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
-    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=180,
-                          stdin=subprocess.DEVNULL)
+    env.update(
+        PG_REPLICATION_REGISTRY=str(registry),
+        AIRFLOW_HOME=str(tmp_path / "home"),
+        AIRFLOW__CORE__LOAD_EXAMPLES="False",
+        PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=180, stdin=subprocess.DEVNULL
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     import json
 

@@ -16,17 +16,23 @@ T0 = "2024-01-01 00:00:00+00"
 
 
 def make_events(pg_db, rows: int = 0) -> None:
-    pg_db.execute("CREATE TABLE events (id bigint PRIMARY KEY, payload text, "
-                  "updated_at timestamptz NOT NULL DEFAULT clock_timestamp())")
+    pg_db.execute(
+        "CREATE TABLE events (id bigint PRIMARY KEY, payload text, "
+        "updated_at timestamptz NOT NULL DEFAULT clock_timestamp())"
+    )
     if rows:
-        pg_db.execute("INSERT INTO events SELECT g, 'p' || g, timestamptz '2024-01-01 00:00:00+00' + g * interval "
-                      "'1 minute' FROM generate_series(1, %s) g", (rows,))
+        pg_db.execute(
+            "INSERT INTO events SELECT g, 'p' || g, timestamptz '2024-01-01 00:00:00+00' + g * interval "
+            "'1 minute' FROM generate_series(1, %s) g",
+            (rows,),
+        )
 
 
 def op(duck, table="public.events", **kw) -> PgIncrementalOperator:
     kw.setdefault("cursor_column", "updated_at")
-    return PgIncrementalOperator(task_id="incremental_refresh", table=table, source_conn_id="pg_source",
-                                 destination=duck.spec, **kw)
+    return PgIncrementalOperator(
+        task_id="incremental_refresh", table=table, source_conn_id="pg_source", destination=duck.spec, **kw
+    )
 
 
 def assert_same(pg_db, duck, table="events", cols=COLS, key=("id",)):
@@ -46,18 +52,22 @@ def test_empty_table_then_inserts_then_increments(pg_db, duck):
     assert set(duck.columns("events")) >= {"id", "payload", "updated_at", "_pg_lsn"}
     assert duck.query("SELECT count(*) FROM replica.events") == [(0,)]
 
-    pg_db.execute("INSERT INTO events SELECT g, 'p' || g, timestamptz '2024-01-01 00:00:00+00' + g * interval "
-                  "'1 minute' FROM generate_series(1, 20) g")
+    pg_db.execute(
+        "INSERT INTO events SELECT g, 'p' || g, timestamptz '2024-01-01 00:00:00+00' + g * interval "
+        "'1 minute' FROM generate_series(1, 20) g"
+    )
     out = inc.execute({})
     assert out["rows"] == 20 and out["full_copy"]  # no mark yet: everything
     assert out["cursor_to"] == "2024-01-01 00:20:00+00"
     assert_same(pg_db, duck)
-    state = duck.query("SELECT status, cursor_value FROM replica._pg_replication_state WHERE table_name = ?",
-                       ["public.events"])
+    state = duck.query(
+        "SELECT status, cursor_value FROM replica._pg_replication_state WHERE table_name = ?", ["public.events"]
+    )
     assert state == [("loaded", "2024-01-01 00:20:00+00")]
 
-    pg_db.execute("INSERT INTO events VALUES (21, 'p21', '2024-01-01 00:21:00+00'), "
-                  "(22, 'p22', '2024-01-01 00:22:00+00')")
+    pg_db.execute(
+        "INSERT INTO events VALUES (21, 'p21', '2024-01-01 00:21:00+00'), (22, 'p22', '2024-01-01 00:22:00+00')"
+    )
     out = inc.execute({})
     assert not out["full_copy"]
     assert out["cursor_from"] == "2024-01-01 00:20:00+00" and out["cursor_to"] == "2024-01-01 00:22:00+00"
@@ -70,8 +80,10 @@ def test_empty_table_then_inserts_then_increments(pg_db, duck):
 
 def test_ties_at_the_mark_are_not_missed(pg_db, duck):
     make_events(pg_db)
-    pg_db.execute("INSERT INTO events VALUES (1, 'a', '2024-01-01 00:00:00+00'), (2, 'b', '2024-01-01 00:05:00+00'), "
-                  "(3, 'c', '2024-01-01 00:05:00+00'), (4, 'd', '2024-01-01 00:05:00+00')")
+    pg_db.execute(
+        "INSERT INTO events VALUES (1, 'a', '2024-01-01 00:00:00+00'), (2, 'b', '2024-01-01 00:05:00+00'), "
+        "(3, 'c', '2024-01-01 00:05:00+00'), (4, 'd', '2024-01-01 00:05:00+00')"
+    )
     inc = op(duck)
     assert inc.execute({})["cursor_to"] == "2024-01-01 00:05:00+00"
     # committed after the run, with exactly the mark's timestamp
@@ -109,8 +121,9 @@ def test_late_commit_missed_without_lookback_caught_with_it(pg_db, duck):
         out = plain.execute({})  # reads 101, moves the mark past 100's timestamp
         assert 101 in dest_ids(duck) and out["rows"] == 2  # 101 and the row at the old mark
         slow.commit()
-    assert pg_db.query("SELECT a.updated_at < b.updated_at FROM events a, events b "
-                       "WHERE a.id = 100 AND b.id = 101")[0][0]
+    assert pg_db.query("SELECT a.updated_at < b.updated_at FROM events a, events b WHERE a.id = 100 AND b.id = 101")[0][
+        0
+    ]
     mark = out["cursor_to"]
     out = plain.execute({})
     assert 100 not in dest_ids(duck)  # without a lookback, the late row is missed (documented)
@@ -127,20 +140,24 @@ def test_late_row_beyond_the_lookback_is_missed(pg_db, duck):
     make_events(pg_db, rows=3)  # mark: 00:03
     inc = op(duck, cursor_lookback="5 minutes")
     inc.execute({})
-    pg_db.execute("INSERT INTO events VALUES (50, 'inside', '2023-12-31 23:59:00+00'), "
-                  "(51, 'outside', '2023-12-31 23:50:00+00')")
+    pg_db.execute(
+        "INSERT INTO events VALUES (50, 'inside', '2023-12-31 23:59:00+00'), (51, 'outside', '2023-12-31 23:50:00+00')"
+    )
     out = inc.execute({})
     assert out["cursor_from"] == "2023-12-31 23:58:00+00"
     assert 50 in dest_ids(duck) and 51 not in dest_ids(duck)
 
 
-@pytest.mark.parametrize("pg_type, values, newer, mark", [
-    ("timestamp", ["2024-01-01 10:00:00", "2024-01-01 10:00:00.5"], "2024-01-01 11:00:00", "2024-01-01 11:00:00"),
-    ("date", ["2024-01-01", "2024-01-02"], "2024-01-03", "2024-01-03"),
-    ("integer", ["1", "2"], "3", "3"),
-    ("bigint", ["9000000000", "9000000001"], "9000000002", "9000000002"),
-    ("numeric(12,3)", ["1.500", "2.250"], "2.251", "2.251"),
-])
+@pytest.mark.parametrize(
+    "pg_type, values, newer, mark",
+    [
+        ("timestamp", ["2024-01-01 10:00:00", "2024-01-01 10:00:00.5"], "2024-01-01 11:00:00", "2024-01-01 11:00:00"),
+        ("date", ["2024-01-01", "2024-01-02"], "2024-01-03", "2024-01-03"),
+        ("integer", ["1", "2"], "3", "3"),
+        ("bigint", ["9000000000", "9000000001"], "9000000002", "9000000002"),
+        ("numeric(12,3)", ["1.500", "2.250"], "2.251", "2.251"),
+    ],
+)
 def test_cursor_types(pg_db, duck, pg_type, values, newer, mark):
     pg_db.execute(f"CREATE TABLE items (id int PRIMARY KEY, note text, v {pg_type})")
     for i, value in enumerate(values, 1):
@@ -163,15 +180,19 @@ def test_bigint_cursor_rejects_a_time_lookback(pg_db, duck):
     pg_db.execute("CREATE TABLE items (id int PRIMARY KEY, version bigint NOT NULL)")
     pg_db.execute("INSERT INTO items VALUES (1, 1)")
     inc = op(duck, table="public.items", cursor_column="version", cursor_lookback="5 minutes")
-    with pytest.raises(ReplicationError,
-                       match=r"cursor_lookback '5 minutes' is a time interval.*items\.version is int8"):
+    with pytest.raises(
+        ReplicationError, match=r"cursor_lookback '5 minutes' is a time interval.*items\.version is int8"
+    ):
         inc.execute({})
 
 
 def test_missing_cursor_column_is_a_clear_error(pg_db, duck):
     make_events(pg_db, rows=1)
-    with pytest.raises(ReplicationError, match=r"cursor_column 'modified_at' does not exist in public\.events.*"
-                                               r"its columns are: id, payload, updated_at"):
+    with pytest.raises(
+        ReplicationError,
+        match=r"cursor_column 'modified_at' does not exist in public\.events.*"
+        r"its columns are: id, payload, updated_at",
+    ):
         op(duck, cursor_column="modified_at").execute({})
 
 
@@ -183,8 +204,11 @@ def test_unsuitable_cursor_type_is_a_clear_error(pg_db, duck):
 
 def test_no_primary_key_is_a_clear_error(pg_db, duck):
     pg_db.execute("CREATE TABLE nokey (id int, updated_at timestamptz)")
-    with pytest.raises(ReplicationError, match=r"public\.nokey has no primary key, so incremental mode cannot "
-                                               r"merge.*primary_key entry"):
+    with pytest.raises(
+        ReplicationError,
+        match=r"public\.nokey has no primary key, so incremental mode cannot "
+        r"merge.*primary_key entry",
+    ):
         op(duck, table="public.nokey").execute({})
     # a configured primary_key is enough
     pg_db.execute("INSERT INTO nokey VALUES (1, now())")

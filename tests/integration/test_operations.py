@@ -35,14 +35,16 @@ def run_trigger(trigger: SlotLagTrigger) -> dict:
     async def first_event():
         async for event in trigger.run():
             return event.payload
+
     return asyncio.run(asyncio.wait_for(first_event(), timeout=30))
 
 
 def test_deferrable_sensor_defers_and_trigger_fires_on_lag(pg_db, duck):
     make_table(pg_db)
     snapshot(duck)
-    sensor = PgSlotLagSensor(task_id="wait_for_changes", table="customers", deferrable=True, poke_interval=1,
-                             timeout=60, min_lag_bytes=1)
+    sensor = PgSlotLagSensor(
+        task_id="wait_for_changes", table="customers", deferrable=True, poke_interval=1, timeout=60, min_lag_bytes=1
+    )
     with pytest.raises(TaskDeferred) as deferred:
         sensor.execute({})  # nothing to apply: hands the wait to the triggerer
     trigger = deferred.value.trigger
@@ -60,8 +62,14 @@ def test_deferrable_sensor_defers_and_trigger_fires_on_lag(pg_db, duck):
 
 def test_trigger_and_sensor_fail_on_missing_slot(pg_db):
     make_table(pg_db)
-    trigger = SlotLagTrigger(source_conn_id="pg_source", slot=SLOT, table="public.customers",
-                             min_lag_bytes=1, max_lag_bytes=10**9, poke_interval=1)
+    trigger = SlotLagTrigger(
+        source_conn_id="pg_source",
+        slot=SLOT,
+        table="public.customers",
+        min_lag_bytes=1,
+        max_lag_bytes=10**9,
+        poke_interval=1,
+    )
     event = run_trigger(trigger)
     assert event["status"] == "error" and "does not exist" in event["message"]
     sensor = PgSlotLagSensor(task_id="w", table="customers", deferrable=True)
@@ -81,8 +89,9 @@ def test_sensor_fails_past_max_lag(pg_db, duck):
 
 @pytest.fixture
 def small_wal_cluster(monkeypatch):
-    with ThrowawayCluster(settings={"max_slot_wal_keep_size": "1MB", "wal_keep_size": "0",
-                                    "max_wal_size": "32MB", "min_wal_size": "32MB"}) as cluster:
+    with ThrowawayCluster(
+        settings={"max_slot_wal_keep_size": "1MB", "wal_keep_size": "0", "max_wal_size": "32MB", "min_wal_size": "32MB"}
+    ) as cluster:
         cluster.create_database("src")
         monkeypatch.setenv("AIRFLOW_CONN_PG_SOURCE", cluster.conn_uri("src"))
         yield cluster
@@ -96,40 +105,53 @@ def invalidate_slot(dsn: str) -> None:
             conn.execute("INSERT INTO filler SELECT repeat('w', 1000) FROM generate_series(1, 3000)")
             conn.execute("SELECT pg_switch_wal()")
             conn.execute("CHECKPOINT")
-            status = conn.execute("SELECT wal_status FROM pg_replication_slots WHERE slot_name = %s",
-                                  (SLOT,)).fetchone()[0]
+            status = conn.execute(
+                "SELECT wal_status FROM pg_replication_slots WHERE slot_name = %s", (SLOT,)
+            ).fetchone()[0]
             if status == "lost":
                 return
     raise AssertionError(f"slot not invalidated (wal_status={status})")
 
 
 def test_invalidated_slot_fail_policy(small_wal_cluster, duck):
-    from airflow_pg_replication.source.slot_health import judge_slot
     from airflow_pg_replication.source.catalog import read_slot_info
+    from airflow_pg_replication.source.slot_health import judge_slot
 
     dsn = small_wal_cluster.dsn("src")
     make_table(dsn)
     snapshot(duck)
     with psycopg.connect(dsn, autocommit=True) as conn:  # max_slot_wal_keep_size is set: the log says when
-        verdict = judge_slot(read_slot_info(conn, SLOT), slot_name=SLOT, table="public.customers",
-                             min_lag_bytes=1, max_lag_bytes=10**12)
+        verdict = judge_slot(
+            read_slot_info(conn, SLOT), slot_name=SLOT, table="public.customers", min_lag_bytes=1, max_lag_bytes=10**12
+        )
     assert "safe_wal_size" in verdict.message and "invalidated in about" in verdict.message
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("UPDATE customers SET name = 'lost change' WHERE customer_id = 1")
     invalidate_slot(dsn)
     with pytest.raises(SlotLostError, match="invalidated.*full_refresh=true"):
-        choose_next_task(table="customers", source_conn_id="pg_source", destination=duck.spec,
-                         on_slot_lost="fail")
+        choose_next_task(table="customers", source_conn_id="pg_source", destination=duck.spec, on_slot_lost="fail")
     with pytest.raises(SlotLostError, match="wal_status=lost"):
         PgSlotLagSensor(task_id="w", table="customers").poke({})
-    event = run_trigger(SlotLagTrigger(source_conn_id="pg_source", slot=SLOT, table="public.customers",
-                                       min_lag_bytes=1, max_lag_bytes=10**12, poke_interval=1))
+    event = run_trigger(
+        SlotLagTrigger(
+            source_conn_id="pg_source",
+            slot=SLOT,
+            table="public.customers",
+            min_lag_bytes=1,
+            max_lag_bytes=10**12,
+            poke_interval=1,
+        )
+    )
     assert event["status"] == "error" and "invalidated" in event["message"]  # the deferrable path fails too
     with pytest.raises(SlotLostError, match="invalidated"):
         PgCdcApplyOperator(task_id="a", table="customers", destination=duck.spec).execute({})
     # the documented fix: a run with full_refresh=true
-    assert choose_next_task(table="customers", source_conn_id="pg_source", destination=duck.spec,
-                            params={"full_refresh": True}) == "full_refresh"
+    assert (
+        choose_next_task(
+            table="customers", source_conn_id="pg_source", destination=duck.spec, params={"full_refresh": True}
+        )
+        == "full_refresh"
+    )
 
 
 def test_invalidated_slot_resync_policy(small_wal_cluster, duck):
@@ -139,8 +161,10 @@ def test_invalidated_slot_resync_policy(small_wal_cluster, duck):
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("UPDATE customers SET name = 'lost change' WHERE customer_id = 1")
     invalidate_slot(dsn)
-    assert choose_next_task(table="customers", source_conn_id="pg_source", destination=duck.spec,
-                            on_slot_lost="resync") == "full_refresh"
+    assert (
+        choose_next_task(table="customers", source_conn_id="pg_source", destination=duck.spec, on_slot_lost="resync")
+        == "full_refresh"
+    )
     snapshot(duck)  # drops the dead slot, takes a fresh snapshot
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("DELETE FROM customers WHERE customer_id = 2")
@@ -158,14 +182,16 @@ def test_least_privilege_role_runs_full_refresh_and_cdc(pg_db, duck, monkeypatch
     # without a pre-created publication the role cannot create one (it does not own the table): clear error
     with pytest.raises(ReplicationError, match="CREATE PUBLICATION pgrepl_public_customers FOR TABLE"):
         snapshot(duck)
-    pg_db.execute("CREATE PUBLICATION pgrepl_public_customers FOR TABLE customers "
-                  "WITH (publish_via_partition_root = true)")
+    pg_db.execute(
+        "CREATE PUBLICATION pgrepl_public_customers FOR TABLE customers WITH (publish_via_partition_root = true)"
+    )
     assert snapshot(duck)["rows"] == 100
     pg_db.execute("UPDATE customers SET name = 'least privilege' WHERE customer_id < 10")
     pg_db.execute("DELETE FROM customers WHERE customer_id > 95")
     assert PgCdcApplyOperator(task_id="a", table="customers", destination=duck.spec).execute({})["changes"] == 14
-    assert duck.rows("customers", ["customer_id", "name"], ["customer_id"]) == \
-        source_rows(pg_db, "public.customers", ["customer_id", "name"], ["customer_id"])
+    assert duck.rows("customers", ["customer_id", "name"], ["customer_id"]) == source_rows(
+        pg_db, "public.customers", ["customer_id", "name"], ["customer_id"]
+    )
     is_super = pg_db.query("SELECT rolsuper FROM pg_roles WHERE rolname = 'replicator'")[0][0]
     assert is_super is False
     pg_db.execute("DROP PUBLICATION pgrepl_public_customers")

@@ -15,20 +15,22 @@ def make_items(pg_db, rows: int = 200) -> None:
     pg_db.execute(
         "CREATE TABLE items (id int PRIMARY KEY, name text, price numeric(10,2), ratio float8, "
         "created_at timestamptz, day date, doc jsonb, tags int[], stamps timestamptz[], raw bytea, "
-        "ok bool, ref uuid, span interval)")
+        "ok bool, ref uuid, span interval)"
+    )
     pg_db.execute(
         "INSERT INTO items SELECT g, 'item ' || g, g * 1.25, g / 3.0, "
         "timestamptz '2024-01-01 00:00:00+02' + g * interval '1 minute', date '2024-01-01' + g, "
         "jsonb_build_object('z', g, 'a', jsonb_build_array(g, 1.50, null, 'x')), ARRAY[g, g + 1, NULL], "
         "ARRAY[timestamptz '2024-01-01 00:00:00+05' + g * interval '1 second'], "
         "decode(lpad(to_hex(g), 4, '0'), 'hex'), g %% 2 = 0, md5(g::text)::uuid, g * interval '90 minutes' "
-        "FROM generate_series(1, %s) g", (rows,))
+        "FROM generate_series(1, %s) g",
+        (rows,),
+    )
     pg_db.execute("UPDATE items SET name = NULL, doc = 'null', tags = '{}' WHERE id = 7")
 
 
 def reconcile(duck, table="public.items", **kw):
-    return PgReconcileOperator(task_id="verify", table=table, source_conn_id="pg_source",
-                               destination=duck.spec, **kw)
+    return PgReconcileOperator(task_id="verify", table=table, source_conn_id="pg_source", destination=duck.spec, **kw)
 
 
 def tamper(duck, sql: str) -> None:
@@ -38,8 +40,9 @@ def tamper(duck, sql: str) -> None:
 
 def test_full_refresh_reconciles_and_tampering_is_found(pg_db, duck):
     make_items(pg_db)
-    PgFullRefreshOperator(task_id="full_refresh", table="public.items", destination=duck.spec,
-                          mode="full_refresh").execute({})
+    PgFullRefreshOperator(
+        task_id="full_refresh", table="public.items", destination=duck.spec, mode="full_refresh"
+    ).execute({})
     op = reconcile(duck, ranges=4)
     out = op.execute({})
     assert out["ok"] and out["rows"] == 200 and out["destination_rows"] == 200
@@ -82,21 +85,28 @@ def test_full_refresh_reconciles_and_tampering_is_found(pg_db, duck):
 
 
 def _non_c_collation(pg_db) -> str | None:
-    rows = pg_db.query("SELECT collname FROM pg_collation WHERE collname IN ('en-x-icu', 'en_US.utf8', 'en_US') "
-                       "AND collencoding IN (-1, 6) ORDER BY collname")
+    rows = pg_db.query(
+        "SELECT collname FROM pg_collation WHERE collname IN ('en-x-icu', 'en_US.utf8', 'en_US') "
+        "AND collencoding IN (-1, 6) ORDER BY collname"
+    )
     return rows[0][0] if rows else None
 
 
 def test_composite_text_key(pg_db, duck):
     coll = _non_c_collation(pg_db)  # where available, the source sorts text differently from DuckDB
     collate = f' COLLATE "{coll}"' if coll else ""
-    pg_db.execute(f"CREATE TABLE stock (region text{collate}, code varchar(10){collate}, qty int, "
-                  "PRIMARY KEY (region, code))")
+    pg_db.execute(
+        f"CREATE TABLE stock (region text{collate}, code varchar(10){collate}, qty int, PRIMARY KEY (region, code))"
+    )
     regions = ["eu", "EU", "us", "Zeta", "ápac", "_x"]
-    pg_db.execute("INSERT INTO stock SELECT r, 'k' || lpad(g::text, 2, '0'), g FROM unnest(%s::text[]) r, "
-                  "generate_series(1, 20) g", (regions,))
-    PgFullRefreshOperator(task_id="full_refresh", table="public.stock", destination=duck.spec,
-                          mode="full_refresh").execute({})
+    pg_db.execute(
+        "INSERT INTO stock SELECT r, 'k' || lpad(g::text, 2, '0'), g FROM unnest(%s::text[]) r, "
+        "generate_series(1, 20) g",
+        (regions,),
+    )
+    PgFullRefreshOperator(
+        task_id="full_refresh", table="public.stock", destination=duck.spec, mode="full_refresh"
+    ).execute({})
     op = reconcile(duck, table="public.stock", ranges=5)
     out = op.execute({})
     assert out["ok"] and out["rows"] == 120 and out["ranges"] == 5

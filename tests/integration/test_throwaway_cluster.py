@@ -49,11 +49,13 @@ def test_pgoutput_slot_sees_insert(pg_db) -> None:
     pg_db.execute("INSERT INTO t VALUES (1, 'hello')")
     # synchronous_commit=off: decoding only sees WAL once the walwriter has flushed it (~200 ms).
     deadline = time.monotonic() + 5
-    while not (rows := pg_db.query(
-        "SELECT data FROM pg_logical_slot_peek_binary_changes(%s, NULL, NULL,"
-        " 'proto_version', '1', 'publication_names', 'p')",
-        (slot,),
-    )):
+    while not (
+        rows := pg_db.query(
+            "SELECT data FROM pg_logical_slot_peek_binary_changes(%s, NULL, NULL,"
+            " 'proto_version', '1', 'publication_names', 'p')",
+            (slot,),
+        )
+    ):
         assert time.monotonic() < deadline, "insert never became visible to the slot"
         time.sleep(0.05)
     kinds = [bytes(data)[:1] for (data,) in rows]
@@ -68,9 +70,23 @@ def test_drop_database_removes_active_slot(pg_cluster: ThrowawayCluster) -> None
         conn.execute("CREATE PUBLICATION p FOR ALL TABLES")
         conn.execute("SELECT pg_create_logical_replication_slot('drop_me', 'pgoutput')")
     recv = subprocess.Popen(
-        [os.path.join(pg_cluster.bindir, "pg_recvlogical"), "-d", dsn, "-S", "drop_me", "--start", "-n",
-         "-o", "proto_version=1", "-o", "publication_names=p", "-f", os.devnull],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            os.path.join(pg_cluster.bindir, "pg_recvlogical"),
+            "-d",
+            dsn,
+            "-S",
+            "drop_me",
+            "--start",
+            "-n",
+            "-o",
+            "proto_version=1",
+            "-o",
+            "publication_names=p",
+            "-f",
+            os.devnull,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         admin = pg_cluster.dsn()

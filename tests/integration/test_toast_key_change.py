@@ -5,18 +5,18 @@ nowhere the apply fails before writing anything. Each success is checked as dest
 from __future__ import annotations
 
 import logging
-from typing import Sequence
+from collections.abc import Sequence
 
 import duckdb
 import pytest
 from psycopg import sql
 
-import airflow_pg_replication.sync.batch_write as apply_module
 import airflow_pg_replication.destination.duckdb.table as loading
+import airflow_pg_replication.sync.batch_write as apply_module
 from airflow_pg_replication import PgCdcApplyOperator, PgFullRefreshOperator
-from airflow_pg_replication.errors import NeedsAttentionError
 from airflow_pg_replication.destination.dlt_table import DltTableDestination as TableDestination
 from airflow_pg_replication.destination.duckdb.table import DuckDbTableDestination
+from airflow_pg_replication.errors import NeedsAttentionError
 from tests.integration.conftest import source_rows
 
 COLS = ["id", "title", "body"]
@@ -35,8 +35,12 @@ def make_docs(pg_db, table: str = "docs", n: int = 10) -> None:
     """``table`` (id primary key, title, body) with ``n`` rows whose body is TOASTed out of line."""
     run_sql(pg_db, "CREATE TABLE {} (id int PRIMARY KEY, title text, body text)", table)
     run_sql(pg_db, "ALTER TABLE {} ALTER COLUMN {} SET STORAGE EXTERNAL", table, "body")
-    run_sql(pg_db, "INSERT INTO {} SELECT g, 't' || g, repeat(md5(g::text), 1000) FROM generate_series(1, %s) g",
-            table, params=(n,))
+    run_sql(
+        pg_db,
+        "INSERT INTO {} SELECT g, 't' || g, repeat(md5(g::text), 1000) FROM generate_series(1, %s) g",
+        table,
+        params=(n,),
+    )
 
 
 def ops(duck, table: str, deletes: str) -> tuple[PgFullRefreshOperator, PgCdcApplyOperator]:
@@ -52,16 +56,18 @@ def started(pg_db, duck, deletes: str, table: str = "docs") -> PgCdcApplyOperato
     return apply
 
 
-def live_rows(duck, deletes: str, table: str = "docs", cols: Sequence[str] = COLS,
-              key: Sequence[str] = ("id",)) -> list[tuple]:
+def live_rows(
+    duck, deletes: str, table: str = "docs", cols: Sequence[str] = COLS, key: Sequence[str] = ("id",)
+) -> list[tuple]:
     """The destination's rows not soft-deleted, ordered by key."""
     if deletes == "hard":
         return duck.rows(table, cols, key)
     return [r[:-1] for r in duck.rows(table, [*cols, "_pg_deleted_at"], key) if r[-1] is None]
 
 
-def assert_same(pg_db, duck, deletes: str, table: str = "docs", cols: Sequence[str] = COLS,
-                key: Sequence[str] = ("id",)) -> None:
+def assert_same(
+    pg_db, duck, deletes: str, table: str = "docs", cols: Sequence[str] = COLS, key: Sequence[str] = ("id",)
+) -> None:
     """The destination's live rows equal the source's, every column; soft-deleted rows kept their values."""
     want = source_rows(pg_db, f"public.{table}", cols, key)
     if deletes == "hard":
@@ -146,8 +152,10 @@ def test_key_change_across_batches(pg_db, duck, deletes):
 def test_composite_primary_key(pg_db, duck, deletes):
     pg_db.execute("CREATE TABLE regional (region text, id int, title text, body text, PRIMARY KEY (region, id))")
     run_sql(pg_db, "ALTER TABLE {} ALTER COLUMN {} SET STORAGE EXTERNAL", "regional", "body")
-    pg_db.execute("INSERT INTO regional SELECT r, g, 't' || g, repeat(md5(r || g), 1000) "
-                  "FROM unnest(ARRAY['eu', 'us']) r, generate_series(1, 5) g")
+    pg_db.execute(
+        "INSERT INTO regional SELECT r, g, 't' || g, repeat(md5(r || g), 1000) "
+        "FROM unnest(ARRAY['eu', 'us']) r, generate_series(1, 5) g"
+    )
     full, apply = ops(duck, "regional", deletes)
     full.execute({})
     pg_db.execute("UPDATE regional SET region = 'us', id = 9 WHERE region = 'eu' AND id = 1")
@@ -181,15 +189,18 @@ def test_key_change_in_a_transaction_applied_in_parts(pg_db, duck, deletes, capl
 
 def _destination_now(duck) -> tuple[list, list]:
     """Every row and column of the destination table and of its state row."""
+
     def everything(table: str) -> list:
         q = sql.SQL("SELECT * FROM {} ORDER BY 1").format(sql.Identifier(duck.dataset, table))
         return duck.query(q.as_string(None))
+
     return everything("docs"), everything("_pg_replication_state")
 
 
 def _slot_position(pg_db) -> str:
-    return pg_db.query("SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = %s",
-                       ("pgrepl_public_docs",))[0][0]
+    return pg_db.query(
+        "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = %s", ("pgrepl_public_docs",)
+    )[0][0]
 
 
 def test_value_nowhere_fails_before_writing(pg_db, duck, deletes):
@@ -216,8 +227,10 @@ def test_value_nowhere_fails_before_writing(pg_db, duck, deletes):
 
 # -- a batch applied again after an interrupted attempt: the old key may be gone or hold another row --------
 
+
 def _dying_when_recording_state(monkeypatch) -> None:
     """The generic (dlt, step by step) path, dying after the data is loaded, before the state is recorded."""
+
     def crash(*args, **kwargs):
         raise RuntimeError("worker died while recording the applied LSN")
 

@@ -38,9 +38,34 @@ INSERT INTO every_type VALUES
   '-1 days +00:00:01', NULL, NULL, NULL, NULL, NULL, 'sad', 1, '::1')
 """
 
-COLS = ["id", "c_int2", "c_int4", "c_int8", "c_float4", "c_float8", "c_num", "c_num_free", "c_bool", "c_text",
-        "c_varchar", "c_char", "c_bytea", "c_date", "c_time", "c_ts", "c_tstz", "c_interval", "c_uuid", "c_json",
-        "c_jsonb", "c_int_arr", "c_text_arr", "c_enum", "c_domain", "c_inet"]
+COLS = [
+    "id",
+    "c_int2",
+    "c_int4",
+    "c_int8",
+    "c_float4",
+    "c_float8",
+    "c_num",
+    "c_num_free",
+    "c_bool",
+    "c_text",
+    "c_varchar",
+    "c_char",
+    "c_bytea",
+    "c_date",
+    "c_time",
+    "c_ts",
+    "c_tstz",
+    "c_interval",
+    "c_uuid",
+    "c_json",
+    "c_jsonb",
+    "c_int_arr",
+    "c_text_arr",
+    "c_enum",
+    "c_domain",
+    "c_inet",
+]
 TEXT_FORM = {"c_interval", "c_uuid", "c_enum", "c_inet"}  # compared as text (ISO 8601 interval)
 CAST_TEXT = {"c_interval", "c_uuid", "c_enum"}  # read from the source as ::text (inet's output form is str())
 JSON_FORM = {"c_json", "c_jsonb", "c_int_arr", "c_text_arr"}  # JSON documents / lists
@@ -74,8 +99,9 @@ def source_values(pg_db) -> list[tuple]:
         for c, v in zip(COLS, row):
             if c in ("c_int_arr", "c_text_arr") and v is not None:  # PostgreSQL array text -> list via SQL
                 with pg_db.connect() as conn:
-                    v = conn.execute(f"SELECT array_to_json(%s::{'int' if c == 'c_int_arr' else 'text'}[])::text",
-                                     (v,)).fetchone()[0]
+                    v = conn.execute(
+                        f"SELECT array_to_json(%s::{'int' if c == 'c_int_arr' else 'text'}[])::text", (v,)
+                    ).fetchone()[0]
             vals.append(norm(c, v))
         out.append(tuple(vals))
     return out

@@ -7,19 +7,19 @@ import asyncio
 import contextlib
 import threading
 import time
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import psycopg
 import pytest
-from psycopg import sql
 from airflow.sdk.exceptions import TaskDeferred
+from psycopg import sql
 
 from airflow_pg_replication import PgCdcApplyOperator, PgFullRefreshOperator, PgSlotLagSensor
 from airflow_pg_replication.errors import SlotLostError
 from airflow_pg_replication.source.pgoutput import parse_lsn
 from airflow_pg_replication.source.table_changes import PokeResult, _poke_steps, poke_sync
-from airflow_pg_replication.triggers.slot_lag import poke_target
-from airflow_pg_replication.triggers.slot_lag import SlotLagTrigger
+from airflow_pg_replication.triggers.slot_lag import SlotLagTrigger, poke_target
 from tests.integration.conftest import source_rows
 
 SLOT = "pgrepl_public_customers"
@@ -44,8 +44,9 @@ def write_other(db, rows: int = 2000) -> int:
 
 
 def confirmed(db) -> int:
-    return parse_lsn(db.query("SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = %s",
-                              (SLOT,))[0][0])
+    return parse_lsn(
+        db.query("SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = %s", (SLOT,))[0][0]
+    )
 
 
 def drop_slot(db) -> None:
@@ -65,8 +66,7 @@ def sensor(**kw: Any) -> PgSlotLagSensor:
 
 def poke(db, min_lag_bytes: int = 1, between: Callable[[int], None] | None = None) -> PokeResult:
     """One poke as the sensor does it, returning what it saw; ``between(i)`` runs before statement i > 0."""
-    target = poke_target("customers", slot=SLOT, publication=SLOT, min_lag_bytes=min_lag_bytes,
-                         max_lag_bytes=10**12)
+    target = poke_target("customers", slot=SLOT, publication=SLOT, min_lag_bytes=min_lag_bytes, max_lag_bytes=10**12)
     with db.connect() as conn:
         if between is None:
             return poke_sync(conn, target)
@@ -88,8 +88,9 @@ def poke(db, min_lag_bytes: int = 1, between: Callable[[int], None] | None = Non
 
 def apply_and_compare(db, duck) -> dict:
     out = PgCdcApplyOperator(task_id="apply_changes", table="customers", destination=duck.spec).execute({})
-    assert duck.rows("customers", COLUMNS, ["customer_id"]) == source_rows(db, "public.customers", COLUMNS,
-                                                                            ["customer_id"])
+    assert duck.rows("customers", COLUMNS, ["customer_id"]) == source_rows(
+        db, "public.customers", COLUMNS, ["customer_id"]
+    )
     return out
 
 
@@ -101,8 +102,7 @@ def slot_held_by_a_walsender(db) -> Iterator[int]:
     rconn = PgReplicationHook(postgres_conn_id="pg_source").replication_connection()
     try:
         cur = rconn.cursor()
-        cur.start_replication(slot_name=SLOT, decode=False,
-                              options={"proto_version": "1", "publication_names": SLOT})
+        cur.start_replication(slot_name=SLOT, decode=False, options={"proto_version": "1", "publication_names": SLOT})
         for _ in range(100):
             row = db.query("SELECT active_pid FROM pg_replication_slots WHERE slot_name = %s", (SLOT,))[0]
             if row[0] is not None:
@@ -131,8 +131,13 @@ def test_other_tables_wal_does_not_fire_and_is_advanced_past(snapshotted, duck):
     assert seen.slot_lag_bytes >= after_other - seen.decoded_from > 0
     assert seen.advanced_to == seen.decoded_to >= after_other and seen.advanced_bytes > 0
     assert confirmed(db) == seen.advanced_to
-    for words in ("lag", "0 change(s) of public.customers pending", "advanced the slot",
-                  "past other tables' WAL", "not firing: no change of the table pending"):
+    for words in (
+        "lag",
+        "0 change(s) of public.customers pending",
+        "advanced the slot",
+        "past other tables' WAL",
+        "not firing: no change of the table pending",
+    ):
         assert words in seen.message
 
     db.execute("UPDATE customers SET name = 'changed' WHERE customer_id = 7")
@@ -225,8 +230,11 @@ def test_slot_peeked_in_a_loop_by_another_backend_never_fails_a_poke(snapshotted
         with db.connect() as conn:
             while not stop.is_set():
                 with contextlib.suppress(psycopg.errors.ObjectInUse):
-                    conn.execute("SELECT count(*) FROM pg_logical_slot_peek_binary_changes(%s, NULL, NULL, "
-                                 "'proto_version', '1', 'publication_names', %s)", (SLOT, SLOT)).fetchone()
+                    conn.execute(
+                        "SELECT count(*) FROM pg_logical_slot_peek_binary_changes(%s, NULL, NULL, "
+                        "'proto_version', '1', 'publication_names', %s)",
+                        (SLOT, SLOT),
+                    ).fetchone()
 
     thread = threading.Thread(target=peek_forever)
     thread.start()
@@ -263,6 +271,7 @@ def test_missing_slot_raises_slot_lost(snapshotted):
 
 def run_first_event(trigger: SlotLagTrigger, during: Callable[[], None] | None = None, timeout: float = 60) -> dict:
     """The trigger's first event; ``during`` runs in a thread meanwhile (the writes the trigger waits for)."""
+
     async def first_event() -> dict:
         async for event in trigger.run():
             return event.payload

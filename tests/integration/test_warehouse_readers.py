@@ -72,8 +72,9 @@ def _lock_is_free(path: Path) -> bool:
 
 
 def _start(code: str, *args: str) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(code), *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(code), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     line = proc.stdout.readline()
     assert line.strip() == "ready", line + proc.stderr.read()
     return proc
@@ -100,8 +101,10 @@ def test_a_reader_that_loops_during_applies_and_a_snapshot_never_fails_nor_makes
     try:
         for round_ in range(4):
             transfers(pg_db, 300, seed=round_)  # 600 changes: a few batches of 400 per apply
-            assert choose_next_task(table="public.accounts", source_conn_id="pg_source",
-                                    destination=duck.spec) == WAIT_TASK
+            assert (
+                choose_next_task(table="public.accounts", source_conn_id="pg_source", destination=duck.spec)
+                == WAIT_TASK
+            )
             out = apply.execute({})
             assert out["batches"] >= 2 and not out["more"]
             if round_ == 1:

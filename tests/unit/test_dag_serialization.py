@@ -19,8 +19,19 @@ from airflow.serialization.serialized_objects import DagSerialization, LazyDeser
 
 from airflow_pg_replication import build_dags
 
-SCHEDULES = ["*/5 * * * *", "17 3 * * 1-5", "@hourly", "@daily", "@weekly", "@monthly", "@quarterly",
-             "@yearly", "@once", "@continuous", None]
+SCHEDULES = [
+    "*/5 * * * *",
+    "17 3 * * 1-5",
+    "@hourly",
+    "@daily",
+    "@weekly",
+    "@monthly",
+    "@quarterly",
+    "@yearly",
+    "@once",
+    "@continuous",
+    None,
+]
 
 REGISTRY = textwrap.dedent("""
     source: {conn_id: pg_source}
@@ -33,11 +44,15 @@ def _table_entries() -> list[str]:
     entries = []
     for i, schedule in enumerate(SCHEDULES):
         sched = "null" if schedule is None else json.dumps(schedule)
-        entries.append(f"  - {{table: public.cdc_{i}, schedule: {sched}, verify: {str(i % 2 == 0).lower()}, "
-                       f"deferrable: {['true', 'false', 'null'][i % 3]}}}")
+        entries.append(
+            f"  - {{table: public.cdc_{i}, schedule: {sched}, verify: {str(i % 2 == 0).lower()}, "
+            f"deferrable: {['true', 'false', 'null'][i % 3]}}}"
+        )
         entries.append(f"  - {{table: sales.full_{i}, mode: full_refresh, schedule: {sched}}}")
-        entries.append(f"  - {{table: public.inc_{i}, mode: incremental, cursor_column: updated_at, "
-                       f"cursor_lookback: 5 minutes, schedule: {sched}, deletes: soft}}")
+        entries.append(
+            f"  - {{table: public.inc_{i}, mode: incremental, cursor_column: updated_at, "
+            f"cursor_lookback: 5 minutes, schedule: {sched}, deletes: soft}}"
+        )
     entries.append("  - {table: public.broken, mode: incremental}")  # no cursor_column: a broken entry
     return entries
 
@@ -80,8 +95,9 @@ def test_cron_schedules_are_public_timetables_in_utc(dags: dict) -> None:
     assert isinstance(dag.timetable, CronTriggerTimetable)
     back = DagSerialization.from_dict(DagSerialization.to_dict(dag))
     now = pendulum.now("UTC")
-    info = back.timetable.next_dagrun_info(last_automated_data_interval=None,
-                                           restriction=_restriction(pendulum.datetime(2024, 1, 1, tz="UTC")))
+    info = back.timetable.next_dagrun_info(
+        last_automated_data_interval=None, restriction=_restriction(pendulum.datetime(2024, 1, 1, tz="UTC"))
+    )
     # catchup=False: the next run is the next */5 tick from now, in UTC
     assert info is not None and info.run_after.minute % 5 == 0 and info.run_after.second == 0
     assert now.subtract(minutes=5) <= info.run_after <= now.add(minutes=5)
@@ -93,7 +109,8 @@ def _summary(timetable) -> str:
     if expression is not None:
         return expression
     return {"NullTimetable": "None", "OnceTimetable": "@once", "ContinuousTimetable": "@continuous"}[
-        type(timetable).__name__]
+        type(timetable).__name__
+    ]
 
 
 def _restriction(earliest: pendulum.DateTime):
@@ -115,9 +132,18 @@ def test_deferrable_key_reaches_the_sensor(dags: dict) -> None:
 def test_task_shapes_survive_serialization(dags: dict) -> None:
     back = {dag_id: DagSerialization.from_dict(DagSerialization.to_dict(dag)) for dag_id, dag in dags.items()}
     assert sorted(back["pg_replication__public__cdc_0"].task_dict) == [
-        "apply_changes", "full_refresh", "plan", "verify", "wait_for_changes"]
+        "apply_changes",
+        "full_refresh",
+        "plan",
+        "verify",
+        "wait_for_changes",
+    ]
     assert sorted(back["pg_replication__public__cdc_1"].task_dict) == [
-        "apply_changes", "full_refresh", "plan", "wait_for_changes"]
+        "apply_changes",
+        "full_refresh",
+        "plan",
+        "wait_for_changes",
+    ]
     assert list(back["pg_replication__sales__full_0"].task_dict) == ["full_refresh"]
     assert list(back["pg_replication__public__inc_0"].task_dict) == ["incremental_refresh"]
     assert list(back["pg_replication__public__broken"].task_dict) == ["registry_error"]

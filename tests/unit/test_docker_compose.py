@@ -78,8 +78,11 @@ def test_airflow_image_has_the_package(compose: dict) -> None:
     airflow = _airflow_service(compose)
     build = airflow.get("build")
     if build:
-        dockerfile = REPO / (build.get("context", ".") if isinstance(build, dict) else build) / (
-            build.get("dockerfile", "Dockerfile") if isinstance(build, dict) else "Dockerfile")
+        dockerfile = (
+            REPO
+            / (build.get("context", ".") if isinstance(build, dict) else build)
+            / (build.get("dockerfile", "Dockerfile") if isinstance(build, dict) else "Dockerfile")
+        )
         text = dockerfile.read_text()
         assert "apache/airflow:3." in text
         assert "pip install" in text and "/opt/airflow-pg-replication" in text
@@ -101,8 +104,15 @@ def _compose_command() -> list[str] | None:
 def test_compose_config_is_valid() -> None:
     command = _compose_command()
     if command is None:
-        pytest.skip("neither docker-compose nor the docker compose plugin is installed "
-                    "(Debian: apt-get install docker-compose)")
-    result = subprocess.run([*command, "-f", str(COMPOSE), "config", "-q"], capture_output=True, text=True,
-                            cwd=REPO, stdin=subprocess.DEVNULL, timeout=120)
+        pytest.skip(
+            "neither docker-compose nor the docker compose plugin is installed (Debian: apt-get install docker-compose)"
+        )
+    result = subprocess.run(
+        [*command, "-f", str(COMPOSE), "config", "-q"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        stdin=subprocess.DEVNULL,
+        timeout=120,
+    )
     assert result.returncode == 0, f"{' '.join(command)} config -q failed:\n{result.stdout}{result.stderr}"

@@ -66,9 +66,13 @@ MODULES = sorted(p for p in PACKAGE.rglob("*.py") if "__pycache__" not in p.part
 
 
 def test_every_runtime_module_has_a_layer() -> None:
-    homeless = [_module_name(p) for p in MODULES
-                if _module_name(p) != "airflow_pg_replication" and _part(_module_name(p)) != TEST_BED
-                and _layer(_module_name(p)) is None]
+    homeless = [
+        _module_name(p)
+        for p in MODULES
+        if _module_name(p) != "airflow_pg_replication"
+        and _part(_module_name(p)) != TEST_BED
+        and _layer(_module_name(p)) is None
+    ]
     assert not homeless, f"modules outside every layer of tests/unit/test_layers.py: {homeless}"
 
 
@@ -84,9 +88,12 @@ def test_imports_run_down_the_layers(path: Path) -> None:
             if _part(imported) == TEST_BED:
                 wrong.append(f"line {line}: {imported} is the test bed, not runtime code")
             elif (target := _layer(imported)) is not None and target > own:
-                wrong.append(f"line {line}: {imported} is a higher layer ({LAYERS[target][0]}/ above "
-                             f"{LAYERS[own][0]}/)")
+                wrong.append(
+                    f"line {line}: {imported} is a higher layer ({LAYERS[target][0]}/ above {LAYERS[own][0]}/)"
+                )
         elif (imported == "airflow" or imported.startswith("airflow.")) and own < SHELLS:
-            wrong.append(f"line {line}: {imported}: only hooks/, triggers/, sensors/, operators/ and "
-                         "dag_factory.py import Airflow")
+            wrong.append(
+                f"line {line}: {imported}: only hooks/, triggers/, sensors/, operators/ and "
+                "dag_factory.py import Airflow"
+            )
     assert not wrong, f"{name} imports against the layers:\n" + "\n".join(wrong)

@@ -32,8 +32,9 @@ import os
 import re
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 from airflow_pg_replication.errors import NeedsAttentionError, TransientError
 
@@ -67,8 +68,9 @@ def busy_timeout() -> float:
     try:
         return max(0.0, float(text))
     except ValueError:
-        raise NeedsAttentionError(f"{BUSY_TIMEOUT_ENV}={text!r} is not a number of seconds; set it to e.g. 120"
-                                  ) from None
+        raise NeedsAttentionError(
+            f"{BUSY_TIMEOUT_ENV}={text!r} is not a number of seconds; set it to e.g. 120"
+        ) from None
 
 
 # -- this process's holds ----------------------------------------------------------------------
@@ -117,8 +119,9 @@ def _key(path: str) -> str:
 
 
 @contextlib.contextmanager
-def locked(path: str, mode: str, *, timeout: float, what: str,
-           advice: str = "the task's retry goes on") -> Iterator[None]:
+def locked(
+    path: str, mode: str, *, timeout: float, what: str, advice: str = "the task's retry goes on"
+) -> Iterator[None]:
     """Hold the DuckDB file's lock (``SHARED`` to read, ``EXCLUSIVE`` to write) for the block.
 
     Waits its turn at the turnstile, for at most ``timeout`` seconds, logging who holds the file;
@@ -141,8 +144,10 @@ def _acquire(path: str, mode: str, *, timeout: float, what: str, advice: str) ->
         taking = _taking.setdefault(key, threading.Lock())
     # another thread of this process may be taking it: wait for that in-process, never on flock
     if not taking.acquire(timeout=max(0.0, deadline - time.monotonic())):
-        raise TransientError(f"gave up after {timeout:g} s waiting for another thread of this process to lock "
-                             f"the DuckDB file {path} (to {what}); {advice}")
+        raise TransientError(
+            f"gave up after {timeout:g} s waiting for another thread of this process to lock "
+            f"the DuckDB file {path} (to {what}); {advice}"
+        )
     try:
         with _holds_guard:
             hold = _holds.get(key)
@@ -150,7 +155,8 @@ def _acquire(path: str, mode: str, *, timeout: float, what: str, advice: str) ->
                 if mode == EXCLUSIVE and hold.mode == SHARED:
                     raise NeedsAttentionError(
                         f"this process holds the DuckDB file {path} open for reading and now asks to write it "
-                        f"(to {what}): leave the read_warehouse block (or close the reading destination) first")
+                        f"(to {what}): leave the read_warehouse block (or close the reading destination) first"
+                    )
                 hold.users += 1  # re-entry: what this process holds covers it
                 return key
         fd = _take(key, mode, deadline=deadline, timeout=timeout, path=path, what=what, advice=advice)
@@ -197,9 +203,10 @@ def _open_lock_file(path: str) -> int:
         try:
             return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except OSError as exc:
-            raise NeedsAttentionError(f"cannot open the lock file {path} ({exc.strerror}): let this user read it, or "
-                                   "create it once as the user that runs the tasks (it must be readable by both)"
-                                   ) from exc
+            raise NeedsAttentionError(
+                f"cannot open the lock file {path} ({exc.strerror}): let this user read it, or "
+                "create it once as the user that runs the tasks (it must be readable by both)"
+            ) from exc
 
 
 def _take(key: str, mode: str, *, deadline: float, timeout: float, path: str, what: str, advice: str) -> int:
@@ -208,12 +215,27 @@ def _take(key: str, mode: str, *, deadline: float, timeout: float, path: str, wh
     try:
         turnstile = _open_lock_file(turnstile_path(key))
         try:
-            _poll(turnstile, fcntl.LOCK_EX, deadline=deadline, timeout=timeout, path=path, what=what, advice=advice,
-                  waiting_for="its turn (another reader or writer waits ahead of it)")
+            _poll(
+                turnstile,
+                fcntl.LOCK_EX,
+                deadline=deadline,
+                timeout=timeout,
+                path=path,
+                what=what,
+                advice=advice,
+                waiting_for="its turn (another reader or writer waits ahead of it)",
+            )
             try:
-                _poll(fd, fcntl.LOCK_SH if mode == SHARED else fcntl.LOCK_EX, deadline=deadline, timeout=timeout,
-                      path=path, what=what, advice=advice,
-                      waiting_for="the writer to finish" if mode == SHARED else "the readers or writer to finish")
+                _poll(
+                    fd,
+                    fcntl.LOCK_SH if mode == SHARED else fcntl.LOCK_EX,
+                    deadline=deadline,
+                    timeout=timeout,
+                    path=path,
+                    what=what,
+                    advice=advice,
+                    waiting_for="the writer to finish" if mode == SHARED else "the readers or writer to finish",
+                )
             finally:
                 fcntl.flock(turnstile, fcntl.LOCK_UN)
         finally:
@@ -224,8 +246,9 @@ def _take(key: str, mode: str, *, deadline: float, timeout: float, path: str, wh
     return fd
 
 
-def _poll(fd: int, op: int, *, deadline: float, timeout: float, path: str, what: str, advice: str,
-          waiting_for: str) -> None:
+def _poll(
+    fd: int, op: int, *, deadline: float, timeout: float, path: str, what: str, advice: str, waiting_for: str
+) -> None:
     """``flock(fd, op)``, retried until ``deadline``; past a short wait, logs who holds it."""
     started = time.monotonic()
     delay, next_log, logged = 0.001, started + _QUIET_WAIT_SECONDS, False
@@ -242,10 +265,17 @@ def _poll(fd: int, op: int, *, deadline: float, timeout: float, path: str, what:
             raise TransientError(
                 f"gave up after {timeout:g} s waiting for {waiting_for} (to {what}): the DuckDB file {path} is held "
                 f"by {describe_holders(fd)}. A snapshot holds the file for its whole copy, a CDC batch for about "
-                f"a second, a reader for its query: {advice}")
+                f"a second, a reader for its query: {advice}"
+            )
         if now >= next_log:
-            log.info("waiting for %s (to %s): the DuckDB file %s is held by %s; up to %.0f s more",
-                     waiting_for, what, path, describe_holders(fd), deadline - now)
+            log.info(
+                "waiting for %s (to %s): the DuckDB file %s is held by %s; up to %.0f s more",
+                waiting_for,
+                what,
+                path,
+                describe_holders(fd),
+                deadline - now,
+            )
             next_log, logged = now + _LOG_EVERY_SECONDS, True
         time.sleep(min(delay, deadline - now))
         delay = min(delay * 2, _MAX_POLL_SECONDS)
@@ -296,8 +326,14 @@ def _command_of(pid: int) -> str:
 _DUCKDB_HOLDER = re.compile(r"Conflicting lock is held in (?P<who>.+?)\.(?: However|$| See)", re.S)
 
 
-def connect(path: str, *, read_only: bool, what: str, wait: float | None = None,
-            advice: str = f"The task's retry goes on; {BUSY_TIMEOUT_ENV} sets how long a task waits") -> Any:
+def connect(
+    path: str,
+    *,
+    read_only: bool,
+    what: str,
+    wait: float | None = None,
+    advice: str = f"The task's retry goes on; {BUSY_TIMEOUT_ENV} sets how long a task waits",
+) -> Any:
     """``duckdb.connect(path, read_only=…)``, waiting for a process that holds the file without our lock.
 
     Call it holding :func:`locked`: then only such a process (a plain ``duckdb.connect``, the
@@ -323,11 +359,17 @@ def connect(path: str, *, read_only: bool, what: str, wait: float | None = None,
                     f"the DuckDB file {path} is held by {holder}, which opened it without the package's lock "
                     f"(a plain duckdb.connect, the DuckDB CLI); waited {waited:.0f} s (to {what}). Close that "
                     "connection, and read the warehouse with airflow_pg_replication.read_warehouse(path) or "
-                    f"query_warehouse(sql, path=path), which wait for the tasks and let them in. {advice}") from exc
+                    f"query_warehouse(sql, path=path), which wait for the tasks and let them in. {advice}"
+                ) from exc
             if waited >= next_log:
-                log.warning("the DuckDB file %s is held by %s, which does not take the package's lock (a plain "
-                            "duckdb.connect?); waiting up to %.0f s more for it to let go (to %s)", path, holder,
-                            wait - waited, what)
+                log.warning(
+                    "the DuckDB file %s is held by %s, which does not take the package's lock (a plain "
+                    "duckdb.connect?); waiting up to %.0f s more for it to let go (to %s)",
+                    path,
+                    holder,
+                    wait - waited,
+                    what,
+                )
                 next_log = waited + _LOG_EVERY_SECONDS
             time.sleep(max(0.0, min(delay, wait - waited)))
             delay = min(delay * 2, 2.0)

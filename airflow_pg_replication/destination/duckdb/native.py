@@ -8,11 +8,14 @@ row commit together: a crash leaves either both or neither.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from airflow_pg_replication.destination.sql import compose
 
-COMMIT_ROWS = 245_760  # rows per transaction of a staged load: two DuckDB row groups; fewer commits are faster, more use memory
+COMMIT_ROWS = (
+    245_760  # rows per transaction of a staged load: two DuckDB row groups; fewer commits are faster, more use memory
+)
 MEMORY_LIMIT_MB = 64  # DuckDB's buffer pool (set by TableDestination when it opens the file)
 
 if TYPE_CHECKING:
@@ -26,8 +29,14 @@ def duckdb_type(typ: pa.DataType) -> str | None:
     if pa.types.is_list(typ) or pa.types.is_large_list(typ):
         return "JSON"
     simple = {
-        pa.int16(): "SMALLINT", pa.int32(): "INTEGER", pa.int64(): "BIGINT", pa.float32(): "FLOAT",
-        pa.float64(): "DOUBLE", pa.bool_(): "BOOLEAN", pa.binary(): "BLOB", pa.date32(): "DATE",
+        pa.int16(): "SMALLINT",
+        pa.int32(): "INTEGER",
+        pa.int64(): "BIGINT",
+        pa.float32(): "FLOAT",
+        pa.float64(): "DOUBLE",
+        pa.bool_(): "BOOLEAN",
+        pa.binary(): "BLOB",
+        pa.date32(): "DATE",
         pa.time64("us"): "TIME",
     }
     if typ in simple:
@@ -90,8 +99,9 @@ class NativeDuckDb:
         then swaps the staged rows in and runs ``after``. An empty table (a first snapshot) is
         loaded in place. Batches are pushed from this thread: DuckDB never calls back into Python.
         """
-        empty = not self.con.execute(
-            compose("SELECT count(*) FROM (SELECT 1 FROM", self.table, "LIMIT 1)")).fetchone()[0]
+        empty = not self.con.execute(compose("SELECT count(*) FROM (SELECT 1 FROM", self.table, "LIMIT 1)")).fetchone()[
+            0
+        ]
         self._read_columns()  # before the transactions below: _json_as_is needs them
         if empty:
             self._load_committing(self.table, batches, schema)
@@ -103,9 +113,13 @@ class NativeDuckDb:
         self.con.execute(compose("CREATE OR REPLACE TABLE", staging, "AS SELECT * FROM", self.table, "LIMIT 0"))
         try:
             self._load_committing(staging, batches, schema)
-            self._transaction(lambda: (self.con.execute(compose("DELETE FROM", self.table)),
-                                       self.con.execute(self._insert_statement(self.table, staging, schema.names))),
-                              after)
+            self._transaction(
+                lambda: (
+                    self.con.execute(compose("DELETE FROM", self.table)),
+                    self.con.execute(self._insert_statement(self.table, staging, schema.names)),
+                ),
+                after,
+            )
         finally:
             self.con.execute(compose("DROP TABLE IF EXISTS", staging))
 
@@ -124,8 +138,9 @@ class NativeDuckDb:
             for batch in batches:
                 if not batch.num_rows:
                     continue
-                self._run_with("pg_replication_src",
-                               self._json_as_is(pa.Table.from_batches([batch], schema=schema)), insert)
+                self._run_with(
+                    "pg_replication_src", self._json_as_is(pa.Table.from_batches([batch], schema=schema)), insert
+                )
                 pending += batch.num_rows
                 if pending >= COMMIT_ROWS:
                     self.con.execute("COMMIT")
@@ -142,8 +157,14 @@ class NativeDuckDb:
         cols = ", ".join(self.client.escape_column_name(n) for n in names)
         return compose("INSERT INTO", target, "(", cols, ") SELECT", cols, "FROM", source)
 
-    def merge(self, upserts: pa.Table | None, key_columns: Sequence[str], delete_keys: pa.Table | None,
-              truncate: tuple[str, Sequence[Any]] | None, after: Sequence[tuple]) -> None:
+    def merge(
+        self,
+        upserts: pa.Table | None,
+        key_columns: Sequence[str],
+        delete_keys: pa.Table | None,
+        truncate: tuple[str, Sequence[Any]] | None,
+        after: Sequence[tuple],
+    ) -> None:
         """In one transaction: truncate, delete keys, delete-then-insert the upserts, then ``after``."""
         import pyarrow as pa
 
@@ -154,11 +175,21 @@ class NativeDuckDb:
             parts = [t.select(list(key_columns)) for t in (delete_keys, upserts) if t is not None and t.num_rows]
             if parts:
                 keys = pa.concat_tables(parts) if len(parts) > 1 else parts[0]
-                match = " AND ".join(compose("t." + self.client.escape_column_name(k), "=",
-                                             "k." + self.client.escape_column_name(k)) for k in key_columns)
-                self._run_with("pg_replication_keys", keys, compose(
-                    "DELETE FROM", self.table, "AS t WHERE EXISTS (SELECT 1 FROM pg_replication_keys AS k WHERE",
-                    match, ")"))
+                match = " AND ".join(
+                    compose("t." + self.client.escape_column_name(k), "=", "k." + self.client.escape_column_name(k))
+                    for k in key_columns
+                )
+                self._run_with(
+                    "pg_replication_keys",
+                    keys,
+                    compose(
+                        "DELETE FROM",
+                        self.table,
+                        "AS t WHERE EXISTS (SELECT 1 FROM pg_replication_keys AS k WHERE",
+                        match,
+                        ")",
+                    ),
+                )
             if upserts is not None and upserts.num_rows:
                 self._load("pg_replication_src", upserts, upserts.column_names)
 
@@ -185,8 +216,9 @@ class NativeDuckDb:
         have = self._read_columns()
         for i, field in enumerate(data.schema):
             if field.name in self.json_columns and have.get(field.name) == "JSON" and pa.types.is_string(field.type):
-                column = pa.chunked_array([pa.ExtensionArray.from_storage(json_type(), chunk)
-                                           for chunk in data.column(i).chunks], json_type())
+                column = pa.chunked_array(
+                    [pa.ExtensionArray.from_storage(json_type(), chunk) for chunk in data.column(i).chunks], json_type()
+                )
                 data = data.set_column(i, field.name, column)
         return data
 

@@ -12,7 +12,8 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from typing import Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 from airflow_pg_replication.destination.duckdb import file_lock as duckdb_file
 
@@ -20,8 +21,9 @@ _ADVICE = "try again, or pass a longer timeout"
 
 
 @contextlib.contextmanager
-def read_warehouse(path: str | os.PathLike | None = None, *,
-                   timeout: float = duckdb_file.READER_TIMEOUT_SECONDS) -> Iterator[Any]:
+def read_warehouse(
+    path: str | os.PathLike | None = None, *, timeout: float = duckdb_file.READER_TIMEOUT_SECONDS
+) -> Iterator[Any]:
     """A read-only DuckDB connection to the warehouse, for the block; safe while tasks write it.
 
     ``path``: the DuckDB file (a registry's ``destination.credentials``); by default the
@@ -36,20 +38,32 @@ def read_warehouse(path: str | os.PathLike | None = None, *,
 
     where = os.path.abspath(os.fspath(path)) if path else default_duckdb_path()
     if not os.path.exists(where):
-        raise FileNotFoundError(f"no DuckDB warehouse at {where}: nothing was replicated there yet (run the "
-                                "table's full_refresh), or pass the path of the registry's destination.credentials")
+        raise FileNotFoundError(
+            f"no DuckDB warehouse at {where}: nothing was replicated there yet (run the "
+            "table's full_refresh), or pass the path of the registry's destination.credentials"
+        )
     deadline = time.monotonic() + timeout
     with duckdb_file.locked(where, duckdb_file.SHARED, timeout=timeout, what="read the warehouse", advice=_ADVICE):
-        con = duckdb_file.connect(where, read_only=True, what="read the warehouse",
-                                  wait=max(0.0, deadline - time.monotonic()), advice=_ADVICE.capitalize() + ".")
+        con = duckdb_file.connect(
+            where,
+            read_only=True,
+            what="read the warehouse",
+            wait=max(0.0, deadline - time.monotonic()),
+            advice=_ADVICE.capitalize() + ".",
+        )
         try:
             yield con
         finally:
             con.close()
 
 
-def query_warehouse(sql: str, parameters: Sequence[Any] | None = None, *, path: str | os.PathLike | None = None,
-                    timeout: float = duckdb_file.READER_TIMEOUT_SECONDS) -> list[tuple]:
+def query_warehouse(
+    sql: str,
+    parameters: Sequence[Any] | None = None,
+    *,
+    path: str | os.PathLike | None = None,
+    timeout: float = duckdb_file.READER_TIMEOUT_SECONDS,
+) -> list[tuple]:
     """Run one query on the warehouse (see :func:`read_warehouse`) and return its rows; the file is let go at once."""
     with read_warehouse(path, timeout=timeout) as con:
         return con.execute(sql, list(parameters) if parameters is not None else None).fetchall()

@@ -10,7 +10,8 @@ quotes them for DuckDB (``"dataset"."table"``, ``"`` doubled), so both address t
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 
 def quote_identifier(name: str) -> str:

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from airflow_pg_replication.destination import sql as destination_sql
 from airflow_pg_replication.destination.columns import json_column_names
@@ -76,8 +77,9 @@ class DuckDbTableDestination(DltTableDestination):
         mode = file_lock.SHARED if self.read_only else file_lock.EXCLUSIVE
         what = f"{'read' if self.read_only else 'write'} {self.table_name}"
         try:
-            self._file.enter_context(file_lock.locked(self.path, mode, timeout=file_lock.WRITER_TIMEOUT_SECONDS,
-                                                      what=what))
+            self._file.enter_context(
+                file_lock.locked(self.path, mode, timeout=file_lock.WRITER_TIMEOUT_SECONDS, what=what)
+            )
             if self.read_only and not os.path.exists(self.path):
                 return  # nothing loaded yet: read_state() is None
             con = file_lock.connect(self.path, read_only=self.read_only, what=what)
@@ -168,8 +170,9 @@ class DuckDbTableDestination(DltTableDestination):
             return None  # read-only, and no DuckDB file yet
         return super().read_state()
 
-    def prepare_replace(self, state: ReplicationState, *, schema: pa.Schema, columns: list[dict],
-                        primary_key: Sequence[str]) -> None:
+    def prepare_replace(
+        self, state: ReplicationState, *, schema: pa.Schema, columns: list[dict], primary_key: Sequence[str]
+    ) -> None:
         """dlt creates or evolves the table (with no rows) in the same run that creates the state
         table, when either is needed, so a first snapshot pays for one dlt run, not two."""
         if not self.native or self._fits(schema):
@@ -185,8 +188,15 @@ class DuckDbTableDestination(DltTableDestination):
 
         self.run([table] if has_state_table else [state_resource(state), table])
 
-    def replace(self, batches: Iterable[pa.RecordBatch], columns: list[dict], primary_key: Sequence[str], *,
-                schema: pa.Schema, state: ReplicationState | None = None) -> None:
+    def replace(
+        self,
+        batches: Iterable[pa.RecordBatch],
+        columns: list[dict],
+        primary_key: Sequence[str],
+        *,
+        schema: pa.Schema,
+        state: ReplicationState | None = None,
+    ) -> None:
         """dlt creates or evolves the table (with no rows), then the rows stream in and the state row
         is written in one transaction."""
         if self.native and not self._fits(schema):
@@ -197,13 +207,21 @@ class DuckDbTableDestination(DltTableDestination):
         with self.sql_client() as client:
             after, later = self._native_state(client, state)
             NativeDuckDb(client, self.destination_table, json_columns=json_column_names(columns)).replace(
-                batches, schema, after)
+                batches, schema, after
+            )
         if later is not None:
             self.write_state(later)
 
-    def apply_batch(self, *, upserts: pa.Table | None, delete_keys: pa.Table | None,
-                    truncate: tuple[datetime, int, bool] | None, columns: list[dict], key_columns: Sequence[str],
-                    state: ReplicationState | None) -> None:
+    def apply_batch(
+        self,
+        *,
+        upserts: pa.Table | None,
+        delete_keys: pa.Table | None,
+        truncate: tuple[datetime, int, bool] | None,
+        columns: list[dict],
+        key_columns: Sequence[str],
+        state: ReplicationState | None,
+    ) -> None:
         """When the table already has the batch's shape: one transaction for all of it, state included.
         Otherwise dlt's steps (which also add new columns and widen changed ones)."""
         if self.native:
@@ -216,8 +234,14 @@ class DuckDbTableDestination(DltTableDestination):
                     if later is not None:  # applied; only the first state write is left
                         self.write_state(later)
                     return
-        super().apply_batch(upserts=upserts, delete_keys=delete_keys, truncate=truncate, columns=columns,
-                            key_columns=key_columns, state=state)
+        super().apply_batch(
+            upserts=upserts,
+            delete_keys=delete_keys,
+            truncate=truncate,
+            columns=columns,
+            key_columns=key_columns,
+            state=state,
+        )
 
     def _fits(self, schema: pa.Schema) -> bool:
         with self.sql_client() as client:
@@ -239,5 +263,17 @@ class DuckDbTableDestination(DltTableDestination):
         if not soft:
             return (compose("DELETE FROM", table),)
         deleted = client.escape_column_name(DELETED_AT_COLUMN)
-        return (compose("UPDATE", table, "SET", deleted, "= ?,", client.escape_column_name(LSN_COLUMN),
-                        "= ? WHERE", deleted, "IS NULL"), [at, lsn])
+        return (
+            compose(
+                "UPDATE",
+                table,
+                "SET",
+                deleted,
+                "= ?,",
+                client.escape_column_name(LSN_COLUMN),
+                "= ? WHERE",
+                deleted,
+                "IS NULL",
+            ),
+            [at, lsn],
+        )

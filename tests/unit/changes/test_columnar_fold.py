@@ -10,19 +10,28 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from airflow_pg_replication.changes.reference_fold import fold_changes
 from airflow_pg_replication.changes.columnar_fold import ColumnarBatch, fold_columnar
+from airflow_pg_replication.changes.reference_fold import fold_changes
 from airflow_pg_replication.source.pgoutput import UNCHANGED_TOAST, decode
 
-FIXTURE = json.loads((Path(__file__).parents[1] / "source" / "data" / "pgoutput_v1_pg15.json").read_text(encoding="utf-8"))
+FIXTURE = json.loads(
+    (Path(__file__).parents[1] / "source" / "data" / "pgoutput_v1_pg15.json").read_text(encoding="utf-8")
+)
 RAW = [bytes.fromhex(m["data"]) for m in FIXTURE["messages"]]
 BINARY_RAW = [bytes.fromhex(m["data"]) for m in FIXTURE["binary_messages"]]
 SCHEMA = "pgoutput_cap"
-FIXTURE_KEYS = {"orders": ("region", "order_no"), "docs": ("id",), "audit": ("id", "msg"),
-                "parent": ("id",), "child": ("id",), "by_index": ("code",)}
+FIXTURE_KEYS = {
+    "orders": ("region", "order_no"),
+    "docs": ("id",),
+    "audit": ("id", "msg"),
+    "parent": ("id",),
+    "child": ("id",),
+    "by_index": ("code",),
+}
 
 
 # -- a pgoutput v1 encoder for synthetic streams ----------------------------------------------------
+
 
 def _tuple(values) -> bytes:
     out = [struct.pack("!H", len(values))]
@@ -48,8 +57,16 @@ def commit(lsn: int, ts: int) -> bytes:
 
 
 def relation(oid: int, name: str, columns, keys=(), ident: bytes = b"d", ns: str = "public") -> bytes:
-    out = [b"R", struct.pack("!I", oid), ns.encode(), b"\0", name.encode(), b"\0", ident,
-           struct.pack("!H", len(columns))]
+    out = [
+        b"R",
+        struct.pack("!I", oid),
+        ns.encode(),
+        b"\0",
+        name.encode(),
+        b"\0",
+        ident,
+        struct.pack("!H", len(columns)),
+    ]
     for c in columns:
         out += [struct.pack("!B", c in keys), c.encode(), b"\0", struct.pack("!Ii", 25, -1)]
     return b"".join(out)
@@ -81,6 +98,7 @@ NONTX_MESSAGE = b"M" + struct.pack("!BQ", 0, 5) + b"p\0" + struct.pack("!I", 3) 
 
 # -- comparison with the reference ------------------------------------------------------------------
 
+
 def reference_rows(raw, keys, applied_lsn, names):
     batch = fold_changes((decode(m) for m in raw), keys, applied_lsn=applied_lsn, relation_names=names)
     layout = [c.name for c in batch.relation.columns]
@@ -91,8 +109,15 @@ def reference_rows(raw, keys, applied_lsn, names):
         if vals is None:  # unknown (delete without earlier values): the columnar batch has only the key
             vals = tuple(key[keys.index(c)] if c in keys else None for c in layout)
         rows.append((key, vals, r.deleted, r.commit_lsn, r.commit_time))
-    counters = (batch.relation, batch.changes, batch.transactions, batch.skipped,
-                batch.first_commit_lsn, batch.last_commit_lsn, batch.last_end_lsn)
+    counters = (
+        batch.relation,
+        batch.changes,
+        batch.transactions,
+        batch.skipped,
+        batch.first_commit_lsn,
+        batch.last_commit_lsn,
+        batch.last_end_lsn,
+    )
     return rows, counters
 
 
@@ -114,8 +139,15 @@ def columnar_rows(cb: ColumnarBatch):
         vals = tuple(UNCHANGED_TOAST if unch[c][i] else cols[c][i] for c in layout)
         key = tuple(cols[k][i] for k in cb.key_columns)
         rows.append((key, vals, deleted[i], lsns[i], times[i]))
-    counters = (cb.relation, cb.changes, cb.transactions, cb.skipped,
-                cb.first_commit_lsn, cb.last_commit_lsn, cb.last_end_lsn)
+    counters = (
+        cb.relation,
+        cb.changes,
+        cb.transactions,
+        cb.skipped,
+        cb.first_commit_lsn,
+        cb.last_commit_lsn,
+        cb.last_end_lsn,
+    )
     return rows, counters
 
 
@@ -142,6 +174,7 @@ def _as_arrow(raw: list[bytes]):
 
 
 # -- the captured fixture ---------------------------------------------------------------------------
+
 
 def _transactions(raw):
     """Split the captured stream at Begin messages (a non-transactional message stays with its neighbour)."""
@@ -184,11 +217,15 @@ def test_fixture_eligibility() -> None:
     # orders: primary-key update (old 'K' tuple), then a schema change
     assert fold_columnar(RAW, ["region", "order_no"], applied_lsn=None, relation_names=orders) is None
     assert fold_columnar(TXS[0] + TXS[4], ["region", "order_no"], applied_lsn=None, relation_names=orders) is None
-    assert fold_columnar(TXS[0] + TXS[5] + TXS[6], ["region", "order_no"], applied_lsn=None,
-                         relation_names=orders) is not None
+    assert (
+        fold_columnar(TXS[0] + TXS[5] + TXS[6], ["region", "order_no"], applied_lsn=None, relation_names=orders)
+        is not None
+    )
     assert fold_columnar(TXS[0] + TXS[7], ["region", "order_no"], applied_lsn=None, relation_names=orders) is None
-    assert fold_columnar(RAW[RAW.index(TXS[7][0]):], ["region", "order_no"], applied_lsn=None,
-                         relation_names=orders) is not None
+    assert (
+        fold_columnar(RAW[RAW.index(TXS[7][0]) :], ["region", "order_no"], applied_lsn=None, relation_names=orders)
+        is not None
+    )
     # REPLICA IDENTITY FULL (old 'O' tuples), truncate, binary values, no matching relation
     assert fold_columnar(TXS[3], ["id", "msg"], applied_lsn=None, relation_names={(SCHEMA, "audit")}) is None
     assert fold_columnar(TXS[9] + TXS[11], ["id"], applied_lsn=None, relation_names={(SCHEMA, "parent")}) is None
@@ -229,9 +266,17 @@ def synthetic(seed: int, keys: tuple[str, ...], *, n_tx: int = 40, toast_inserts
             region, ident = rng.choice(key_space)
             op = rng.random()
             if op < 0.1:  # other relation's changes, including ones the columnar path rejects for its own
-                out.append(rng.choice([insert(OTHER, ["1", "v"]), update(OTHER, ["2", "w"], ["1", None]),
-                                       insert(OTHER, ["3", b"\x00bin"]), delete(OTHER, ["2", None]),
-                                       truncate(OTHER)]))
+                out.append(
+                    rng.choice(
+                        [
+                            insert(OTHER, ["1", "v"]),
+                            update(OTHER, ["2", "w"], ["1", None]),
+                            insert(OTHER, ["3", b"\x00bin"]),
+                            delete(OTHER, ["2", None]),
+                            truncate(OTHER),
+                        ]
+                    )
+                )
                 continue
             if op < 0.3:
                 row = [region, ident] + [None] * 4 if "region" in keys else [None, ident] + [None] * 4
@@ -275,11 +320,18 @@ def test_empty_and_all_skipped() -> None:
 def test_deletes_keep_earlier_values_and_break_toast_chain() -> None:
     row = ["eu", "1", "a", "body", "c", "d"]
     u = UNCHANGED_TOAST
-    raw = [begin(10, 0, 1), relation(OID, "t", COLS, ("id",)), insert(OID, row),
-           update(OID, ["eu", "1", "a2", u, u, "d2"]), delete(OID, [None, "1", None, None, None, None]),
-           insert(OID, ["eu", "2", "x", "y", "z", "w"]), delete(OID, [None, "2", None, None, None, None]),
-           update(OID, ["eu", "2", "x2", u, None, u]), delete(OID, [None, "3", None, None, None, None]),
-           commit(10, 0)]
+    raw = [
+        begin(10, 0, 1),
+        relation(OID, "t", COLS, ("id",)),
+        insert(OID, row),
+        update(OID, ["eu", "1", "a2", u, u, "d2"]),
+        delete(OID, [None, "1", None, None, None, None]),
+        insert(OID, ["eu", "2", "x", "y", "z", "w"]),
+        delete(OID, [None, "2", None, None, None, None]),
+        update(OID, ["eu", "2", "x2", u, None, u]),
+        delete(OID, [None, "3", None, None, None, None]),
+        commit(10, 0),
+    ]
     assert check_same(raw, ["id"], None, {("public", "t")})
     cb = fold_columnar(raw, ["id"], applied_lsn=None, relation_names={("public", "t")})
     assert cb.deleted.to_pylist() == [True, False, True]
@@ -295,29 +347,38 @@ def _base(*changes: bytes) -> list[bytes]:
 ROW = ["eu", "1", "a", "b", "c", "d"]
 
 
-@pytest.mark.parametrize("raw", [
-    pytest.param(_base(insert(OID, ROW), truncate(OID)), id="truncate"),
-    pytest.param(_base(insert(OID, ROW), relation(OID, "t", COLS + ("e",)), insert(OID, ROW + ["e"])),
-                 id="schema-change"),
-    pytest.param(_base(update(OID, ROW, ["eu", "2", None, None, None, None])), id="key-change"),
-    pytest.param(_base(update(OID, ROW, ROW, b"O")), id="replica-identity-full-update"),
-    pytest.param(_base(delete(OID, ROW, b"O")), id="replica-identity-full-delete"),
-    pytest.param(_base(insert(OID, ["eu", "1", b"\x01", None, None, None])), id="binary"),
-    pytest.param(_base(update(OID, ["eu", UNCHANGED_TOAST, "a", None, None, None])), id="toast-key"),
-    pytest.param([begin(10, 0, 1), insert(OID, ROW), relation(OID, "t", COLS, ("id",)), commit(10, 0)],
-                 id="change-before-relation"),
-    pytest.param([relation(OID, "t", COLS, ("id",)), insert(OID, ROW)], id="change-outside-transaction"),
-    pytest.param(_base(relation(OID, "renamed", COLS), insert(OID, ROW)), id="renamed"),
-    pytest.param([begin(10, 0, 1), relation(OTHER, "x", COLS), insert(OTHER, ROW), commit(10, 0)],
-                 id="no-matching-relation"),
-    pytest.param(_base(insert(OID, ROW)[:-1]), id="truncated-message"),
-    pytest.param(_base(insert(OID, ROW) + b"\0"), id="trailing-bytes"),
-    pytest.param(_base(insert(OID, ROW[:5])), id="column-count"),
-    pytest.param(_base(b"S" + bytes(8)), id="streaming-message"),
-    pytest.param(_base(b""), id="empty-message"),
-    pytest.param(_base(b"I" + struct.pack("!I", OID) + b"N" + struct.pack("!H", 6) + b"t\0\0\0\x01\xff"
-                       + b"n" * 5), id="invalid-utf8"),
-])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        pytest.param(_base(insert(OID, ROW), truncate(OID)), id="truncate"),
+        pytest.param(
+            _base(insert(OID, ROW), relation(OID, "t", COLS + ("e",)), insert(OID, ROW + ["e"])), id="schema-change"
+        ),
+        pytest.param(_base(update(OID, ROW, ["eu", "2", None, None, None, None])), id="key-change"),
+        pytest.param(_base(update(OID, ROW, ROW, b"O")), id="replica-identity-full-update"),
+        pytest.param(_base(delete(OID, ROW, b"O")), id="replica-identity-full-delete"),
+        pytest.param(_base(insert(OID, ["eu", "1", b"\x01", None, None, None])), id="binary"),
+        pytest.param(_base(update(OID, ["eu", UNCHANGED_TOAST, "a", None, None, None])), id="toast-key"),
+        pytest.param(
+            [begin(10, 0, 1), insert(OID, ROW), relation(OID, "t", COLS, ("id",)), commit(10, 0)],
+            id="change-before-relation",
+        ),
+        pytest.param([relation(OID, "t", COLS, ("id",)), insert(OID, ROW)], id="change-outside-transaction"),
+        pytest.param(_base(relation(OID, "renamed", COLS), insert(OID, ROW)), id="renamed"),
+        pytest.param(
+            [begin(10, 0, 1), relation(OTHER, "x", COLS), insert(OTHER, ROW), commit(10, 0)], id="no-matching-relation"
+        ),
+        pytest.param(_base(insert(OID, ROW)[:-1]), id="truncated-message"),
+        pytest.param(_base(insert(OID, ROW) + b"\0"), id="trailing-bytes"),
+        pytest.param(_base(insert(OID, ROW[:5])), id="column-count"),
+        pytest.param(_base(b"S" + bytes(8)), id="streaming-message"),
+        pytest.param(_base(b""), id="empty-message"),
+        pytest.param(
+            _base(b"I" + struct.pack("!I", OID) + b"N" + struct.pack("!H", 6) + b"t\0\0\0\x01\xff" + b"n" * 5),
+            id="invalid-utf8",
+        ),
+    ],
+)
 def test_ineligible_batches_return_none(raw: list[bytes]) -> None:
     assert fold_columnar(raw, ["id"], applied_lsn=None, relation_names={("public", "t")}) is None
 
@@ -333,8 +394,15 @@ def test_missing_or_empty_keys_return_none() -> None:
 
 def test_skipped_transactions_may_hold_what_is_otherwise_ineligible() -> None:
     names = {("public", "t")}
-    raw = [begin(10, 0, 1), relation(OID, "t", COLS, ("id",)), truncate(OID),
-           update(OID, ROW, ["eu", "9", None, None, None, None]), commit(10, 0),
-           begin(20, 5, 2), insert(OID, ROW), commit(20, 5)]
+    raw = [
+        begin(10, 0, 1),
+        relation(OID, "t", COLS, ("id",)),
+        truncate(OID),
+        update(OID, ROW, ["eu", "9", None, None, None, None]),
+        commit(10, 0),
+        begin(20, 5, 2),
+        insert(OID, ROW),
+        commit(20, 5),
+    ]
     assert fold_columnar(raw, ["id"], applied_lsn=None, relation_names=names) is None
     assert check_same(raw, ["id"], 10, names)

@@ -6,11 +6,11 @@ from __future__ import annotations
 import pyarrow as pa
 import pytest
 
-from airflow_pg_replication.sync.batch_write import write_change_batch
 from airflow_pg_replication.changes.reference_fold import ChangeFolder, fold_changes
 from airflow_pg_replication.errors import NeedsAttentionError
 from airflow_pg_replication.source.pgoutput import UNCHANGED_TOAST, decode
 from airflow_pg_replication.source.type_map import PgColumn, PgType
+from airflow_pg_replication.sync.batch_write import write_change_batch
 from tests.unit.changes.test_columnar_fold import begin, commit, delete, insert, relation, update
 
 U = UNCHANGED_TOAST
@@ -39,6 +39,7 @@ def states(raw: list[bytes], keys=("id",)) -> dict[tuple, tuple]:
 
 
 # -- the fold -------------------------------------------------------------------------------------
+
 
 def test_key_change_alone_reads_from_the_old_key() -> None:
     assert states(tx(rekey("1", "2"))) == {
@@ -108,15 +109,23 @@ def test_source_lsn_is_the_commit_of_the_first_move() -> None:
 
 
 def test_replica_identity_full_fills_from_the_old_row() -> None:
-    raw = [begin(0x100, 0, 1), relation(OID, "docs", COLS, ("id",), ident=b"f"),
-           update(OID, ["2", "t", U], ["1", "old", "big"], b"O"), commit(0x100, 0)]
+    raw = [
+        begin(0x100, 0, 1),
+        relation(OID, "docs", COLS, ("id",), ident=b"f"),
+        update(OID, ["2", "t", U], ["1", "old", "big"], b"O"),
+        commit(0x100, 0),
+    ]
     assert states(raw)[("2",)] == (("2", "t", "big"), False, ("1",))
 
 
 def test_composite_key() -> None:
-    raw = [begin(0x100, 0, 1), relation(OID, "docs", ("region", "id", "body"), ("region", "id")),
-           update(OID, ["eu", "2", U], ["eu", "1", None]), update(OID, ["us", "2", U], ["eu", "2", None]),
-           commit(0x100, 0)]
+    raw = [
+        begin(0x100, 0, 1),
+        relation(OID, "docs", ("region", "id", "body"), ("region", "id")),
+        update(OID, ["eu", "2", U], ["eu", "1", None]),
+        update(OID, ["us", "2", U], ["eu", "2", None]),
+        commit(0x100, 0),
+    ]
     got = states(raw, ("region", "id"))
     assert got[("us", "2")] == (("us", "2", U), False, ("eu", "1"))
     assert got[("eu", "1")][1] is True and got[("eu", "2")][1] is True
@@ -139,8 +148,11 @@ def test_take_rows_starts_source_keys_afresh() -> None:
 
 # -- write_change_batch against a destination held in memory -------------------------------------------------
 
-TYPES = {"id": PgColumn("id", PgType(23, "int4")), "title": PgColumn("title", PgType(25, "text")),
-         "body": PgColumn("body", PgType(25, "text"))}
+TYPES = {
+    "id": PgColumn("id", PgType(23, "int4")),
+    "title": PgColumn("title", PgType(25, "text")),
+    "body": PgColumn("body", PgType(25, "text")),
+}
 
 
 class FakeDestination:
@@ -201,8 +213,12 @@ def test_soft_delete_of_an_unknown_row_missing_in_destination_still_applies() ->
 @pytest.mark.parametrize("written", [0x100, 0x200])
 def test_apply_fails_when_the_source_row_was_rewritten_since_the_move(soft: bool, written: int) -> None:
     """An interrupted earlier attempt of the batch swapped bodies already: key 2 holds row 1's body now."""
-    dest = FakeDestination({(1,): {"title": "b", "body": "B" * 9, "_pg_lsn": written},
-                            (2,): {"title": "a", "body": "A" * 9, "_pg_lsn": written}})
+    dest = FakeDestination(
+        {
+            (1,): {"title": "b", "body": "B" * 9, "_pg_lsn": written},
+            (2,): {"title": "a", "body": "A" * 9, "_pg_lsn": written},
+        }
+    )
     with pytest.raises(NeedsAttentionError, match="interrupted earlier attempt"):
         applied(tx(rekey("1", "9"), rekey("2", "1"), rekey("9", "2"), lsn=0x100), dest, soft=soft)
     assert dest.written is None

@@ -9,15 +9,19 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from airflow_pg_replication.destination.opening import DestinationOpening
 from airflow_pg_replication.destination.base import TableDestination
 from airflow_pg_replication.destination.duckdb.table import wal_bytes
 from airflow_pg_replication.destination.factory import table_destination
+from airflow_pg_replication.destination.opening import DestinationOpening
 
 
 def _dest(path: Path) -> TableDestination:
-    return table_destination({"type": "duckdb", "credentials": str(path), "dataset": "replica"},
-                            table_name="public.t", destination_table="t", pipeline_name="test_opening")
+    return table_destination(
+        {"type": "duckdb", "credentials": str(path), "dataset": "replica"},
+        table_name="public.t",
+        destination_table="t",
+        pipeline_name="test_opening",
+    )
 
 
 def _file_is_free(path: Path) -> bool:
@@ -75,8 +79,10 @@ def test_deferred_commits_stay_in_the_wal_until_the_next_unit_checkpoints_them(t
             con.execute("CREATE SCHEMA replica")
             con.execute("CREATE TABLE replica.t (id BIGINT, v VARCHAR)")
             for start in range(0, 500000, 100000):  # commits of under a row group go to the WAL whole
-                con.execute("INSERT INTO replica.t SELECT range, repeat('x', 40) || range FROM range(?, ?)",
-                            [start, start + 100000])
+                con.execute(
+                    "INSERT INTO replica.t SELECT range, repeat('x', 40) || range FROM range(?, ?)",
+                    [start, start + 100000],
+                )
     assert wal_bytes(str(path)) > 16 << 20  # past DuckDB's default checkpoint threshold, yet not checkpointed
 
     with _dest(path) as dest:
@@ -90,17 +96,20 @@ def test_deferred_commits_stay_in_the_wal_until_the_next_unit_checkpoints_them(t
 
 
 def test_a_dlt_destination_opens_on_the_callers_thread_and_fails_at_once(tmp_path: Path) -> None:
-    dest = table_destination({"type": "filesystem", "credentials": str(tmp_path), "dataset": "replica"},
-                            table_name="public.t", destination_table="t", pipeline_name="test_opening")
+    dest = table_destination(
+        {"type": "filesystem", "credentials": str(tmp_path), "dataset": "replica"},
+        table_name="public.t",
+        destination_table="t",
+        pipeline_name="test_opening",
+    )
     seen = {}
 
     def prepare(d: TableDestination) -> None:
         seen["thread"] = threading.current_thread().name
         raise ValueError("no loaded snapshot for this slot")
 
-    with pytest.raises(ValueError, match="no loaded snapshot"):
-        with DestinationOpening(dest, prepare):
-            pytest.fail("the block must not run when the destination cannot be prepared")
+    with pytest.raises(ValueError, match="no loaded snapshot"), DestinationOpening(dest, prepare):
+        pytest.fail("the block must not run when the destination cannot be prepared")
     assert seen["thread"] == threading.current_thread().name
 
 

@@ -78,15 +78,13 @@ def test_a_manual_run_does_not_wait() -> None:
 
 
 def test_a_person_must_act_fails_without_retries_and_keeps_its_type() -> None:
-    with pytest.raises(AirflowFailException) as failed:
-        with failing_fast_when_a_person_must_act():
-            raise SlotLostError("slot pgrepl_x was invalidated; resync")
+    with pytest.raises(AirflowFailException) as failed, failing_fast_when_a_person_must_act():
+        raise SlotLostError("slot pgrepl_x was invalidated; resync")
     assert isinstance(failed.value, SlotLostError) and isinstance(failed.value, NeedsAttentionError)
     assert "resync" in str(failed.value)
 
 
 def test_transient_errors_keep_their_retries() -> None:
-    with pytest.raises(TransientError) as raised:
-        with failing_fast_when_a_person_must_act():
-            raise TransientError("lock busy")
+    with pytest.raises(TransientError) as raised, failing_fast_when_a_person_must_act():
+        raise TransientError("lock busy")
     assert not isinstance(raised.value, AirflowFailException)

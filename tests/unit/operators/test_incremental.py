@@ -11,8 +11,13 @@ from airflow_pg_replication import PgIncrementalOperator
 
 def make(**kw) -> PgIncrementalOperator:
     kw.setdefault("cursor_column", "updated_at")
-    return PgIncrementalOperator(task_id="incremental_refresh", table="sales.events", source_conn_id="pg_source",
-                                 destination={"type": "duckdb", "credentials": "/tmp/x.duckdb"}, **kw)
+    return PgIncrementalOperator(
+        task_id="incremental_refresh",
+        table="sales.events",
+        source_conn_id="pg_source",
+        destination={"type": "duckdb", "credentials": "/tmp/x.duckdb"},
+        **kw,
+    )
 
 
 def test_defaults_and_lookback():
@@ -54,15 +59,16 @@ def test_lower_bound_is_a_typed_literal():
     from psycopg import sql
 
     from airflow_pg_replication.source.type_map import PgColumn, PgType
-
     from airflow_pg_replication.sync.incremental import IncrementalRefresh
 
     def refresh(op: PgIncrementalOperator) -> IncrementalRefresh:
         return IncrementalRefresh(None, op.target, cursor_column=op.cursor_column, lookback=op.lookback)
 
     col = PgColumn("updated_at", PgType(1184, "timestamptz"))
-    assert refresh(make())._lower_bound(col, "2024-01-01 00:00:00+00").as_string(None) == \
-        "'2024-01-01 00:00:00+00'::\"pg_catalog\".\"timestamptz\""
+    assert (
+        refresh(make())._lower_bound(col, "2024-01-01 00:00:00+00").as_string(None)
+        == '\'2024-01-01 00:00:00+00\'::"pg_catalog"."timestamptz"'
+    )
     bound = refresh(make(cursor_lookback="5 minutes"))._lower_bound(col, "x' OR true --")
     assert bound.as_string(None) == "('x'' OR true --'::\"pg_catalog\".\"timestamptz\" - '0:05:00'::interval)"
     assert isinstance(bound, sql.Composable)

@@ -9,10 +9,22 @@ import pyarrow as pa
 import pytest
 
 from airflow_pg_replication.reconcile.hashing import (
-    HASH_MASK, ColumnCanon, RangeDigest, canonical_json, canonical_number, row_hash,
+    HASH_MASK,
+    ColumnCanon,
+    RangeDigest,
+    canonical_json,
+    canonical_number,
+    row_hash,
 )
 from airflow_pg_replication.reconcile.ranges import (
-    SHOWN_KEYS, KeyRange, KeySpace, format_key, mismatch_message, plan_ranges, public_result, range_result,
+    SHOWN_KEYS,
+    KeyRange,
+    KeySpace,
+    format_key,
+    mismatch_message,
+    plan_ranges,
+    public_result,
+    range_result,
     range_step,
 )
 from airflow_pg_replication.source.catalog import TableInfo
@@ -53,8 +65,15 @@ def digest(arrays: list, limit: int = 100, key_idx: tuple = (0,)) -> RangeDigest
 
 
 SOURCE_ROWS = [
-    ("1", "1.50", "2024-03-01 12:00:00+00", '{"b": [1, 2.50], "a": {"y": 1.0, "x": "s"}}', "{1,2,3}",
-     "{\"2024-03-01 12:00:00+00\"}", "alpha"),
+    (
+        "1",
+        "1.50",
+        "2024-03-01 12:00:00+00",
+        '{"b": [1, 2.50], "a": {"y": 1.0, "x": "s"}}',
+        "{1,2,3}",
+        '{"2024-03-01 12:00:00+00"}',
+        "alpha",
+    ),
     ("2", "-0.00", "2024-03-02 00:30:00+00", '{"k": null}', "{}", None, "beta"),
 ]
 
@@ -64,8 +83,10 @@ def destination_batch() -> list[pa.Array]:
     return [
         pa.array([1, 2], pa.int64()),
         pa.array([Decimal("1.5"), Decimal("0")], pa.decimal128(18, 4)),
-        pa.array([datetime(2024, 3, 1, 14, 0, tzinfo=PLUS2), datetime(2024, 3, 2, 2, 30, tzinfo=PLUS2)],
-                 pa.timestamp("us", tz="+02:00")),
+        pa.array(
+            [datetime(2024, 3, 1, 14, 0, tzinfo=PLUS2), datetime(2024, 3, 2, 2, 30, tzinfo=PLUS2)],
+            pa.timestamp("us", tz="+02:00"),
+        ),
         pa.array(['{"a":{"x":"s","y":1},"b":[1,2.5]}', '{"k":null}']),
         pa.array([[1, 2, 3], []], pa.list_(pa.int64())),
         pa.array([[datetime(2024, 3, 1, 12, 0)], None], pa.list_(pa.timestamp("us"))),
@@ -108,10 +129,18 @@ def test_per_value_path_matches_the_vectorised_path() -> None:
     assert ColumnCanon(PgColumn("b", pg("bytea"))).value("\\x0aff") == b"\n\xff"
 
 
-@pytest.mark.parametrize("column, value", [
-    (1, "1.51"), (2, "2024-03-01 12:00:01+00"), (3, '{"b": [1, 2.50], "a": {"y": 1.0, "x": 1}}'),
-    (4, "{1,3,2}"), (5, "{\"2024-03-01 12:00:00+01\"}"), (6, "Alpha"), (6, None),
-])
+@pytest.mark.parametrize(
+    "column, value",
+    [
+        (1, "1.51"),
+        (2, "2024-03-01 12:00:01+00"),
+        (3, '{"b": [1, 2.50], "a": {"y": 1.0, "x": 1}}'),
+        (4, "{1,3,2}"),
+        (5, '{"2024-03-01 12:00:00+01"}'),
+        (6, "Alpha"),
+        (6, None),
+    ],
+)
 def test_a_changed_value_changes_the_hash(column: int, value: str | None) -> None:
     changed = [list(r) for r in SOURCE_ROWS]
     changed[0][column] = value
@@ -125,8 +154,14 @@ def test_the_sum_is_order_independent_and_duplicates_do_not_cancel() -> None:
     assert digest(source_batch([one, two])).digest == digest(source_batch([two, one])).digest
     dup = digest(source_batch([one, one, two]), key_idx=())
     assert dup.digest != digest(source_batch([two])).digest  # XOR would have cancelled the pair
-    assert dup.digest == (2 * row_hash(tuple(c.column(a)[0] for c, a in zip(CANON, source_batch([one]))))
-                          + digest(source_batch([two])).digest) & HASH_MASK
+    assert (
+        dup.digest
+        == (
+            2 * row_hash(tuple(c.column(a)[0] for c, a in zip(CANON, source_batch([one]))))
+            + digest(source_batch([two])).digest
+        )
+        & HASH_MASK
+    )
     assert sorted(entry[2] for entry in dup.keys.values()) == [1, 2]  # no key: rows counted by content
 
 
@@ -153,8 +188,12 @@ def test_range_step_and_plan() -> None:
     assert [range_step(rows, 4) for rows in (1, 4, 5, 10, 16)] == [1, 1, 2, 3, 4]
     assert plan_ranges([], False) == [KeyRange(None, None)]
     b1, b2 = (("b", "1"), ("b", 1)), (("c", "7"), ("c", 7))
-    assert plan_ranges([b1, b2], True) == [KeyRange(None, b1), KeyRange(b1, b2), KeyRange(b2, None),
-                                           KeyRange(None, None, nulls=True)]
+    assert plan_ranges([b1, b2], True) == [
+        KeyRange(None, b1),
+        KeyRange(b1, b2),
+        KeyRange(b2, None),
+        KeyRange(None, None, nulls=True),
+    ]
 
 
 def test_typed_bounds_and_queries() -> None:
@@ -172,11 +211,13 @@ def test_predicates_select_the_same_range_on_both_sides() -> None:
     keys = KeySpace(table("region", "n"), nullable=False)
     lower, upper = (("b", "10"), ("b", 10)), (("c", "-2"), ("c", -2))
     pg_sql = keys.pg_predicate(KeyRange(lower, upper)).as_string(None)
-    assert pg_sql == ("(\"region\" COLLATE \"C\", \"n\") >= ('b', '10') AND "
-                      "(\"region\" COLLATE \"C\", \"n\") < ('c', '-2')")
+    assert pg_sql == (
+        '("region" COLLATE "C", "n") >= (\'b\', \'10\') AND ("region" COLLATE "C", "n") < (\'c\', \'-2\')'
+    )
     where, params = keys.dest_predicate(FakeClient, KeyRange(lower, upper))
-    assert where == ('(("region" > %s) OR ("region" = %s AND "n" >= %s)) AND '
-                     '(("region" < %s) OR ("region" = %s AND "n" < %s))')
+    assert where == (
+        '(("region" > %s) OR ("region" = %s AND "n" >= %s)) AND (("region" < %s) OR ("region" = %s AND "n" < %s))'
+    )
     assert params == ["b", "b", 10, "c", "c", -2]
     assert keys.pg_predicate(KeyRange(None, None)) is None
     assert keys.dest_predicate(FakeClient, KeyRange(None, None)) == (None, [])
@@ -185,8 +226,9 @@ def test_predicates_select_the_same_range_on_both_sides() -> None:
     assert nullable.dest_predicate(FakeClient, KeyRange(None, None, nulls=True)) == ('("region" IS NULL)', [])
     assert nullable.pg_predicate(KeyRange(None, None, nulls=True)).as_string(None) == '"region" IS NULL'
     uuid_key = KeySpace(table("u", columns=[PgColumn("u", pg("uuid"))]), nullable=False)
-    assert uuid_key.pg_predicate(KeyRange(None, (("x",), ("x",)))).as_string(None) == \
-        '(("u"::text COLLATE "C")) < (\'x\')'
+    assert (
+        uuid_key.pg_predicate(KeyRange(None, (("x",), ("x",)))).as_string(None) == '(("u"::text COLLATE "C")) < (\'x\')'
+    )
     assert KeySpace(table(), nullable=False).pg_predicate(KeyRange(None, None)) is None
 
 
@@ -197,8 +239,11 @@ def rows(*specs: tuple) -> RangeDigest:
     """A digest of (id, name) rows keyed by id."""
     cols = [PgColumn("id", pg("int4")), PgColumn("name", pg("text"))]
     side = RangeDigest(100)
-    side.feed([pa.array([s[0] for s in specs], pa.int32()), pa.array([s[1] for s in specs], pa.string())],
-              [ColumnCanon(c) for c in cols], [0])
+    side.feed(
+        [pa.array([s[0] for s in specs], pa.int32()), pa.array([s[1] for s in specs], pa.string())],
+        [ColumnCanon(c) for c in cols],
+        [0],
+    )
     return side
 
 
@@ -212,15 +257,28 @@ def test_range_result_names_the_range_and_differing_keys() -> None:
     assert (res["missing"], res["extra"], res["changed"]) == ([5], [7, 9], [6])
     assert (res["source_rows"], res["destination_rows"]) == (4, 5)
     assert "ok" not in public_result(res)
-    assert range_result(0, 1, KeyRange(None, None), ["id"], src, rows(*[(i, n) for i, n in
-                        [(7, "d"), (6, "c"), (5, "b"), (4, "a")]]))["ok"] is True
+    assert (
+        range_result(
+            0,
+            1,
+            KeyRange(None, None),
+            ["id"],
+            src,
+            rows(*[(i, n) for i, n in [(7, "d"), (6, "c"), (5, "b"), (4, "a")]]),
+        )["ok"]
+        is True
+    )
 
     out = {"lsn": "0/16B3748", "ranges": 3, "rows": 4, "destination_rows": 5}
     message = mismatch_message("public.t", out, [res], ["id"])
-    assert message.splitlines()[0] == ("public.t: destination differs from the source at LSN 0/16B3748: "
-                                       "1 of 3 range(s) differ (source 4 rows, destination 5 rows)")
-    assert ("range 2/3 [id=4 .. id=8): source 4 rows, destination 5 rows; missing in destination: id=5; "
-            "extra in destination: id=7, id=9; changed: id=6") in message
+    assert message.splitlines()[0] == (
+        "public.t: destination differs from the source at LSN 0/16B3748: "
+        "1 of 3 range(s) differ (source 4 rows, destination 5 rows)"
+    )
+    assert (
+        "range 2/3 [id=4 .. id=8): source 4 rows, destination 5 rows; missing in destination: id=5; "
+        "extra in destination: id=7, id=9; changed: id=6"
+    ) in message
     assert message.endswith("Fix: trigger the table's DAG with full_refresh=true to reload it.")
 
 
@@ -230,10 +288,19 @@ def test_mismatch_message_without_detail_and_long_lists() -> None:
     assert res["label"] == "range 3/3 [(region='b', n=1) .. end)" and res["detail"] is False
     out = {"lsn": "0/1", "ranges": 3, "rows": 1, "destination_rows": 3}
     assert "too many rows to list the keys" in mismatch_message("public.t", out, [res], ["region", "n"])
-    many = {"label": "range 1/1 (whole table: no key)", "source_rows": 0, "destination_rows": 12, "detail": True,
-            "missing": [], "extra": [[i, "x"] for i in range(SHOWN_KEYS + 2)], "changed": []}
+    many = {
+        "label": "range 1/1 (whole table: no key)",
+        "source_rows": 0,
+        "destination_rows": 12,
+        "detail": True,
+        "missing": [],
+        "extra": [[i, "x"] for i in range(SHOWN_KEYS + 2)],
+        "changed": [],
+    }
     text = mismatch_message("public.t", {**out, "ranges": 1}, [many], [])
     assert "extra in destination: [0, 'x'], [1, 'x']" in text and "and 2 more" in text
     assert format_key([1, "a"], ["a", "b"]) == "(a=1, b='a')" and format_key(5, []) == "5"
-    assert range_result(0, 2, KeyRange(None, None, nulls=True), ["id"], small, small)["label"] == \
-        "range 1/2 (keys with NULLs)"
+    assert (
+        range_result(0, 2, KeyRange(None, None, nulls=True), ["id"], small, small)["label"]
+        == "range 1/2 (keys with NULLs)"
+    )

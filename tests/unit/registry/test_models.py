@@ -423,7 +423,7 @@ def test_cursor_column_must_be_among_columns():
         ("table: a.b.c", "tables[0].table"),
         ("columns: [id, 'first name']", "tables[0].columns[1]"),
         ("columns: [id, 'x;y']", "tables[0].columns[1]"),
-        ("primary_key: [\"it's\"]", "tables[0].primary_key[0]"),
+        ('primary_key: ["it\'s"]', "tables[0].primary_key[0]"),
         ("destination_table: 'my table'", "tables[0].destination_table"),
         ("destination_table: x.y", "tables[0].destination_table"),
     ],

@@ -45,12 +45,14 @@ def reference(literal: str | None, delimiter: str = ",") -> list | None:
 
 def array_out(elements: list, delimiter: str = ",") -> str:
     """A literal as PostgreSQL's array_out writes it."""
+
     def one(e: str | None) -> str:
         if e is None:
             return "NULL"
         if e == "" or e.upper() == "NULL" or any(c in e for c in f'"\\{{}} {delimiter}\n'):
             return '"' + e.replace("\\", "\\\\").replace('"', '\\"') + '"'
         return e
+
     return "{" + delimiter.join(one(e) for e in elements) + "}"
 
 
@@ -68,8 +70,10 @@ def test_random_literals_match_the_reference(delimiter):
         if rng.random() < 0.05:
             values.append(None)
             continue
-        elements = [None if rng.random() < 0.1 else "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 4)))
-                    for _ in range(rng.randint(0, 5))]
+        elements = [
+            None if rng.random() < 0.1 else "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 4)))
+            for _ in range(rng.randint(0, 5))
+        ]
         values.append(array_out(elements, delimiter))
     assert parse(values, delimiter) == [reference(v, delimiter) for v in values]
 
@@ -99,9 +103,18 @@ def test_both_paths_agree(delimiter):
     # the numpy path (array_out's literals) and the regex path (every valid literal) cut alike
     rng = random.Random(11)
     alphabet = ["a", "é", " ", delimiter, '"', "\\", "}", "null", "NuLl"]
-    values = [None if rng.random() < 0.05 else array_out(
-        [None if rng.random() < 0.1 else "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 3)))
-         for _ in range(rng.randint(0, 4))], delimiter) for _ in range(1000)]
+    values = [
+        None
+        if rng.random() < 0.05
+        else array_out(
+            [
+                None if rng.random() < 0.1 else "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 3)))
+                for _ in range(rng.randint(0, 4))
+            ],
+            delimiter,
+        )
+        for _ in range(1000)
+    ]
     inner = pc.utf8_slice_codeunits(pa.array(values, pa.string()), 1, -1)
     d = re.escape(delimiter)
     tokenize = f'(?s)("(?:[^"\\\\]|\\\\.)*"|[^"{{}}{d}]+|){d}'

@@ -31,9 +31,7 @@ from airflow_pg_replication.source.pgoutput import (
     parse_lsn,
 )
 
-FIXTURE = json.loads(
-    (Path(__file__).parent / "data" / "pgoutput_v1_pg15.json").read_text(encoding="utf-8")
-)
+FIXTURE = json.loads((Path(__file__).parent / "data" / "pgoutput_v1_pg15.json").read_text(encoding="utf-8"))
 OIDS = FIXTURE["oids"]
 XIDS = FIXTURE["xids"]
 STARTED = datetime.fromisoformat(FIXTURE["started_at"])
@@ -41,9 +39,7 @@ FINISHED = datetime.fromisoformat(FIXTURE["finished_at"])
 
 # (peek lsn, peek xid, raw bytes, decoded message) per captured row, in peek order.
 ROWS = [
-    (parse_lsn(m["lsn"]), m["xid"], raw, decode(raw))
-    for m in FIXTURE["messages"]
-    for raw in [bytes.fromhex(m["data"])]
+    (parse_lsn(m["lsn"]), m["xid"], raw, decode(raw)) for m in FIXTURE["messages"] for raw in [bytes.fromhex(m["data"])]
 ]
 BINARY_ROWS = [bytes.fromhex(m["data"]) for m in FIXTURE["binary_messages"]]
 
@@ -185,18 +181,15 @@ def test_commit_times_are_utc_and_close_to_capture_time() -> None:
 
 
 def test_begin_and_commit_exact_bytes() -> None:
-    raw = bytes.fromhex("42" "0000000001549a40" "000303fb84b2db07" "000002e2")
+    raw = bytes.fromhex("420000000001549a40000303fb84b2db07000002e2")
     assert decode(raw) == Begin(
         final_lsn=0x1549A40,
-        commit_time=datetime(2000, 1, 1, tzinfo=timezone.utc)
-        + timedelta(microseconds=0x000303FB84B2DB07),
+        commit_time=datetime(2000, 1, 1, tzinfo=timezone.utc) + timedelta(microseconds=0x000303FB84B2DB07),
         xid=0x2E2,
     )
-    commit = decode(
-        bytes.fromhex("43" "00" "0000000001549a40" "0000000001549a70" "0000000000000000")
-    )
+    commit = decode(bytes.fromhex("43000000000001549a400000000001549a700000000000000000"))
     assert commit == Commit(0, 0x1549A40, 0x1549A70, datetime(2000, 1, 1, tzinfo=timezone.utc))
-    before_epoch = decode(bytes.fromhex("43" "00" + "00" * 16 + "ffffffffffffffff"))
+    before_epoch = decode(bytes.fromhex("4300" + "00" * 16 + "ffffffffffffffff"))
     assert before_epoch.commit_time == datetime(1999, 12, 31, 23, 59, 59, 999999, tzinfo=timezone.utc)
 
 
@@ -250,12 +243,8 @@ def test_relations_per_replica_identity() -> None:
 def test_alter_table_add_column_sends_new_relation() -> None:
     msgs = txn("t8_add_column")
     assert [type(m) for m in msgs] == [Begin, TypeInfo, Relation, Insert, Commit]
-    assert msgs[2] == Relation(
-        OIDS["orders"], SCHEMA, "orders", "d", expected_orders_columns(extra=True)
-    )
-    assert msgs[3] == Insert(
-        OIDS["orders"], ("ap", "3", "after alter", None, None, None, None, None, None, None, "7")
-    )
+    assert msgs[2] == Relation(OIDS["orders"], SCHEMA, "orders", "d", expected_orders_columns(extra=True))
+    assert msgs[3] == Insert(OIDS["orders"], ("ap", "3", "after alter", None, None, None, None, None, None, None, "7"))
 
 
 # --------------------------------------------------------------------------- Insert / Update / Delete
@@ -383,12 +372,12 @@ def test_truncate_with_cascade_and_restart_identity() -> None:
 
 
 def test_truncate_option_bits() -> None:
-    head = bytes.fromhex("54" "00000002")
-    oids = bytes.fromhex("00000001" "00000002")
+    head = bytes.fromhex("5400000002")
+    oids = bytes.fromhex("0000000100000002")
     assert decode(head + b"\x00" + oids) == Truncate((1, 2), False, False)
     assert decode(head + b"\x01" + oids) == Truncate((1, 2), True, False)
     assert decode(head + b"\x02" + oids) == Truncate((1, 2), False, True)
-    assert decode(bytes.fromhex("54" "00000000" "00")) == Truncate((), False, False)
+    assert decode(bytes.fromhex("540000000000")) == Truncate((), False, False)
 
 
 # --------------------------------------------------------------------------- errors
@@ -450,7 +439,7 @@ def test_bad_tuple_markers() -> None:
 
 
 def test_invalid_utf8() -> None:
-    raw = b"I" + bytes.fromhex("00000001") + b"N" + bytes.fromhex("0001" "74" "00000002") + b"\xc3\x28"
+    raw = b"I" + bytes.fromhex("00000001") + b"N" + bytes.fromhex("00017400000002") + b"\xc3\x28"
     with pytest.raises(PgOutputError, match="invalid UTF-8"):
         decode(raw)
 

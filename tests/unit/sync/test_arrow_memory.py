@@ -6,8 +6,10 @@ import os
 import subprocess
 import sys
 
-CODE = ("import pyarrow as pa; from airflow_pg_replication.sync.arrow_memory import use_jemalloc; "
-        "use_jemalloc(); print(pa.default_memory_pool().backend_name)")
+CODE = (
+    "import pyarrow as pa; from airflow_pg_replication.sync.arrow_memory import use_jemalloc; "
+    "use_jemalloc(); print(pa.default_memory_pool().backend_name)"
+)
 
 
 def _pool_after(env: dict) -> str:

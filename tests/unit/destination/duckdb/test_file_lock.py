@@ -13,18 +13,23 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from airflow_pg_replication.destination.duckdb import file_lock as duckdb_file
-from airflow_pg_replication.errors import ReplicationError, TransientError
 from airflow_pg_replication.destination.base import TableDestination
-from airflow_pg_replication.destination.factory import table_destination
+from airflow_pg_replication.destination.duckdb import file_lock as duckdb_file
 from airflow_pg_replication.destination.duckdb.readers import query_warehouse, read_warehouse
+from airflow_pg_replication.destination.factory import table_destination
+from airflow_pg_replication.errors import ReplicationError, TransientError
 
 pytestmark = pytest.mark.timeout(120)
 
 
 def _dest(path: Path, **kw) -> TableDestination:
-    return table_destination({"type": "duckdb", "credentials": str(path), "dataset": "replica"},
-                            table_name="public.t", destination_table="t", pipeline_name="test_file_lock", **kw)
+    return table_destination(
+        {"type": "duckdb", "credentials": str(path), "dataset": "replica"},
+        table_name="public.t",
+        destination_table="t",
+        pipeline_name="test_file_lock",
+        **kw,
+    )
 
 
 def _lock_is_free(path: Path) -> bool:
@@ -48,8 +53,9 @@ class _Child:
     """A separate Python process running ``code``; it prints ``ready`` once it holds what it takes."""
 
     def __init__(self, code: str) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)], stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", textwrap.dedent(code)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
         line = self.proc.stdout.readline()
         assert line.strip() == "ready", line + self.proc.stderr.read()
 
@@ -104,7 +110,8 @@ def test_a_writer_is_not_starved_by_readers_that_loop(tmp_path: Path) -> None:
     path = tmp_path / "w.duckdb"
     _warehouse(path)
     # two processes whose reads overlap without a gap: without the turnstile, the writer never gets in
-    loops = [_Child(f"""
+    loops = [
+        _Child(f"""
         import time
         from airflow_pg_replication.destination.duckdb import file_lock as duckdb_file
         print("ready", flush=True)
@@ -112,7 +119,9 @@ def test_a_writer_is_not_starved_by_readers_that_loop(tmp_path: Path) -> None:
         while time.monotonic() < end:
             with duckdb_file.locked({str(path)!r}, "shared", timeout=60, what="test"):
                 time.sleep(0.3)
-    """) for _ in range(2)]
+    """)
+        for _ in range(2)
+    ]
     try:
         time.sleep(1.0)
         t0 = time.monotonic()
@@ -181,10 +190,9 @@ def test_reentry_in_one_process_shares_the_lock_and_never_waits_on_itself(tmp_pa
 def test_asking_to_write_while_this_process_reads_fails_at_once(tmp_path: Path) -> None:
     path = tmp_path / "w.duckdb"
     _warehouse(path)
-    with read_warehouse(path):
-        with pytest.raises(ReplicationError, match="open for reading and now asks to write"):
-            with duckdb_file.locked(str(path), duckdb_file.EXCLUSIVE, timeout=60, what="write"):
-                pass
+    with read_warehouse(path), pytest.raises(ReplicationError, match="open for reading and now asks to write"):
+        with duckdb_file.locked(str(path), duckdb_file.EXCLUSIVE, timeout=60, what="write"):
+            pass
     assert _lock_is_free(path)
 
 
@@ -248,11 +256,13 @@ def test_release_and_reopen_lets_another_process_in_between(tmp_path: Path) -> N
 
 
 def test_holders_are_read_from_proc_locks() -> None:
-    lines = ["1: FLOCK  ADVISORY  WRITE 4242 fd:01:1234 0 EOF",
-             "1: -> FLOCK  ADVISORY  WRITE 77 fd:01:1234 0 EOF",
-             "2: FLOCK  ADVISORY  READ 99 fd:01:1234 0 EOF",
-             "3: POSIX  ADVISORY  READ 5 08:02:1234 0 EOF"]
-    assert duckdb_file._holders_in(lines, (0xfd, 0x01, 1234)) == [(4242, "WRITE"), (99, "READ")]
+    lines = [
+        "1: FLOCK  ADVISORY  WRITE 4242 fd:01:1234 0 EOF",
+        "1: -> FLOCK  ADVISORY  WRITE 77 fd:01:1234 0 EOF",
+        "2: FLOCK  ADVISORY  READ 99 fd:01:1234 0 EOF",
+        "3: POSIX  ADVISORY  READ 5 08:02:1234 0 EOF",
+    ]
+    assert duckdb_file._holders_in(lines, (0xFD, 0x01, 1234)) == [(4242, "WRITE"), (99, "READ")]
 
 
 def test_no_warehouse_yet_is_a_clear_error(tmp_path: Path) -> None:
@@ -272,9 +282,13 @@ def test_an_opening_lets_go_of_the_file_while_the_caller_folds_and_takes_it_agai
     path = tmp_path / "w.duckdb"
     _warehouse(path)
     rechecked = []
-    with DestinationOpening(_dest(path), lambda dest: State(7), then=lambda dest: dest.checkpoint(),
-                            let_go=lambda dest: True,
-                            recheck=lambda dest, as_read: rechecked.append(as_read)) as opening:
+    with DestinationOpening(
+        _dest(path),
+        lambda dest: State(7),
+        then=lambda dest: dest.checkpoint(),
+        let_go=lambda dest: True,
+        recheck=lambda dest, as_read: rechecked.append(as_read),
+    ) as opening:
         state = opening.prepared()
         state.applied_lsn = 8  # the caller moves it on; recheck gets it as read
         deadline = time.monotonic() + 10
@@ -296,8 +310,9 @@ def test_a_forked_child_does_not_inherit_the_hold(tmp_path: Path) -> None:
 
     path = tmp_path / "w.duckdb"
     with duckdb_file.locked(str(path), duckdb_file.EXCLUSIVE, timeout=10, what="test"):
-        child = multiprocessing.get_context("fork").Process(target=lambda: sys.exit(
-            0 if duckdb_file.held_here(str(path)) is None else 3))
+        child = multiprocessing.get_context("fork").Process(
+            target=lambda: sys.exit(0 if duckdb_file.held_here(str(path)) is None else 3)
+        )
         child.start()
         child.join(30)
         assert child.exitcode == 0
@@ -311,10 +326,18 @@ def test_someone_waits_while_a_reader_queues_for_the_file(tmp_path: Path) -> Non
     assert not duckdb_file.someone_waits(str(path))
     with _dest(path) as dest:
         assert not dest.others_wait_for_file()
-        reader = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        reader = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                textwrap.dedent(f"""
             from airflow_pg_replication import query_warehouse
             print(query_warehouse("SELECT count(*) FROM replica.t", path={str(path)!r}))
-        """)], stdout=subprocess.PIPE, text=True)
+        """),
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         deadline = time.monotonic() + 20
         while not dest.others_wait_for_file():  # the reader queues at the turnstile
             assert time.monotonic() < deadline and reader.poll() is None

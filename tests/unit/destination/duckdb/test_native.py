@@ -14,15 +14,20 @@ from airflow_pg_replication.destination.duckdb.session import DuckDbSession
 def native() -> NativeDuckDb:
     session = DuckDbSession(duckdb.connect(), "ds")
     session.execute_sql("CREATE SCHEMA ds")
-    session.execute_sql('CREATE TABLE ds.t (id BIGINT, doc JSON, tags JSON, note VARCHAR, was_json JSON)')
+    session.execute_sql("CREATE TABLE ds.t (id BIGINT, doc JSON, tags JSON, note VARCHAR, was_json JSON)")
     return NativeDuckDb(session, "t", json_columns=["doc", "tags"])
 
 
 def test_json_text_goes_in_unchanged_and_unparsed(native: NativeDuckDb) -> None:
     docs = ['{"a" : 1,  "b": [1, 2]}', "null", '"ünï\\u00e9"', None]
-    batch = pa.table({"id": pa.array([1, 2, 3, 4], pa.int64()), "doc": pa.array(docs),
-                      "tags": pa.array([["x", "y z"], [], None, ["q"]], pa.list_(pa.string())),
-                      "note": pa.array(["{not json", None, "", "n"])})
+    batch = pa.table(
+        {
+            "id": pa.array([1, 2, 3, 4], pa.int64()),
+            "doc": pa.array(docs),
+            "tags": pa.array([["x", "y z"], [], None, ["q"]], pa.list_(pa.string())),
+            "note": pa.array(["{not json", None, "", "n"]),
+        }
+    )
     assert native.fits(batch.schema)
     if hasattr(pa, "json_"):  # what DuckDB receives: JSON-bound text marked as JSON, other text as it is
         sent = native._json_as_is(batch)
@@ -43,10 +48,18 @@ def test_merge_replaces_keys_and_deletes_in_one_transaction(native: NativeDuckDb
     first = pa.table({"id": pa.array([1, 2, 3], pa.int64()), "doc": pa.array(['{"v": 1}', '{"v": 2}', '{"v": 3}'])})
     native.merge(first, ["id"], None, None, [])
     second = pa.table({"id": pa.array([2], pa.int64()), "doc": pa.array(['{"v": 22}'])})
-    native.merge(second, ["id"], pa.table({"id": pa.array([3], pa.int64())}), None,
-                 [("INSERT INTO ds.t (id, note) VALUES (?, ?)", [99, "state row"])])
+    native.merge(
+        second,
+        ["id"],
+        pa.table({"id": pa.array([3], pa.int64())}),
+        None,
+        [("INSERT INTO ds.t (id, note) VALUES (?, ?)", [99, "state row"])],
+    )
     assert native.con.execute("SELECT id, doc, note FROM ds.t ORDER BY id").fetchall() == [
-        (1, '{"v": 1}', None), (2, '{"v": 22}', None), (99, None, "state row")]
+        (1, '{"v": 1}', None),
+        (2, '{"v": 22}', None),
+        (99, None, "state row"),
+    ]
 
 
 def test_text_that_is_not_from_json_is_still_validated_into_a_json_column(native: NativeDuckDb) -> None:

@@ -16,8 +16,12 @@ def dlt_client(tmp_path):
     import dlt
 
     dlt.config["schema.naming"] = "direct"
-    pipe = dlt.pipeline(pipeline_name="session_test", pipelines_dir=str(tmp_path / "dlt"),
-                        destination=dlt.destinations.duckdb(str(tmp_path / "x.duckdb")), dataset_name='my "data"')
+    pipe = dlt.pipeline(
+        pipeline_name="session_test",
+        pipelines_dir=str(tmp_path / "dlt"),
+        destination=dlt.destinations.duckdb(str(tmp_path / "x.duckdb")),
+        dataset_name='my "data"',
+    )
     with pipe.sql_client() as client:
         yield client
 
@@ -36,9 +40,9 @@ def test_statements_parameters_and_missing_tables():
     session.execute_sql("CREATE SCHEMA ds")
     session.execute_sql("CREATE TABLE " + session.make_qualified_table_name('t "1"') + " (a INT, b TEXT)")
     with session.begin_transaction():
-        session.execute_sql("INSERT INTO ds.\"t \"\"1\"\"\" VALUES (%s, %s)", 1, "x%s")
+        session.execute_sql('INSERT INTO ds."t ""1""" VALUES (%s, %s)', 1, "x%s")
     with pytest.raises(RuntimeError), session.begin_transaction():
-        session.execute_sql("INSERT INTO ds.\"t \"\"1\"\"\" VALUES (2, 'rolled back')")
+        session.execute_sql('INSERT INTO ds."t ""1""" VALUES (2, \'rolled back\')')
         raise RuntimeError("boom")
-    assert session.execute_sql("SELECT a, b FROM ds.\"t \"\"1\"\"\" WHERE a = %s", 1) == [(1, "x%s")]
-    assert session.execute_sql("SELECT count(*) FROM ds.\"t \"\"1\"\"\"") == [(1,)]
+    assert session.execute_sql('SELECT a, b FROM ds."t ""1""" WHERE a = %s', 1) == [(1, "x%s")]
+    assert session.execute_sql('SELECT count(*) FROM ds."t ""1"""') == [(1,)]

@@ -76,15 +76,13 @@ PEEK_SQL = (
 
 def cleanup(conn: psycopg.Connection) -> None:
     conn.execute(
-        "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots"
-        " WHERE slot_name = %s",
+        "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = %s",
         (SLOT,),
     )
     conn.execute(f"DROP PUBLICATION IF EXISTS {PUB}")
     conn.execute(f"DROP SCHEMA IF EXISTS {SCHEMA} CASCADE")
     conn.execute(
-        "SELECT pg_replication_origin_drop(roname) FROM pg_replication_origin"
-        " WHERE roname = %s",
+        "SELECT pg_replication_origin_drop(roname) FROM pg_replication_origin WHERE roname = %s",
         (ORIGIN,),
     )
 
@@ -116,8 +114,7 @@ def setup(conn: psycopg.Connection) -> None:
         f"CREATE TABLE {s}.by_index (code varchar(8) NOT NULL, v integer)",
         f"CREATE UNIQUE INDEX by_index_code ON {s}.by_index (code)",
         f"ALTER TABLE {s}.by_index REPLICA IDENTITY USING INDEX by_index_code",
-        f"CREATE PUBLICATION {PUB} FOR TABLE "
-        + ", ".join(f"{s}.{t}" for t in TABLES),
+        f"CREATE PUBLICATION {PUB} FOR TABLE " + ", ".join(f"{s}.{t}" for t in TABLES),
         f"SELECT pg_replication_origin_create('{ORIGIN}')",
     ):
         conn.execute(sql)
@@ -170,9 +167,7 @@ def run_scenario(conn: psycopg.Connection) -> dict[str, int]:
         "SELECT pg_logical_emit_message(true, 'cap/tx', 'hello ☃')",
         f"INSERT INTO {s}.orders (region, order_no) VALUES ('ap', 4)",
     )
-    conn.execute(
-        "SELECT pg_logical_emit_message(false, 'cap/nontx', '\\x0001ff'::bytea)"
-    )
+    conn.execute("SELECT pg_logical_emit_message(false, 'cap/nontx', '\\x0001ff'::bytea)")
     tx(
         "t10_multi",
         f"INSERT INTO {s}.parent (name) VALUES ('p1')",
@@ -215,12 +210,9 @@ def capture(dsn: str) -> dict:
             xids = run_scenario(conn)
             finished = conn.execute("SELECT clock_timestamp()").fetchone()[0]
             oids = {
-                t: conn.execute("SELECT %s::regclass::oid::bigint", (f"{SCHEMA}.{t}",)).fetchone()[0]
-                for t in TABLES
+                t: conn.execute("SELECT %s::regclass::oid::bigint", (f"{SCHEMA}.{t}",)).fetchone()[0] for t in TABLES
             }
-            oids["mood"] = conn.execute(
-                "SELECT %s::regtype::oid::bigint", (f"{SCHEMA}.mood",)
-            ).fetchone()[0]
+            oids["mood"] = conn.execute("SELECT %s::regtype::oid::bigint", (f"{SCHEMA}.mood",)).fetchone()[0]
             messages = peek(conn)
             t1 = xids["t1_insert_orders"]
             binary_messages = [m for m in peek(conn, ", 'binary', 'true'") if m["xid"] == t1]
