@@ -3,6 +3,7 @@
 #   make demo    end-to-end demo: throwaway PostgreSQL -> Airflow DAG (snapshot, then CDC) -> DuckDB
 #   make demo-airflow  the same in a real Airflow (scheduler, triggerer, UI) with live writes, until Ctrl-C
 #   make test    the whole test suite (unit + integration against a throwaway PostgreSQL)
+#   make lint    ruff (lint + format check) and mypy on the package
 #   make venv    just the virtualenv (.venv, with uv; re-run is a no-op until pyproject.toml changes)
 #   make clean   remove caches and the virtualenv
 
@@ -15,12 +16,13 @@ STAMP  := $(VENV)/.installed
 export UV_LINK_MODE ?= copy
 
 .DEFAULT_GOAL := help
-.PHONY: help venv .venv postgres docker-compose test demo demo-airflow clean
+.PHONY: help venv .venv postgres docker-compose lint test demo demo-airflow clean
 
 help:
 	@echo "make demo   - run the end-to-end demo (PostgreSQL -> Airflow -> DuckDB, then compare)"
 	@echo "make demo-airflow - a real Airflow with its UI replicating two tables every minute, with live writes (Ctrl-C stops)"
 	@echo "make test   - run all tests"
+	@echo "make lint   - ruff check, ruff format --check and mypy"
 	@echo "make venv   - create $(VENV) and install the package with its test extras"
 	@echo "make clean  - remove $(VENV) and caches"
 
@@ -61,6 +63,13 @@ docker-compose:
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-compose >/dev/null) \
 	    || echo "docker-compose not installed; its check will be skipped"; \
 	fi
+
+LINT_PATHS := airflow_pg_replication tests scripts dags
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check $(LINT_PATHS)
+	$(VENV)/bin/ruff format --check $(LINT_PATHS)
+	$(VENV)/bin/mypy
 
 test: $(STAMP) postgres docker-compose
 	$(PY) -m pytest -q

@@ -6,7 +6,7 @@ import datetime
 import functools
 import logging
 import os
-from typing import Any
+from typing import Any, cast
 
 import pendulum
 from airflow.sdk import DAG, Asset, CronTriggerTimetable, Param
@@ -18,7 +18,11 @@ log = logging.getLogger(__name__)
 #: Airflow serializes a DAG's timezone only as pendulum's (``datetime.timezone.utc`` fails the dag-processor).
 START_DATE = pendulum.datetime(2024, 1, 1, tz="UTC")
 #: Every task but the sensor: transient errors retry with exponential backoff (30 s, 60 s, ...).
-RETRIES = {"retries": 2, "retry_delay": datetime.timedelta(seconds=30), "retry_exponential_backoff": 2.0}
+RETRIES: dict[str, Any] = {
+    "retries": 2,
+    "retry_delay": datetime.timedelta(seconds=30),
+    "retry_exponential_backoff": 2.0,
+}
 
 
 def destination_asset(destination: dict[str, Any], destination_table: str) -> Asset:
@@ -49,7 +53,7 @@ def build_dags(path_or_registry: str | os.PathLike | Registry, *, only_dag_id: s
     for err in errors:
         if err.dag_id and (not wanted or err.dag_id == wanted) and err.dag_id not in dags:
             log.error("registry entry tables[%d] is broken: %s", err.index, err)
-            dags[err.dag_id] = _broken_table_dag(err)
+            dags[err.dag_id] = _broken_table_dag(err, err.dag_id)
         elif not err.dag_id:
             log.error("registry entry tables[%d] is broken and has no usable table name: %s", err.index, err)
     return dags
@@ -119,7 +123,7 @@ def table_dag(registry: Registry, cfg: TableConfig) -> DAG:
 
             PgIncrementalOperator(
                 task_id="incremental_refresh",
-                cursor_column=cfg.cursor_column,
+                cursor_column=cast(str, cfg.cursor_column),  # TableConfig requires one in mode incremental
                 cursor_lookback=cfg.cursor_lookback,
                 outlets=[asset],
                 back_off_after_failed_runs=True,
@@ -131,14 +135,14 @@ def table_dag(registry: Registry, cfg: TableConfig) -> DAG:
 
 
 @functools.cache
-def _schedule(schedule: str | None) -> Any:
+def _schedule(schedule: str | None) -> str | CronTriggerTimetable | None:
     """The DAG's ``schedule``: a cron expression or preset as Airflow's public ``CronTriggerTimetable``
     (what Airflow 3 makes of a cron string by default) in UTC; ``None``, ``@once`` and ``@continuous``
     as they are. One timetable per distinct schedule, shared by the DAGs that use it.
     """
     if schedule in (None, "@once", "@continuous"):
         return schedule
-    return CronTriggerTimetable(schedule, timezone=START_DATE.timezone)
+    return CronTriggerTimetable(schedule, timezone=pendulum.UTC)  # START_DATE's
 
 
 def _cdc_tasks(registry: Registry, cfg: TableConfig, common: dict[str, Any], asset: Asset) -> None:
@@ -194,7 +198,7 @@ def _cdc_tasks(registry: Registry, cfg: TableConfig, common: dict[str, Any], ass
         [full, apply] >> verify
 
 
-def _broken_table_dag(err: TableError) -> DAG:
+def _broken_table_dag(err: TableError, dag_id: str) -> DAG:
     """A stand-in DAG for a broken registry entry: its one task fails with the registry error."""
     from airflow.providers.standard.operators.python import PythonOperator
 
@@ -206,7 +210,7 @@ def _broken_table_dag(err: TableError) -> DAG:
         raise RegistryError(err.errors)
 
     dag = DAG(
-        dag_id=err.dag_id,
+        dag_id=dag_id,
         schedule=None,
         start_date=START_DATE,
         catchup=False,

@@ -10,8 +10,8 @@
     (none) ──► adding ──► snapshotting        (a table joining a slot group's publication)
 
 A full copy (``snapshotting``, or ``loaded`` for a table without CDC) may start from any phase: a
-person may always ask for one, and a table may change mode. Everything else follows the arrows. The row is written only after the data it describes has committed (with it,
-where the destination allows).
+person may always ask for one, and a table may change mode. Everything else follows the arrows. The row is written
+only after the data it describes has committed (with it, where the destination allows).
 """
 
 from __future__ import annotations
@@ -108,7 +108,8 @@ class ReplicationState:
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> ReplicationState:
-        return cls(**{c.name: row.get(c.name) for c in STATE_COLUMNS})
+        values: dict[str, Any] = {c.name: row.get(c.name) for c in STATE_COLUMNS}  # a row read back: as written
+        return cls(**values)
 
 
 def check_move(before: TablePhase | None, after: TablePhase, table_name: str = "the table") -> None:

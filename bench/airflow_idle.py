@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import itertools
 import math
 import re
 import shutil
@@ -41,15 +42,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # run from a checkout without installing the package
-    sys.path.insert(0, str(REPO))
+import env  # noqa: F401  (puts the checkout on sys.path: the package imports below need it)
+from report import machine_note, package_state
 
-from airflow_pg_replication.testing.airflow_deployment import (  # noqa: E402
+from airflow_pg_replication.testing.airflow_deployment import (
     PG_REPLICATION_DAG_FILES,
     AirflowDeployment,
 )
-from airflow_pg_replication.testing.throwaway_cluster import ThrowawayCluster  # noqa: E402
+from airflow_pg_replication.testing.throwaway_cluster import ThrowawayCluster
 
 SHIPPED_POKE, SHIPPED_WAIT, SHIPPED_TRIGGER_CHECK = 30.0, 240.0, 15.0
 CONFIGS = [  # (table, deferrable, schedule)
@@ -141,7 +141,7 @@ def measure(
     m.runs = len(runs)
     m.failed_runs = sum(r[3] == "failed" for r in rows)
     if len(starts) > 1:
-        m.cycle_s = statistics.mean((b - a).total_seconds() for a, b in zip(starts, starts[1:]))
+        m.cycle_s = statistics.mean((b - a).total_seconds() for a, b in itertools.pairwise(starts))
     if runs:
         m.run_s = statistics.mean((db_time(r[2]) - db_time(r[1])).total_seconds() for r in runs)
     gaps: list[float] = []
@@ -160,7 +160,7 @@ def measure(
             (d, run_id),
         )[0][0]
         poke_starts = [db_time(t) for task, event, _, t in events if task == "wait_for_changes" and event == "running"]
-        gaps += [(b - a).total_seconds() for a, b in zip(poke_starts, poke_starts[1:])]
+        gaps += [(b - a).total_seconds() for a, b in itertools.pairwise(poke_starts)]
         ids = [
             r[0]
             for r in af.metadata(
@@ -237,6 +237,7 @@ def main() -> int:
             f"workdir {workdir}; sensor poke_interval {poke:g} s, wait_timeout {wait:g} s "
             f"(shipped / {args.scale:g}); trigger timeout check every {trigger_check:g} s"
         )
+        say(f"{package_state()}; {machine_note()}")
         af.start()
         dag_ids = [dag_id(t) for t, _, _ in CONFIGS]
         af.wait_for_dags(dag_ids)
@@ -244,7 +245,7 @@ def main() -> int:
             af.unpause(d)
         say("DAGs unpaused; waiting for the snapshots")
         for d in dag_ids:
-            af.wait_for(lambda: any(r["state"] == "success" for r in af.runs(d)), 300, f"the snapshot run of {d}")
+            af.wait_for(lambda d=d: any(r["state"] == "success" for r in af.runs(d)), 300, f"the snapshot run of {d}")
         start = dt.datetime.now(dt.timezone.utc).strftime(DB_TIME)
         say(f"snapshots done; measuring idle runs for {args.minutes:g} min")
         deadline = time.monotonic() + args.minutes * 60

@@ -5,14 +5,15 @@ Starts a throwaway PostgreSQL, builds ``customers`` from bench/seed.sql with --r
   (a) raw:      COPY (SELECT * FROM customers) TO STDOUT (FORMAT binary), drained by psycopg (best of 2)
   (b) operator: PgFullRefreshOperator(...).execute({}) into a fresh DuckDB file, in a child process
                 (peak RSS of that process alone: max of its VmHWM and /proc polling every 5 ms;
-                not ru_maxrss, which exec inherits from the spawning process, see _common.ChildRun)
+                not ru_maxrss, which exec inherits from the spawning process, see child.ChildRun)
 Targets: operator/raw <= 3.0 and peak RSS <= 512 MB. Exit status 0 unless something broke
 (or --strict and a target is missed). Heavy modules (dlt, pyarrow, duckdb, adbc, numpy) are imported before
 the timer starts; their import time is reported separately.
 
 --profile adds a stage ladder (raw binary COPY of the package's query, the package's reader alone, in a child),
-a phase-timed child run (wall time and peak RSS per step, RSS while streaming) and a cProfile of
-one in-process run (top 30 cumulative entries; main thread only). --phases: only the phase run.
+a phase-timed child run (the package's own phase timings, bench/phases.py: wall time and peak RSS per
+step, RSS while streaming) and a cProfile of one in-process run (top 30 cumulative entries; main
+thread only). --phases: only the phase run.
 """
 
 from __future__ import annotations
@@ -23,8 +24,11 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common as C
+from child import ChildFailed, child_entry, import_heavy, print_child_failure, proc_status_mb, run_child
+from env import bench_env, best_of, cluster, drain_copy, seed, table_size_mb
+from phases import print_phases, print_timeline, record_phases
+from profiling import cum, print_centres, print_top, profile_call, quiet_logging, self_time_under
+from report import line, machine_note, package_state, verdict
 
 TARGET_RATIO = 3.0
 TARGET_RSS_MB = 512.0
@@ -44,39 +48,32 @@ def _operator(duckdb_path: str, chunk_bytes: int | None):
     )
 
 
-def child(payload: dict) -> dict:
-    """Runs in the child process: import, then one timed execute()."""
+def in_child(payload: dict) -> dict:
+    """Runs in the child process: import, then one timed execute() (or the read alone, op=read)."""
     t0 = time.monotonic()
     from airflow_pg_replication.operators.full_refresh import PgFullRefreshOperator  # noqa: F401  (airflow)
 
     airflow_import = time.monotonic() - t0
-    heavy_import = C.import_heavy()
-    rss_before = C.proc_status_mb("VmRSS")
+    heavy_import = import_heavy()
+    rss_before = proc_status_mb("VmRSS")
     if payload.get("op") == "read":
-        timeline: list[tuple[int, float, float]] = []
-        record_timeline(timeline)
-        secs, rows = read_arrow(payload.get("chunk_bytes"))
-        return {"execute_s": secs, "rows": rows, "rss_before_execute_mb": rss_before, "timeline": timeline}
+        (secs, rows), report = record_phases(lambda: read_arrow(payload.get("chunk_bytes")))
+        return {"execute_s": secs, "rows": rows, "rss_before_execute_mb": rss_before, "phases": report}
     op = _operator(payload["duckdb"], payload.get("chunk_bytes"))
-    timer = phase_timer() if payload.get("phases") else None
-    timeline: list[tuple[int, float, float]] = []
-    if timer:
-        record_timeline(timeline)
-        timer.start_sampler()
+    report = None
     t0 = time.monotonic()
-    out = op.execute({})
+    if payload.get("phases"):
+        out, report = record_phases(lambda: op.execute({}))
+    else:
+        out = op.execute({})
     secs = time.monotonic() - t0
-    if timer:
-        timer.stop_sampler()
     return {
         "execute_s": secs,
         "airflow_import_s": airflow_import,
         "heavy_import_s": heavy_import,
         "rss_before_execute_mb": rss_before,
         "out": out,
-        "phases": timer.as_rows() if timer else None,
-        "timeline": timeline,
-        "timer_overhead_s": timer.overhead_s() if timer else 0,
+        "phases": report,
     }
 
 
@@ -107,7 +104,7 @@ def read_arrow(chunk_bytes: int | None) -> tuple[float, int]:
     return secs, n
 
 
-def ladder(dsn: str, tmp: Path, chunk_bytes: int | None) -> list[tuple[str, str]]:
+def ladder(dsn: str, tmp: Path, chunk_bytes: int | None) -> list[tuple[str, float, str]]:
     """Cumulative stages of the read path, each timed alone (best of 2)."""
     import psycopg
 
@@ -116,66 +113,27 @@ def ladder(dsn: str, tmp: Path, chunk_bytes: int | None) -> list[tuple[str, str]
 
     with psycopg.connect(dsn) as conn:  # the query the package sends (numeric as text, array guards)
         query = BinaryCopyReader(conn, read_table_info(conn, "public", "customers")).query().as_string(conn)
-    raw_s, raw_bytes = C.best_of(2, lambda: C.drain_copy(dsn, f"COPY ({query}) TO STDOUT (FORMAT binary)"))
+    raw_s, raw_bytes = best_of(2, lambda: drain_copy(dsn, f"COPY ({query}) TO STDOUT (FORMAT binary)"))
     reads = [
-        C.run_child(Path(__file__), {"op": "read", "chunk_bytes": chunk_bytes}, workdir=tmp, what="snapshot read alone")
+        run_child(Path(__file__), {"op": "read", "chunk_bytes": chunk_bytes}, workdir=tmp, what="snapshot read alone")
         for _ in range(2)
     ]
     best = min(reads, key=lambda r: r.result["execute_s"])
-    tl = best.result["timeline"]
+    totals = {r[1][-1]: r[2] for r in best.result["phases"]["rows"]}
     return [
         (f"raw COPY binary of the package's query ({raw_bytes / 1e6:,.0f} MB)", raw_s, ""),
         (
             "package binary COPY (ADBC) -> typed Arrow batches, no destination",
             best.result["execute_s"],
-            f"; child peak RSS {max(r.peak_rss_mb for r in reads):,.0f} MB (RSS at first/last batch "
-            f"{tl[0][1]:,.0f}/{tl[-1][1]:,.0f} MB)"
-            if tl
-            else "",
+            f"; ADBC read {totals.get('snapshot.read', 0):.2f} s + conversion "
+            f"{totals.get('snapshot.convert', 0):.2f} s; child peak RSS {max(r.peak_rss_mb for r in reads):,.0f} MB",
         ),
     ]
 
 
-def phase_timer() -> C.PhaseTimer:
-    """Wall-clock timers around the main steps of a full refresh (used in a child run)."""
-    from airflow_pg_replication.hooks.replication import PgReplicationHook
-    from airflow_pg_replication.source import snapshot_reads as snapshot
-
-    timer = C.PhaseTimer()
-    for name in ("table_info", "ensure_publication", "drop_slot", "replication_connection"):
-        timer.wrap(PgReplicationHook, name, f"hook.{name}")
-    timer.wrap(
-        snapshot, "copy_batches", "snapshot.copy_batches: next() = binary COPY read (ADBC) + convert", generator=True
-    )
-    timer.wrap(snapshot, "text_to_arrow", label_fn=C.conversion_label)  # the name it imported
-    C.wrap_destination_phases(timer)
-    return timer
-
-
-def record_timeline(timeline: list) -> None:
-    """Append (rows so far, RSS MB, bytes held by pyarrow's memory pool MB) after every snapshot batch."""
-    import functools
-
-    import pyarrow as pa
-
-    from airflow_pg_replication.source import snapshot_reads as snapshot
-
-    inner = snapshot.copy_batches
-
-    @functools.wraps(inner)
-    def copy_batches(*args, **kwargs):
-        rows = 0
-        for batch in inner(*args, **kwargs):
-            rows += batch.num_rows
-            timeline.append((rows, C.proc_status_mb("VmRSS"), pa.total_allocated_bytes() / 2**20))
-            yield batch
-
-    snapshot.copy_batches = copy_batches
-
-
 def phases(tmp: Path, chunk_bytes: int | None) -> None:
-    """One more child run with phase timers and an RSS sampler (no profiler)."""
-    run = C.run_child(
+    """One more child run with the package's phase timings and an RSS sampler (no profiler)."""
+    run = run_child(
         Path(__file__),
         {"duckdb": str(tmp / "phases.duckdb"), "chunk_bytes": chunk_bytes, "phases": True},
         workdir=tmp,
@@ -183,69 +141,53 @@ def phases(tmp: Path, chunk_bytes: int | None) -> None:
     )
     r = run.result
     print(
-        f"\nPhase timers, one more child execute() ({r['out']['rows']:,} rows, {r['execute_s']:.2f} s, "
+        f"\nPhase timings, one more child execute() ({r['out']['rows']:,} rows, {r['execute_s']:.2f} s, "
         f"peak RSS {run.peak_rss_mb:,.0f} MB; RSS before execute {r['rss_before_execute_mb']:,.0f} MB; "
-        f"peak RSS column = highest RSS sampled while the phase ran; the timers themselves cost ~{r['timer_overhead_s']:.2f} s):"
+        "peak RSS column = highest RSS sampled while the phase ran):"
     )
-    C.print_phase_rows(r["phases"], r["execute_s"])
-    tl = r["timeline"]
-    if tl:
-        picks = sorted({round(i * (len(tl) - 1) / 9) for i in range(10)})
-        print("\n  RSS while the snapshot streams (after a batch was read; pyarrow pool = bytes Arrow holds):")
-        print(
-            "    "
-            + "   ".join(f"{tl[i][0] / 1e6:.2f}M rows: {tl[i][1]:,.0f} MB (pool {tl[i][2]:,.0f})" for i in picks[:5])
-        )
-        print(
-            "    "
-            + "   ".join(f"{tl[i][0] / 1e6:.2f}M rows: {tl[i][1]:,.0f} MB (pool {tl[i][2]:,.0f})" for i in picks[5:])
-        )
+    print_phases(r["phases"], r["execute_s"])
+    print_timeline(r["phases"])
 
 
 def profile(tmp: Path, chunk_bytes: int | None) -> None:
     op = _operator(str(tmp / "profile.duckdb"), chunk_bytes)
-    C.import_heavy()  # as in the timed runs: module imports are not part of the profile
-    with C.quiet_logging():
-        out, stats, wall = C.profile_call(lambda: op.execute({}))
+    import_heavy()  # as in the timed runs: module imports are not part of the profile
+    with quiet_logging():
+        out, stats, wall = profile_call(lambda: op.execute({}))
     print(
         f"\ncProfile of one in-process execute() ({out['rows']:,} rows; {wall:.2f} s under the profiler, "
         "main thread only):"
     )
     print("Top 30 by cumulative time:")
-    C.print_top(stats, 30, total=wall)
+    print_top(stats, 30, total=wall)
     s = stats
     rows = [
         (
-            "typemap.text_to_arrow (type conversion)",
-            C.cum(s, "airflow_pg_replication/source/type_map.py", "text_to_arrow"),
-        ),
-        (
-            "snapshot.copy_batches (binary COPY via ADBC + conversion)",
-            C.cum(s, "airflow_pg_replication/source/snapshot_reads.py", "copy_batches"),
-        ),
-        (
             "NativeDuckDb.replace (Arrow stream -> DuckDB; pulls the COPY generator)",
-            C.cum(s, "airflow_pg_replication/destination/duckdb/native.py", "replace"),
+            cum(s, "airflow_pg_replication/destination/duckdb/native.py", "replace"),
         ),
         (
             "pyarrow parquet writing (ParquetWriter.write_*)",
-            C.cum(s, "pyarrow/parquet/core.py", "write_batch") + C.cum(s, "pyarrow/parquet/core.py", "write_table"),
+            cum(s, "pyarrow/parquet/core.py", "write_batch") + cum(s, "pyarrow/parquet/core.py", "write_table"),
         ),
         (
             "dlt config resolution (resolve_configuration)",
-            C.cum(s, "dlt/common/configuration/resolve.py", "resolve_configuration"),
+            cum(s, "dlt/common/configuration/resolve.py", "resolve_configuration"),
         ),
         (
             "dlt schema/arrow normalisation in extract (self time, dlt/common/libs/pyarrow.py)",
-            C.self_time_under(s, "dlt/common/libs/pyarrow.py"),
+            self_time_under(s, "dlt/common/libs/pyarrow.py"),
         ),
         (
             "waiting on threads (lock.acquire: load jobs, read-ahead)",
-            C.cum(s, "~", "<method 'acquire' of '_thread.lock' objects>"),
+            cum(s, "~", "<method 'acquire' of '_thread.lock' objects>"),
         ),
     ]
-    print("\nSelected cost centres from the profile (cumulative, % of profiled execute):")
-    C.print_centres(rows, wall)
+    print(
+        "\nSelected cost centres from the profile (cumulative, % of profiled execute; the read and its "
+        "conversion run on the read-ahead thread, outside this profile: see the phase timings):"
+    )
+    print_centres(rows, wall)
 
 
 def main() -> int:
@@ -276,15 +218,15 @@ def main() -> int:
     ap.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
     args = ap.parse_args()
 
-    with C.bench_env() as tmp, C.cluster() as (pg, dsn):
+    with bench_env() as tmp, cluster() as (pg, dsn):
         os.environ["AIRFLOW_CONN_PG_SOURCE"] = pg.conn_uri("bench")
-        print(f"full refresh benchmark: {args.rows:,} rows, PostgreSQL at {pg.bindir}; {C.package_state()}")
-        seed_s = C.seed(pg, dsn, args.rows)
-        size = C.table_size_mb(dsn)
+        print(f"full refresh benchmark: {args.rows:,} rows, PostgreSQL at {pg.bindir}; {package_state()}")
+        seed_s = seed(pg, dsn, args.rows)
+        size = table_size_mb(dsn)
         print(f"  seeded customers in {seed_s:.1f} s ({size:,.0f} MB on disk incl. indexes)")
 
-        raw_s, raw_bytes = C.best_of(
-            2, lambda: C.drain_copy(dsn, "COPY (SELECT * FROM customers) TO STDOUT (FORMAT binary)")
+        raw_s, raw_bytes = best_of(
+            2, lambda: drain_copy(dsn, "COPY (SELECT * FROM customers) TO STDOUT (FORMAT binary)")
         )
 
         runs = []
@@ -293,7 +235,7 @@ def main() -> int:
                 duck = str(tmp / f"bench{i}.duckdb")
                 runs.append(
                     (
-                        C.run_child(
+                        run_child(
                             Path(__file__),
                             {"duckdb": duck, "chunk_bytes": args.chunk_bytes},
                             workdir=tmp,
@@ -302,8 +244,8 @@ def main() -> int:
                         duck,
                     )
                 )
-        except C.ChildFailed as exc:
-            C.print_child_failure(exc)
+        except ChildFailed as exc:
+            print_child_failure(exc)
             return 1
         run, duck = min(runs, key=lambda rd: rd[0].result["execute_s"])
         peak_rss = max(rd[0].peak_rss_mb for rd in runs)
@@ -314,49 +256,49 @@ def main() -> int:
         ok_count = count == args.rows and r["out"]["rows"] == args.rows
 
         print("\nResults")
-        C.line(
+        line(
             "rows (source / operator / DuckDB)",
             f"{args.rows:,} / {r['out']['rows']:,} / {count:,}  {'OK' if ok_count else 'MISMATCH'}",
         )
-        C.line(
+        line(
             "raw COPY binary -> /dev/null (best of 2)",
             f"{raw_s:.2f} s  ({raw_bytes / 1e6:,.0f} MB, {args.rows / raw_s:,.0f} rows/s)",
         )
-        C.line(
+        line(
             "operator execute()" + (f" (best of {len(runs)})" if len(runs) > 1 else ""),
             f"{op_s:.2f} s  ({args.rows / op_s:,.0f} rows/s)",
         )
-        C.line(
+        line(
             "  + first import of dlt/pyarrow/duckdb/adbc/numpy/psycopg/PostgresHook",
             f"{r['heavy_import_s']:.2f} s (paid once per task process;"
             f" airflow+provider import {r['airflow_import_s']:.2f} s)",
         )
-        C.line(
+        line(
             "ratio operator / raw (target <= 3.0)",
-            f"{ratio:.2f}  {C.verdict(ratio <= TARGET_RATIO)}"
+            f"{ratio:.2f}  {verdict(ratio <= TARGET_RATIO)}"
             f"   (incl. heavy imports: {(op_s + r['heavy_import_s']) / raw_s:.2f})",
         )
         if len(runs) > 1:
-            C.line(
+            line(
                 "all runs: execute s / peak RSS MB",
                 ", ".join(f"{rd[0].result['execute_s']:.2f} / {rd[0].peak_rss_mb:,.0f}" for rd in runs),
             )
-        C.line(
+        line(
             "peak RSS of the operator process (<= 512 MB)",
             f"{peak_rss:,.0f} MB  "
-            f"{C.verdict(peak_rss <= TARGET_RSS_MB)}   (process alone; "
+            f"{verdict(peak_rss <= TARGET_RSS_MB)}   (process alone; "
             f"RSS after imports, before execute: {r['rss_before_execute_mb']:,.0f} MB{run.rss_note()})",
         )
         overall = ok_count and ratio <= TARGET_RATIO and peak_rss <= TARGET_RSS_MB
-        C.line("overall", C.verdict(overall))
-        print(f"  machine: {C.machine_note()}")
+        line("overall", verdict(overall))
+        print(f"  machine: {machine_note()}")
 
         if args.profile:
             print("\nStage ladder (each stage timed alone, best of 2):")
-            C.line("raw COPY binary, SELECT *", f"{raw_s:.2f} s")
+            line("raw COPY binary, SELECT *", f"{raw_s:.2f} s")
             for label, secs, note in ladder(dsn, tmp, args.chunk_bytes):
-                C.line(label, f"{secs:.2f} s  ({secs / raw_s:.2f}x raw){note}")
-            C.line("full operator execute() (child run above)", f"{op_s:.2f} s  ({ratio:.2f}x raw)")
+                line(label, f"{secs:.2f} s  ({secs / raw_s:.2f}x raw){note}")
+            line("full operator execute() (child run above)", f"{op_s:.2f} s  ({ratio:.2f}x raw)")
             phases(tmp, args.chunk_bytes)
             profile(tmp, args.chunk_bytes)
         elif args.phases:
@@ -369,5 +311,5 @@ def main() -> int:
 
 if __name__ == "__main__":
     if "--_child" in sys.argv:
-        C.child_entry(child)
+        child_entry(in_child)
     sys.exit(main())

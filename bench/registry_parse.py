@@ -18,8 +18,9 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common as C
+from child import ChildFailed, child_entry, print_child_failure, run_child
+from env import REPO, bench_env
+from report import line, machine_note, verdict
 
 TARGET_S = 1.0
 
@@ -65,7 +66,7 @@ def registry_yaml(n: int, duckdb_path: str) -> str:
     return "\n".join(out) + "\n"
 
 
-def child(payload: dict) -> dict:
+def in_child(payload: dict) -> dict:
     import socket
 
     attempts: list[str] = []
@@ -138,14 +139,14 @@ def main() -> int:
     ap.add_argument("--strict", action="store_true", help="exit 1 when the time target is missed")
     args = ap.parse_args()
 
-    with C.bench_env() as tmp:
+    with bench_env() as tmp:
         path = tmp / "tables.yaml"
         path.write_text(registry_yaml(args.tables, str(tmp / "warehouse.duckdb")))
         results = {}
         try:
             for mode in ("warm", "cold"):
                 runs = [
-                    C.run_child(
+                    run_child(
                         Path(__file__),
                         {"path": str(path), "warm": mode == "warm", "profile": args.profile and mode == "warm"},
                         workdir=tmp,
@@ -154,8 +155,8 @@ def main() -> int:
                     for _ in range(args.runs)
                 ]
                 results[mode] = min(runs, key=lambda r: r.result["total_s"])
-        except C.ChildFailed as exc:
-            C.print_child_failure(exc)
+        except ChildFailed as exc:
+            print_child_failure(exc)
             return 1
 
     w, c = results["warm"].result, results["cold"].result
@@ -163,40 +164,40 @@ def main() -> int:
     ok_dags = w["dags"] == args.tables and w["n_broken"] == 0
     ok_time = w["total_s"] <= TARGET_S
     print(f"registry parse benchmark: {args.tables} tables, best of {args.runs} fresh processes")
-    C.line(
+    line(
         "DAGs built (broken entries)",
         f"{w['dags']} ({w['n_broken']})  {'OK' if ok_dags else 'MISMATCH'}   {w['tasks']:,} tasks",
     )
-    C.line(
+    line(
         "parse time, airflow.sdk preloaded (<= 1 s)",
-        f"{w['total_s']:.3f} s  {C.verdict(ok_time)}   "
+        f"{w['total_s']:.3f} s  {verdict(ok_time)}   "
         f"(import provider {w['import_s']:.3f} s + build_dags {w['build_s']:.3f} s)",
     )
-    C.line(
+    line(
         "parse time, cold process (information)",
         f"{c['total_s']:.3f} s   (import incl. airflow {c['import_s']:.3f} s + build_dags {c['build_s']:.3f} s)",
     )
-    C.line(
+    line(
         "build_dags again in the same process",
         f"{w['rebuild_s']:.3f} s (all imports done: registry validation + DAG construction only)",
     )
-    C.line("airflow.sdk preload in the warm runs", f"{w['preimport_s']:.3f} s (not counted)")
-    C.line(
+    line("airflow.sdk preload in the warm runs", f"{w['preimport_s']:.3f} s (not counted)")
+    line(
         "socket connect attempts while parsing",
         f"{w['n_socket_attempts'] + c['n_socket_attempts']}  "
         f"{'OK' if ok_sockets else 'FAIL: ' + ', '.join(w['socket_attempts'] + c['socket_attempts'])}",
     )
-    C.line("heavy modules imported by parsing", ", ".join(w["heavy_modules"]) or "none")
+    line("heavy modules imported by parsing", ", ".join(w["heavy_modules"]) or "none")
     if w["n_broken"]:
-        C.line("broken DAGs (first)", ", ".join(w["broken"]))
+        line("broken DAGs (first)", ", ".join(w["broken"]))
     overall = ok_sockets and ok_dags and ok_time
-    C.line("overall", C.verdict(overall))
-    print(f"  machine: {C.machine_note()}")
+    line("overall", verdict(overall))
+    print(f"  machine: {machine_note()}")
     if args.profile:
         print("\ncProfile of one build_dags call with everything imported (top 25 cumulative):")
         print(
             "\n".join(
-                ln.replace(str(C.REPO) + "/", "").replace(".venv/lib/python3.11/site-packages/", "")
+                ln.replace(str(REPO) + "/", "").replace(".venv/lib/python3.11/site-packages/", "")
                 for ln in w["profile"].splitlines()
                 if ln.strip()
             )
@@ -208,5 +209,5 @@ def main() -> int:
 
 if __name__ == "__main__":
     if "--_child" in sys.argv:
-        C.child_entry(child)
+        child_entry(in_child)
     sys.exit(main())

@@ -22,13 +22,11 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import threading
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common as C
+from env import bench_env, cluster
+from report import line, machine_note, package_state, verdict
 
 SLOT = "pgrepl_public_quiet"
 NAIVE_SLOT = "bench_naive_quiet"
@@ -150,14 +148,14 @@ def main() -> int:
 
     import os
 
-    with C.bench_env(), C.cluster() as (pg, dsn):
+    with bench_env(), cluster() as (pg, dsn):
         os.environ["AIRFLOW_CONN_PG_SOURCE"] = pg.conn_uri("bench")
         print(
             f"wait_for_changes poke benchmark: quiet table, busy writer at {args.rate:g} MB/s of WAL for "
             f"{args.seconds:g} s, a poke every {args.interval:g} s, a change of the quiet table before every "
             f"{args.own_every}th poke"
         )
-        print(f"  {C.package_state()}; {C.machine_note()}")
+        print(f"  {package_state()}; {machine_note()}")
         setup(dsn)
         writer = BusyWriter(dsn, args.rate * 1e6)
         writer.start()
@@ -195,29 +193,29 @@ def main() -> int:
         own = [p for p in polls if p["own_change"]]
         med = lambda xs: statistics.median(xs) if xs else float("nan")  # noqa: E731
         print("\n  summary")
-        C.line(
+        line(
             "sensor poke, median / max",
             f"{med([p['poke_s'] for p in polls]) * 1e3:.1f} / {max(p['poke_s'] for p in polls) * 1e3:.1f} ms",
         )
-        C.line(
+        line(
             "sensor WAL read per poke, median / max",
             f"{med([p['wal_read'] for p in polls]) / mb:.2f} / {max(p['wal_read'] for p in polls) / mb:.2f} MB",
         )
-        C.line("WAL written per poke interval", f"{writer.wal_bytes / max(len(polls), 1) / mb:.2f} MB")
-        C.line(
+        line("WAL written per poke interval", f"{writer.wal_bytes / max(len(polls), 1) / mb:.2f} MB")
+        line(
             "naive peek, first / last",
             f"{polls[0]['naive_s'] * 1e3:.1f} / {polls[-1]['naive_s'] * 1e3:.1f} ms "
             f"(backlog {polls[0]['naive_backlog'] / mb:.1f} -> {polls[-1]['naive_backlog'] / mb:.1f} MB)",
         )
-        C.line(
+        line(
             "last naive peek / median sensor poke",
             f"{polls[-1]['naive_s'] / max(med([p['poke_s'] for p in polls]), 1e-9):.1f}x",
         )
-        C.line("sensor fired (own change before the poke)", f"{sum(p['fired'] for p in own)}/{len(own)}")
-        C.line("sensor fired (no own change: empty applies)", f"{sum(p['fired'] for p in quiet)}/{len(quiet)}")
-        C.line("old byte-lag rule fired (no own change)", f"{sum(p['old_fired'] for p in quiet)}/{len(quiet)}")
+        line("sensor fired (own change before the poke)", f"{sum(p['fired'] for p in own)}/{len(own)}")
+        line("sensor fired (no own change: empty applies)", f"{sum(p['fired'] for p in quiet)}/{len(quiet)}")
+        line("old byte-lag rule fired (no own change)", f"{sum(p['old_fired'] for p in quiet)}/{len(quiet)}")
         ok = all(p["fired"] for p in own) and not any(p["fired"] for p in quiet)
-        C.line("fires exactly on the table's own changes", C.verdict(ok))
+        line("fires exactly on the table's own changes", verdict(ok))
         return 0 if ok else 1
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 import pyarrow as pa
@@ -173,7 +174,7 @@ def _fold(
     other_oids: set[int] = set()
     try:
         for i in np.flatnonzero(types == _R).tolist():
-            rel = decode(message(i))
+            rel = cast(Relation, decode(message(i)))  # its tag byte is 'R': a Relation
             if (rel.namespace, rel.name) in names:
                 ours.append((i, rel))
             else:

@@ -12,6 +12,7 @@ from airflow_pg_replication.source.pgoutput import (
     Commit,
     Delete,
     Insert,
+    Message,
     Relation,
     Truncate,
     Update,
@@ -132,15 +133,14 @@ class ChangeFolder:
 
     # -- the fold -----------------------------------------------------------------------------
 
-    def feed(self, msg: object) -> None:
+    def feed(self, msg: Message) -> None:
         """Apply one decoded message to the batch state."""
-        kind = type(msg)
-        if kind is Begin:
+        if isinstance(msg, Begin):
             self._commit_lsn = msg.final_lsn
             self._commit_time = msg.commit_time
             self._skip = msg.final_lsn <= self._applied_lsn
             return
-        if kind is Commit:
+        if isinstance(msg, Commit):
             b = self.batch
             b.transactions += 1
             if self._skip:
@@ -150,28 +150,33 @@ class ChangeFolder:
             b.last_commit_lsn = msg.commit_lsn
             b.last_end_lsn = msg.end_lsn
             return
-        if kind is Relation:
+        if isinstance(msg, Relation):
             self._on_relation(msg)
             return
         if self._skip:
             return
-        if kind is Insert:
+        if isinstance(msg, Insert):
             if msg.relation_oid in self._relations:
                 self._upsert(msg.relation_oid, msg.new, None)
-        elif kind is Update:
+        elif isinstance(msg, Update):
             if msg.relation_oid in self._relations:
                 self._upsert(msg.relation_oid, msg.new, msg.old, msg.old_kind)
-        elif kind is Delete:
+        elif isinstance(msg, Delete):
             oid = msg.relation_oid
             if oid in self._relations:
                 self.batch.changes += 1
                 key = self._key(oid, msg.old)
                 self._delete(key, self._layout[oid])
-        elif kind is Truncate:
-            if any(oid in self._relations for oid in msg.relation_oids):
-                self.batch.changes += 1
-                self.batch.rows.clear()  # everything before the truncate is gone
-                self.batch.truncate = (self._commit_lsn, self._commit_time)
+        elif isinstance(msg, Truncate) and any(oid in self._relations for oid in msg.relation_oids):
+            self.batch.changes += 1
+            self.batch.rows.clear()  # everything before the truncate is gone
+            self.batch.truncate = (self._commit_lsn, self._time())
+
+    def _time(self) -> datetime:
+        """The commit time of the transaction being read (a row change comes after its Begin)."""
+        if self._commit_time is None:
+            raise ValueError("a row change before any Begin message: the stream must start at a transaction")
+        return self._commit_time
 
     def _upsert(self, oid: int, new: tuple, old: tuple | None, old_kind: str | None = None) -> None:
         b = self.batch
@@ -179,7 +184,8 @@ class ChangeFolder:
         layout = self._layout[oid]
         key = self._key(oid, new)
         if UNCHANGED_TOAST in key:
-            raise ValueError(f"a key column of {b.relation.namespace}.{b.relation.name} came as unchanged TOAST")
+            rel = self._relations[oid]
+            raise ValueError(f"a key column of {rel.namespace}.{rel.name} came as unchanged TOAST")
         old_key = self._key(oid, old) if old is not None else key
         if old_key != key:  # the key itself changed: the old key's row is gone
             prev = self._delete(old_key, layout)
@@ -190,7 +196,7 @@ class ChangeFolder:
         if UNCHANGED_TOAST in new:
             new = self._fill_unchanged(new, layout, prev, old if old_kind == "O" else None)
         b.rows[key] = RowState(
-            layout, new, self._commit_lsn, self._commit_time, source_key=source_key, source_lsn=source_lsn
+            layout, new, self._commit_lsn, self._time(), source_key=source_key, source_lsn=source_lsn
         )
 
     def _source(self, prev: RowState | None, old_key: tuple, key: tuple) -> tuple[tuple | None, int | None]:
@@ -219,7 +225,7 @@ class ChangeFolder:
             layout,
             values,
             self._commit_lsn,
-            self._commit_time,
+            self._time(),
             deleted=True,
             source_key=prev.source_key if prev is not None else None,
             source_lsn=prev.source_lsn if prev is not None else None,
@@ -248,7 +254,7 @@ class ChangeFolder:
 
 
 def fold_changes(
-    messages: Iterable[object],
+    messages: Iterable[Message],
     key_columns: Sequence[str],
     *,
     applied_lsn: int | None = None,

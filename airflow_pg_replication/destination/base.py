@@ -19,7 +19,7 @@ import abc
 import contextlib
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, ContextManager
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -127,21 +127,21 @@ class TableDestination(abc.ABC):
         """Current values of ``columns`` for these keys: key -> {column: value} (kept TOAST values)."""
 
     @abc.abstractmethod
-    def arrow_client(self) -> ContextManager[Any]:
+    def arrow_client(self) -> contextlib.AbstractContextManager[Any]:
         """A SQL client whose cursors stream Arrow (``execute_query`` / ``iter_arrow``), for reconciliation."""
 
     # -- a destination that is a local file (DuckDB) lets it go between uses; others hold nothing --
 
-    def defer_checkpoints(self) -> None:
+    def defer_checkpoints(self) -> None:  # noqa: B027  deliberately a no-op hook: only DuckDB overrides it
         """Commits of this unit may stay in a write-ahead log until :meth:`checkpoint` (a no-op here)."""
 
-    def checkpoint(self) -> None:
+    def checkpoint(self) -> None:  # noqa: B027  deliberately a no-op hook: only DuckDB overrides it
         """Fold what the destination's own write-ahead log holds into its files (a no-op here)."""
 
-    def release_file(self) -> None:
+    def release_file(self) -> None:  # noqa: B027  deliberately a no-op hook: only DuckDB overrides it
         """Let others use the destination's file until the next use (a no-op here)."""
 
-    def reopen_file(self) -> None:
+    def reopen_file(self) -> None:  # noqa: B027  deliberately a no-op hook: only DuckDB overrides it
         """Take the file again after :meth:`release_file` (a no-op here)."""
 
     def others_wait_for_file(self) -> bool:

@@ -1,14 +1,20 @@
-"""The destination columns of a replica table, as dlt column hints: the source's, then ``_pg_lsn`` (and ``_pg_deleted_at``)."""
+"""The destination columns of a replica table, as dlt column hints.
+
+The source's columns, then ``_pg_lsn`` (and ``_pg_deleted_at``).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING
 
 from airflow_pg_replication.replica_columns import DELETED_AT_COLUMN, LSN_COLUMN
 
+if TYPE_CHECKING:
+    from airflow_pg_replication.source.type_map import PgColumn
 
-def destination_columns(columns: Sequence[Any], *, soft_deletes: bool) -> list[dict]:
+
+def destination_columns(columns: Sequence[PgColumn], *, soft_deletes: bool) -> list[dict]:
     """dlt column schema for the source columns plus ``_pg_lsn`` (and ``_pg_deleted_at`` for soft deletes)."""
     from airflow_pg_replication.source.type_map import dlt_column_hints
 

@@ -20,6 +20,7 @@ from airflow_pg_replication.destination import sql as destination_sql
 from airflow_pg_replication.destination.base import TableDestination
 from airflow_pg_replication.destination.sql import compose
 from airflow_pg_replication.destination.state_table import ReplicationState, read_state, write_state
+from airflow_pg_replication.phase_timing import phase
 from airflow_pg_replication.replica_columns import DELETED_AT_COLUMN, LSN_COLUMN
 
 if TYPE_CHECKING:
@@ -96,7 +97,8 @@ class DltTableDestination(TableDestination):
         from dlt.pipeline.exceptions import PipelineStepFailed
 
         try:
-            self.pipeline.run(resource)
+            with phase("dlt.run"):  # creating or evolving a table, and every load of another destination
+                self.pipeline.run(resource)
         except PipelineStepFailed as exc:
             root: BaseException = exc
             while root.__cause__ is not None:
@@ -133,7 +135,7 @@ class DltTableDestination(TableDestination):
         import dlt
 
         self.run(
-            dlt.resource(
+            dlt.resource(  # type: ignore[call-overload]  # see merge_resource
                 batches,
                 name=self.destination_table,
                 columns=columns,
@@ -175,7 +177,9 @@ class DltTableDestination(TableDestination):
         """A dlt resource that upserts ``tables`` into the destination table by key (delete-insert)."""
         import dlt
 
-        return dlt.resource(
+        # dlt's overloads ask for an Iterator or list, TypedDict column hints and a key that is not None;
+        # at run time it takes any iterable, plain dicts and None (its default).
+        return dlt.resource(  # type: ignore[call-overload]
             tables,
             name=self.destination_table,
             columns=columns,

@@ -8,6 +8,8 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
+from airflow_pg_replication.phase_timing import phase
+
 if TYPE_CHECKING:
     from airflow_pg_replication.destination.base import TableDestination
 
@@ -76,13 +78,16 @@ class DestinationOpening(Generic[T]):
 
     def _open(self) -> None:
         try:
-            self._dest.__enter__()
+            with phase("destination.open"):
+                self._dest.__enter__()
             self._entered = True
-            self._value = self._prepare(self._dest)
+            with phase("destination.read_state"):
+                self._value = self._prepare(self._dest)
             self._as_read = copy.copy(self._value)
             self._prepared.set()
             if self._then is not None:
-                self._then(self._dest)
+                with phase("destination.checkpoint"):
+                    self._then(self._dest)
             if self._let_go is not None and self._background and self._let_go(self._dest):
                 log.debug("letting go of %s while the caller folds: someone waits for it", self._dest.describe())
                 self._dest.release_file()
@@ -97,7 +102,8 @@ class DestinationOpening(Generic[T]):
 
         The destination may still be busy with ``then``: use it only through :meth:`result`.
         """
-        self._prepared.wait()
+        with phase("destination.wait_state"):
+            self._prepared.wait()
         if self._error is not None:
             raise self._error
         return self._value
@@ -108,7 +114,8 @@ class DestinationOpening(Generic[T]):
         When the thread let go of the file, takes it again here (waiting for whoever uses it)
         and runs ``recheck``.
         """
-        self._join()
+        with phase("destination.wait_open"):
+            self._join()
         if self._error is not None:
             raise self._error
         if self._let_go_of_file:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, ContextManager
+from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING, Any
 
 from airflow_pg_replication.destination.sql import compose
 from airflow_pg_replication.table_state import STATE_COLUMNS, ReplicationState
@@ -49,7 +50,7 @@ def _state_schema() -> pa.Schema:
     )
 
 
-def read_state(sql_client: Callable[[], ContextManager[Any]], table_name: str) -> ReplicationState | None:
+def read_state(sql_client: Callable[[], AbstractContextManager[Any]], table_name: str) -> ReplicationState | None:
     """The table's state row, or None when nothing was ever loaded for it."""
     from dlt.destinations.exceptions import DatabaseUndefinedRelation
 
@@ -91,7 +92,7 @@ def state_statements(client: Any, state: ReplicationState, *, placeholder: str =
 
 
 def write_state(
-    sql_client: Callable[[], ContextManager[Any]], state: ReplicationState, *, run: Callable[[Any], None]
+    sql_client: Callable[[], AbstractContextManager[Any]], state: ReplicationState, *, run: Callable[[Any], None]
 ) -> None:
     """Upsert the table's state row in one destination transaction.
 
@@ -117,7 +118,8 @@ def state_resource(state: ReplicationState) -> Any:
 
     # an Arrow row, so dlt adds none of its _dlt_* columns and plain SQL can write the table later
     table = pa.Table.from_pylist([state.as_row()], schema=_state_schema())
-    return dlt.resource(
+    # dlt's overloads ask for TypedDict column hints; plain dicts are what it reads at run time.
+    return dlt.resource(  # type: ignore[call-overload]
         [table],
         name=STATE_TABLE,
         columns=_dlt_columns(),

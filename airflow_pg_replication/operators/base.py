@@ -6,13 +6,17 @@ import contextlib
 import datetime
 import functools
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator
 
 from airflow_pg_replication.errors import NeedsAttentionError
 from airflow_pg_replication.registry import names as naming
 from airflow_pg_replication.sync.replicated_table import ReplicatedTable
+
+if TYPE_CHECKING:
+    from airflow_pg_replication.destination.base import TableDestination
+    from airflow_pg_replication.hooks.replication import PgReplicationHook
 
 
 def replicated_table(
@@ -89,7 +93,8 @@ def failing_fast_when_a_person_must_act() -> Iterator[None]:
     try:
         yield
     except NeedsAttentionError as exc:
-        raise _failing_without_retries(type(exc))(*exc.args) from exc
+        # A class is hashable; mypy matches the instances' unbound __hash__ against Hashable instead.
+        raise _failing_without_retries(type(exc))(*exc.args) from exc  # type: ignore[arg-type]
 
 
 @functools.cache
@@ -195,12 +200,12 @@ class PgTableOperator(BacksOffAfterFailedRuns, BaseOperator):
             deletes=self.deletes,
         )
 
-    def source_hook(self) -> Any:
+    def source_hook(self) -> PgReplicationHook:
         from airflow_pg_replication.hooks.replication import PgReplicationHook
 
         return PgReplicationHook(postgres_conn_id=self.source_conn_id)
 
-    def table_destination(self) -> Any:
+    def table_destination(self) -> TableDestination:
         return self.target.open_destination()
 
     def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import pyarrow as pa
 
-    from airflow_pg_replication.source.type_map import PgColumn
+    from airflow_pg_replication.source.type_map import PgColumn, PgType
 
 __all__ = ["ColumnCanon", "RangeDigest", "canonical_json", "canonical_number", "display_key", "row_hash"]
 
@@ -62,7 +62,8 @@ class ColumnCanon:
         self.target = arrow_type(col)
         at = self.target
         base = col.type.name if col.type.schema == "pg_catalog" and not col.type.is_enum else None
-        self.element = ColumnCanon(_element_of(col)) if col.type.element is not None else None
+        element = col.type.element
+        self.element = ColumnCanon(_element_of(col, element)) if element is not None else None
         if self.element is not None:
             self.kind = "list"
         elif base in ("json", "jsonb"):
@@ -92,22 +93,22 @@ class ColumnCanon:
             return self._decimal_column(arr)
         if self.kind in ("int", "float", "bool", "text") and _same_family(arr.type, self.target):
             return arr.to_pylist()
-        if self.kind == "list" and pa.types.is_list(arr.type):
-            return self._list_column(arr)
+        if self.element is not None and pa.types.is_list(arr.type):  # kind "list"
+            return self._list_column(arr, self.element)
         return [None if v is None else self.value(v) for v in arr.to_pylist()]
 
-    def _list_column(self, arr: Any) -> list:
-        if self.element.kind == "temporal":  # convert the elements in Arrow (handles ±infinity)
+    def _list_column(self, arr: pa.Array | pa.ChunkedArray, element: ColumnCanon) -> list:
+        if element.kind == "temporal":  # convert the elements in Arrow (handles ±infinity)
             import pyarrow as pa
 
             if isinstance(arr, pa.ChunkedArray):
                 arr = arr.combine_chunks() if arr.num_chunks else pa.array([], arr.type)
-            flat = self.element.column(arr.values)
+            flat = element.column(arr.values)
             offsets, valid = arr.offsets.to_pylist(), arr.is_valid().to_pylist()
             return [("[", tuple(flat[offsets[i] : offsets[i + 1]])) if valid[i] else None for i in range(len(arr))]
         return [None if v is None else self.value(v) for v in arr.to_pylist()]
 
-    def _decimal_column(self, arr: Any) -> list:
+    def _decimal_column(self, arr: pa.Array | pa.ChunkedArray) -> list:
         """Decimals as the column's decimal type rendered as text (same scale on both sides)."""
         import pyarrow as pa
 
@@ -120,7 +121,7 @@ class ColumnCanon:
             return [None if v is None else canonical_number(v) for v in arr.to_pylist()]  # cannot hold it: will differ
         return arr.cast(pa.string()).to_pylist()
 
-    def _temporal_column(self, arr: Any) -> list:
+    def _temporal_column(self, arr: pa.Array | pa.ChunkedArray) -> list:
         import pyarrow as pa
 
         from airflow_pg_replication.source.type_map import text_to_arrow
@@ -156,7 +157,7 @@ class ColumnCanon:
             return self._temporal_value(v)
         if k == "json":
             return canonical_json(v)
-        if k == "list":
+        if self.element is not None:  # kind "list"
             if isinstance(v, (bytes, bytearray, memoryview)):
                 v = bytes(v).decode()
             items = _JSON_IN.decode(v) if isinstance(v, str) else v
@@ -209,13 +210,13 @@ class ColumnCanon:
         return repr(c)
 
 
-def _element_of(col: PgColumn) -> PgColumn:
+def _element_of(col: PgColumn, element: PgType) -> PgColumn:
     from airflow_pg_replication.source.type_map import PgColumn
 
-    return PgColumn(f"{col.name}[]", col.type.element, col.typmod if col.typmod >= 0 else col.type.typmod)
+    return PgColumn(f"{col.name}[]", element, col.typmod if col.typmod >= 0 else col.type.typmod)
 
 
-def _same_family(actual: Any, target: Any) -> bool:
+def _same_family(actual: pa.DataType, target: pa.DataType) -> bool:
     import pyarrow as pa
 
     for check in (pa.types.is_integer, pa.types.is_floating, pa.types.is_boolean, pa.types.is_string):
@@ -261,5 +262,8 @@ class RangeDigest:
             if len(self.keys) >= self.limit:
                 self.keys = None
                 continue
-            shown = display_key(list(key), [canon[i] for i in key_idx]) if key_idx else display_key(list(row), canon)
+            if isinstance(key, tuple):  # a key column (else the row's hash: the row is its own key)
+                shown = display_key(list(key), [canon[i] for i in key_idx])
+            else:
+                shown = display_key(list(row), canon)
             self.keys[key] = [h, shown, 1]

@@ -89,12 +89,12 @@ class KeySpace:
             return sql.SQL('({}::text COLLATE "C")').format(ident)
         return ident
 
-    def count_query(self) -> sql.Composable:
+    def count_query(self) -> sql.Composed:
         from psycopg import sql
 
         return sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(self.info.schema, self.info.name))
 
-    def bounds_query(self) -> sql.Composable:
+    def bounds_query(self) -> sql.Composed:
         """The keys (as text) at every ``step``-th row in key order after the first; one ``%s``: the step."""
         from psycopg import sql
 
@@ -218,7 +218,7 @@ def range_result(i: int, n: int, rng: KeyRange, names: Sequence[str], src: Range
             missing.append(shown)
         elif other[0] != h:
             changed.append(shown)
-    for k, (h, shown, count) in dst.keys.items():
+    for k, (_, shown, count) in dst.keys.items():
         other = src.keys.get(k)
         if other is None or other[2] < count:
             extra.append(shown)

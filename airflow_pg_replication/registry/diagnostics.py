@@ -124,7 +124,7 @@ def _validate(model: type[BaseModel], data: Any) -> tuple[Any, _Found]:
     for err in errors:
         loc, kind, value, cause = tuple(err["loc"]), err["type"], err.get("input"), err.get("ctx", {}).get("error")
         if isinstance(cause, KeyedProblems):
-            problems += [(loc + (key,), message) for key, message in cause.problems]
+            problems += [((*loc, key), message) for key, message in cause.problems]
         elif kind == "extra_forbidden":
             problems.append((loc, _unknown_key(loc[-1], list(model.model_fields))))
         elif kind == "missing":
@@ -145,25 +145,23 @@ def _secret_paths(data: Any, path: _KeyPath = ()) -> list[_KeyPath]:
         return [
             p
             for k, v in data.items()
-            for p in (
-                [path + (k,)] if isinstance(k, str) and _SECRET_KEY_RE.search(k) else _secret_paths(v, path + (k,))
-            )
+            for p in ([(*path, k)] if isinstance(k, str) and _SECRET_KEY_RE.search(k) else _secret_paths(v, (*path, k)))
         ]
     if isinstance(data, list):
-        return [p for i, v in enumerate(data) for p in _secret_paths(v, path + (i,))]
+        return [p for i, v in enumerate(data) for p in _secret_paths(v, (*path, i))]
     return []
 
 
 def _repeated_keys(node: yaml.Node, path: _KeyPath = ()) -> list[tuple[_KeyPath, int, str]]:
     """Keys written twice in one mapping (YAML would silently keep the last)."""
     if isinstance(node, yaml.SequenceNode):
-        return [p for i, item in enumerate(node.value) for p in _repeated_keys(item, path + (i,))]
+        return [p for i, item in enumerate(node.value) for p in _repeated_keys(item, (*path, i))]
     found, seen = [], set()
     for key, value in node.value if isinstance(node, yaml.MappingNode) else []:
         if key.value in seen:
-            found.append((path + (key.value,), key.start_mark.line + 1, "key appears twice; keep only one"))
+            found.append(((*path, key.value), key.start_mark.line + 1, "key appears twice; keep only one"))
         seen.add(key.value)
-        found += _repeated_keys(value, path + (key.value,))
+        found += _repeated_keys(value, (*path, key.value))
     return found
 
 
@@ -219,7 +217,7 @@ def check_document(
         )
         if cfg is not None:
             configs[index] = cfg
-    broken = {_table_index(p) for p, _, _ in problems} - {None}
+    broken = {i for i in (_table_index(p) for p, _, _ in problems) if i is not None}
     for index, key, message in duplicates({i: cfg for i, cfg in configs.items() if i not in broken}):
         problems.append((("tables", index, key), None, message))
         broken.add(index)
@@ -231,11 +229,11 @@ def check_document(
         name = items[index].get("table") if isinstance(items[index], dict) else None
         name = name if isinstance(name, str) else None
         try:
-            dag_id = naming.dag_id(*naming.parse_table_name(name))
+            dag_id = naming.dag_id(*naming.parse_table_name(name)) if name is not None else None
         except ValueError:
             dag_id = None
-        found = [issue for issue, (p, _, _) in zip(issues, problems) if _table_index(p) == index]
-        table_errors.append(TableError(index, name, dag_id, found))
+        table_issues = [issue for issue, (p, _, _) in zip(issues, problems) if _table_index(p) == index]
+        table_errors.append(TableError(index, name, dag_id, table_issues))
     if registry_issues or None in validated.values():
         return None, [], registry_issues, table_errors
     return validated, [configs[i] for i in sorted(configs) if i not in broken], [], table_errors

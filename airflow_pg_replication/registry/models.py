@@ -282,7 +282,11 @@ class Registry(_Model):
         return {cfg.dag_id: cfg for cfg in self.tables}
 
 
-_SECTIONS = {"source": SourceConfig, "destination": DestinationConfig, "defaults": TableDefaults}
+_SECTIONS: dict[str, type[BaseModel]] = {
+    "source": SourceConfig,
+    "destination": DestinationConfig,
+    "defaults": TableDefaults,
+}
 
 
 def _check(text: str, file: str) -> tuple[Registry | None, list[RegistryIssue], list[TableError]]:

@@ -1,1 +1,3 @@
-"""PostgreSQL side: catalog, slots and publications, snapshot reads (binary COPY), change reads, the pgoutput decoder, type mapping."""
+"""PostgreSQL side: catalog, slots and publications, snapshot reads (binary COPY), change reads, the pgoutput decoder,
+type mapping.
+"""

@@ -171,7 +171,7 @@ class BinaryCopyReader:
     def query(self) -> sql.Composed:
         from psycopg import sql
 
-        exprs = []
+        exprs: list[sql.Composable] = []
         for col, (kind, detail) in zip(self.info.columns, self._kinds):
             ident = sql.Identifier(col.name)
             if kind == "native":  # a domain's values as its base type; a no-op for a plain column
@@ -195,7 +195,9 @@ class BinaryCopyReader:
     def __enter__(self) -> BinaryCopyReader:
         from psycopg import sql
 
-        snapshot = self.conn.execute("SELECT pg_export_snapshot()").fetchone()[0]
+        from airflow_pg_replication.source.catalog import one_value
+
+        snapshot = one_value(self.conn, "SELECT pg_export_snapshot()")
         params = self.conn.info.get_parameters()
         if self.conn.info.password:
             params["password"] = self.conn.info.password

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from airflow_pg_replication.errors import NeedsAttentionError
 from airflow_pg_replication.source.type_map import TYPE_CATALOG_SQL, PgColumn, PgType, resolve_types
 
 if TYPE_CHECKING:
     import psycopg
+    from psycopg import sql
 
 _COLUMNS_SQL = """
 SELECT c.oid, c.relkind, c.relreplident, a.attname, a.atttypid, a.atttypmod, a.attnotnull,
@@ -98,6 +99,16 @@ class SlotInfo:
     @property
     def lost(self) -> bool:
         return self.wal_status == "lost" or self.restart_lsn is None
+
+
+def one_value(
+    conn: psycopg.Connection, query: str | sql.SQL | sql.Composed, params: Sequence[Any] | None = None
+) -> Any:
+    """The value a query of one row and one column returns (``SHOW``, ``SELECT f()``, an aggregate)."""
+    row = conn.execute(query, params).fetchone()
+    if row is None:
+        raise RuntimeError(f"no row from a query that always returns one: {query!r}")
+    return row[0]
 
 
 def resolve_column_types(conn: psycopg.Connection, type_oids: Sequence[int]) -> dict[int, PgType]:

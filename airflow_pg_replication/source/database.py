@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from airflow_pg_replication.errors import NeedsAttentionError, ReplicationError, TransientError
-from airflow_pg_replication.source.catalog import SlotInfo, TableInfo, read_slot_info, read_table_info
+from airflow_pg_replication.source.catalog import SlotInfo, TableInfo, one_value, read_slot_info, read_table_info
 
 if TYPE_CHECKING:
     import psycopg
@@ -84,14 +84,17 @@ class SourceDatabase:
         except psycopg2.OperationalError as exc:
             hint = ""
             if "replication" in str(exc):
-                hint = " The role needs the REPLICATION attribute (ALTER ROLE ... REPLICATION) and pg_hba.conf must allow it."
+                hint = (
+                    " The role needs the REPLICATION attribute (ALTER ROLE ... REPLICATION)"
+                    " and pg_hba.conf must allow it."
+                )
             raise _connect_error(f"cannot open a replication connection, {self.describe()}: {exc}{hint}") from exc
 
     # -- checks and catalog ------------------------------------------------------------------
 
     def check_wal_level(self, conn: psycopg.Connection) -> None:
         """Fail with the fix when the server cannot do logical decoding."""
-        level = conn.execute("SHOW wal_level").fetchone()[0]
+        level = one_value(conn, "SHOW wal_level")
         if level != "logical":
             raise NeedsAttentionError(
                 f"the source has wal_level={level}, but change data capture needs wal_level=logical "
@@ -170,8 +173,12 @@ class SourceDatabase:
         raise TransientError(f"replication slot {slot!r} stays active; stop its consumer and retry")
 
     @contextlib.contextmanager
-    def create_slot_with_snapshot(self, slot: str) -> Iterator[CreatedSlot]:
-        """Create a pgoutput slot exporting its snapshot; the snapshot is usable inside the ``with``."""
+    def create_slot_with_snapshot(self, slot: str, *, temporary: bool = False) -> Iterator[CreatedSlot]:
+        """Create a pgoutput slot exporting its snapshot; the snapshot is usable inside the ``with``.
+
+        ``temporary``: the slot lives only as long as this ``with`` (PostgreSQL drops it with the
+        replication connection), e.g. to snapshot one table of a slot group at a consistent point.
+        """
         from psycopg2 import sql as sql2
 
         from airflow_pg_replication.source.pgoutput import parse_lsn
@@ -179,13 +186,50 @@ class SourceDatabase:
         rconn = self.replication_connection()
         try:
             cur = rconn.cursor()
-            cur.execute(
-                sql2.SQL("CREATE_REPLICATION_SLOT {} LOGICAL pgoutput EXPORT_SNAPSHOT").format(sql2.Identifier(slot))
-            )
+            kind = "TEMPORARY LOGICAL" if temporary else "LOGICAL"
+            try:
+                cur.execute(
+                    sql2.SQL("CREATE_REPLICATION_SLOT {} " + kind + " pgoutput EXPORT_SNAPSHOT").format(
+                        sql2.Identifier(slot)
+                    )
+                )
+            except Exception as exc:  # psycopg2.errors.ConfigurationLimitExceeded and friends
+                raise _slot_error(slot, exc, self.describe()) from exc
             name, consistent_point, snapshot_name, _plugin = cur.fetchone()
             created = CreatedSlot(name, parse_lsn(consistent_point), snapshot_name)
-            log.info("created slot %s at consistent point %s, snapshot %s", name, consistent_point, snapshot_name)
+            log.info(
+                "created %sslot %s at consistent point %s, snapshot %s",
+                "temporary " if temporary else "",
+                name,
+                consistent_point,
+                snapshot_name,
+            )
             yield created
+        finally:
+            rconn.close()
+
+    def consistent_point_now(self, slot: str) -> int:
+        """An LSN after every transaction in progress now has ended: a temporary slot's consistent point.
+
+        PostgreSQL reaches a new slot's consistent point only once every transaction running when
+        the slot was asked for has committed or aborted. The slot (named ``slot``) is dropped at once.
+        """
+        from psycopg2 import sql as sql2
+
+        from airflow_pg_replication.source.pgoutput import parse_lsn
+
+        rconn = self.replication_connection()
+        try:
+            cur = rconn.cursor()
+            try:
+                cur.execute(
+                    sql2.SQL("CREATE_REPLICATION_SLOT {} TEMPORARY LOGICAL pgoutput NOEXPORT_SNAPSHOT").format(
+                        sql2.Identifier(slot)
+                    )
+                )
+            except Exception as exc:
+                raise _slot_error(slot, exc, self.describe()) from exc
+            return parse_lsn(cur.fetchone()[1])
         finally:
             rconn.close()
 
@@ -193,8 +237,8 @@ class SourceDatabase:
         """Create a pgoutput slot without a snapshot; returns its consistent LSN."""
         from airflow_pg_replication.source.pgoutput import parse_lsn
 
-        row = conn.execute("SELECT lsn FROM pg_create_logical_replication_slot(%s, 'pgoutput')", (slot,)).fetchone()
-        return parse_lsn(str(row[0]))
+        lsn = one_value(conn, "SELECT lsn FROM pg_create_logical_replication_slot(%s, 'pgoutput')", (slot,))
+        return parse_lsn(str(lsn))
 
     # -- changes -----------------------------------------------------------------------------
 
@@ -202,7 +246,7 @@ class SourceDatabase:
         """The server's current WAL insert position."""
         from airflow_pg_replication.source.pgoutput import parse_lsn
 
-        return parse_lsn(str(conn.execute("SELECT pg_current_wal_lsn()").fetchone()[0]))
+        return parse_lsn(str(one_value(conn, "SELECT pg_current_wal_lsn()")))
 
     def current_wal_flush_lsn(self, conn: psycopg.Connection) -> int:
         """The server's WAL flush position: every record before it is on disk and readable by a peek.
@@ -213,7 +257,7 @@ class SourceDatabase:
         """
         from airflow_pg_replication.source.pgoutput import parse_lsn
 
-        return parse_lsn(str(conn.execute("SELECT pg_current_wal_flush_lsn()").fetchone()[0]))
+        return parse_lsn(str(one_value(conn, "SELECT pg_current_wal_flush_lsn()")))
 
     def wait_for_flush(self, conn: psycopg.Connection, lsn: int, timeout: float = 30.0) -> None:
         """Wait until the WAL is flushed up to ``lsn`` (so a peek up to ``lsn`` reads all of it)."""
@@ -309,3 +353,20 @@ def _connect_error(message: str) -> ReplicationError:
     if any(cause in message for cause in _NEEDS_A_PERSON):
         return NeedsAttentionError(message)
     return TransientError(message)
+
+
+def _slot_error(slot: str, exc: Exception, source: str) -> ReplicationError:
+    """Creating a slot failed: too many slots is transient (a snapshot ends, a slot frees up); the rest is not."""
+    text = str(exc).strip()
+    if "all replication slots are in use" in text or "max_replication_slots" in text:
+        return TransientError(
+            f"cannot create replication slot {slot} on {source}: {text}. Every slot of the server is in use; "
+            "the task retries. Fix for good: raise max_replication_slots (restart), drop unused slots, or put "
+            "tables in slot groups (one slot per group)"
+        )
+    if "already exists" in text:
+        return TransientError(f"cannot create replication slot {slot} on {source}: {text}; the task retries")
+    return NeedsAttentionError(
+        f"cannot create replication slot {slot} on {source}: {text}. The role needs the "
+        "REPLICATION attribute (or rds_replication) and wal_level = logical"
+    )

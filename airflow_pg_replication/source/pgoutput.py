@@ -5,9 +5,10 @@ from __future__ import annotations
 import enum
 import re
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Literal, Union
+from typing import Literal
 
 __all__ = [
     "UNCHANGED_TOAST",
@@ -53,7 +54,7 @@ UNCHANGED_TOAST = UnchangedToast.UNCHANGED_TOAST
 
 #: One decoded column value: ``'t'`` -> str, ``'n'`` -> None,
 #: ``'u'`` -> UNCHANGED_TOAST, ``'b'`` -> bytes.
-TupleValue = Union[str, bytes, None, Literal[UnchangedToast.UNCHANGED_TOAST]]
+TupleValue = str | bytes | None | Literal[UnchangedToast.UNCHANGED_TOAST]
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,18 +138,7 @@ class LogicalMessage:
     content: bytes
 
 
-Message = Union[
-    Begin,
-    Commit,
-    Origin,
-    Relation,
-    TypeInfo,
-    Insert,
-    Update,
-    Delete,
-    Truncate,
-    LogicalMessage,
-]
+Message = Begin | Commit | Origin | Relation | TypeInfo | Insert | Update | Delete | Truncate | LogicalMessage
 
 _PG_EPOCH = datetime(2000, 1, 1, tzinfo=timezone.utc)
 
@@ -314,7 +304,7 @@ def _message(buf: bytes) -> tuple[LogicalMessage, int]:
     return LogicalMessage(bool(flags & 1), lsn, prefix, buf[pos:end]), end
 
 
-_DECODERS = {
+_DECODERS: dict[int, Callable[[bytes], tuple[Message, int]]] = {
     ord("B"): _begin,
     ord("C"): _commit,
     ord("O"): _origin,

@@ -34,11 +34,10 @@ def judge_slot(
         )
     lag = slot.lag_bytes or 0
     safe = f", safe_wal_size {slot.safe_wal_size:,} bytes" if slot.safe_wal_size is not None else ""
-    until = slot.seconds_until_invalidated
+    until, rate = slot.seconds_until_invalidated, slot.wal_bytes_per_second  # until: None without a rate
     eta = (
-        f", invalidated in about {_duration(until)} at {slot.wal_bytes_per_second / 1e6:,.2f} MB/s of WAL "
-        "(max_slot_wal_keep_size)"
-        if until is not None
+        f", invalidated in about {_duration(until)} at {rate / 1e6:,.2f} MB/s of WAL (max_slot_wal_keep_size)"
+        if until is not None and rate is not None
         else ""
     )
     msg = (

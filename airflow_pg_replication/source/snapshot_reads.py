@@ -8,6 +8,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeVar
 
+from airflow_pg_replication.phase_timing import phase, timed_iter
 from airflow_pg_replication.replica_columns import LSN_COLUMN
 from airflow_pg_replication.source.type_map import arrow_type
 
@@ -136,8 +137,9 @@ def copy_batches(
     schema = snapshot_schema(info)
     with BinaryCopyReader(conn, info, where=where, block_bytes=block_bytes) as reader:
         empty = True
-        for batch in reader:
-            arrays = reader.convert(batch)
+        for batch in timed_iter("snapshot.read", reader):  # binary COPY through ADBC
+            with phase("snapshot.convert"):  # text-format columns parsed, ADBC's values mapped
+                arrays = reader.convert(batch)
             arrays.append(pa.repeat(pa.scalar(lsn, lsn_type), batch.num_rows))
             progress.bytes += batch.nbytes
             progress.tick(batch.num_rows)

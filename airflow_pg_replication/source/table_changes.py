@@ -28,7 +28,7 @@ from __future__ import annotations
 import time
 from collections.abc import Generator, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING, Any, TypeVar, Union
 
 from airflow_pg_replication.errors import NeedsAttentionError, ReplicationError
 from airflow_pg_replication.source.catalog import SLOT_SQL, SlotInfo, slot_info_from_row
@@ -92,6 +92,7 @@ class TableChangeCounter:
         self.count = TableChangeCount()
 
     def feed(self, message: MessageHead) -> None:
+        head: bytes | bytearray | memoryview
         if isinstance(message, tuple):
             head, size = message
         else:
@@ -128,9 +129,12 @@ def count_table_changes(messages: Iterable[MessageHead], schema: str, name: str)
     return counter.count
 
 
-def _decode(head: Any, kind: type) -> Any:
+_M = TypeVar("_M")
+
+
+def _decode(head: bytes | bytearray | memoryview, kind: type[_M]) -> _M:
     msg = decode(bytes(head))
-    if type(msg) is not kind:  # pragma: no cover - the first byte said so
+    if not isinstance(msg, kind):  # pragma: no cover - the first byte said so
         raise ReplicationError(f"expected a pgoutput {kind.__name__} message, got {type(msg).__name__}")
     return msg
 

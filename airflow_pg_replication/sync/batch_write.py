@@ -19,6 +19,7 @@ from airflow_pg_replication.destination.base import TableDestination
 from airflow_pg_replication.destination.columns import destination_columns
 from airflow_pg_replication.destination.state_table import ReplicationState
 from airflow_pg_replication.errors import NeedsAttentionError
+from airflow_pg_replication.phase_timing import phase
 from airflow_pg_replication.replica_columns import DELETED_AT_COLUMN, LSN_COLUMN
 from airflow_pg_replication.source.pgoutput import UNCHANGED_TOAST, format_lsn
 from airflow_pg_replication.source.type_map import PgColumn, arrow_type, text_to_arrow
@@ -63,7 +64,8 @@ def write_change_batch(
     import pyarrow as pa
 
     result = ApplyResult()
-    key_columns = batch.key_columns or tuple(c.name for c in batch.relation.columns)
+    relation_columns = batch.relation.columns if batch.relation is not None else ()  # None: a batch of no row
+    key_columns = batch.key_columns or tuple(c.name for c in relation_columns)
     truncate = None
     if batch.truncate is not None:
         lsn, at = batch.truncate
@@ -76,22 +78,24 @@ def write_change_batch(
     by_layout: dict[tuple[str, ...], list[tuple[tuple, RowState]]] = {}
     for key, row in written:
         by_layout.setdefault(row.layout, []).append((key, row))
-    tables = [
-        _rows_to_table(dest, rows, layout, key_columns, columns, soft_deletes, result, batch.continues_lsn)
-        for layout, rows in by_layout.items()
-    ]
+    with phase("cdc.type"):  # text -> typed Arrow, kept values read back
+        tables = [
+            _rows_to_table(dest, rows, layout, key_columns, columns, soft_deletes, result, batch.continues_lsn)
+            for layout, rows in by_layout.items()
+        ]
     upserts = None
     if tables:
         upserts = tables[0] if len(tables) == 1 else pa.concat_tables(tables, promote_options="default")
     hint_cols = [columns[n] for n in (upserts.column_names if upserts is not None else []) if n in columns]
-    dest.apply_batch(
-        upserts=upserts,
-        delete_keys=delete_keys,
-        truncate=truncate,
-        key_columns=key_columns,
-        columns=destination_columns(hint_cols, soft_deletes=soft_deletes),
-        state=state,
-    )
+    with phase("cdc.write"):
+        dest.apply_batch(
+            upserts=upserts,
+            delete_keys=delete_keys,
+            truncate=truncate,
+            key_columns=key_columns,
+            columns=destination_columns(hint_cols, soft_deletes=soft_deletes),
+            state=state,
+        )
     result.upserts = sum(1 for _, r in written if not r.deleted)
     result.deletes += sum(1 for _, r in written if r.deleted)
     return result
@@ -131,7 +135,7 @@ def _rows_to_table(
     text_columns = list(zip(*values)) if values else [()] * width
     arrays = []
     for c, name in enumerate(layout):
-        col_text = text_columns[c]
+        col_text: Sequence[object] = text_columns[c]
         if c in to_fill:
             col_text = [None if v is UNCHANGED_TOAST else v for v in col_text]
         arrays.append(text_to_arrow(pa.array(col_text, pa.string()), columns[name]))
@@ -172,10 +176,10 @@ class _Sources:
         continues_lsn: int | None,
     ) -> _Sources | None:
         """The source keys of ``rows``, typed like the destination's keys; None when no row moved."""
-        moved = [r for r, (_, row) in enumerate(rows) if row.source_key is not None]
+        moved = {r: row.source_key for r, (_, row) in enumerate(rows) if row.source_key is not None}
         if not moved:
             return None
-        typed = typed_keys([rows[r][1].source_key for r in moved], key_columns, columns)
+        typed = typed_keys(list(moved.values()), key_columns, columns)
         keys: list[tuple | None] = [None] * len(rows)
         for r, key in zip(moved, zip(*[c.to_pylist() for c in typed.columns])):
             keys[r] = key
@@ -189,6 +193,8 @@ class _Sources:
         a batch applied in parts, the previous part may have written it in the same transaction.
         """
         left = self.left_lsn[r]
+        if left is None:  # set with the source key: asked only of rows that moved
+            raise ValueError(f"row {r} of the batch did not move: it has no source key to check")
         return (written_lsn or 0) < left or written_lsn == left == self.continues_lsn
 
 
@@ -214,7 +220,8 @@ def _finish_table(
 
     if to_fill:
         kept = _KeptCells(tuple(layout), key_columns, columns, to_fill, lsn, deleted_at, sources)
-        arrays = _fill_kept_values(dest, arrays, kept, result)
+        with phase("cdc.kept_values"):
+            arrays = _fill_kept_values(dest, arrays, kept, result)
     names = [*layout, LSN_COLUMN]
     arrays = [*arrays, lsn]
     if deleted_at is not None:
@@ -244,14 +251,15 @@ def write_typed_batch(
         else None
     )
     hint_cols = [typed.columns[n] for n in typed.layout]
-    dest.apply_batch(
-        upserts=upserts,
-        delete_keys=typed.delete_keys,
-        truncate=None,
-        key_columns=typed.key_columns,
-        columns=destination_columns(hint_cols, soft_deletes=typed.soft_deletes),
-        state=state,
-    )
+    with phase("cdc.write"):
+        dest.apply_batch(
+            upserts=upserts,
+            delete_keys=typed.delete_keys,
+            truncate=None,
+            key_columns=typed.key_columns,
+            columns=destination_columns(hint_cols, soft_deletes=typed.soft_deletes),
+            state=state,
+        )
     return result
 
 
@@ -281,15 +289,18 @@ def _fill_kept_values(dest: TableDestination, arrays: list, kept: _KeptCells, re
     keys_py = list(zip(*[arrays[i].to_pylist() for i in key_idx]))
     need_rows = sorted({r for rs in kept.to_fill.values() for r in rs})
     src = kept.sources
-    moved = set() if src is None else {r for r in need_rows if src.keys[r] is not None}
-    read_from = {r: src.keys[r] if r in moved else keys_py[r] for r in need_rows}
+    moved: dict[int, tuple] = {}  # row -> the key it had before the batch, for rows whose key changed in it
+    if src is not None:
+        moved = {r: key for r in need_rows if (key := src.keys[r]) is not None}
+    read_from = {r: moved[r] if r in moved else keys_py[r] for r in need_rows}
     fill_names = [kept.layout[c] for c in sorted(kept.to_fill)]
     fetch_names = [*fill_names, LSN_COLUMN] if moved else fill_names
     current = dest.fetch_rows(kept.key_columns, list(dict.fromkeys(read_from.values())), fetch_names)
     missing = [
         r
         for r in need_rows
-        if read_from[r] not in current or (r in moved and not src.still_there(r, current[read_from[r]][LSN_COLUMN]))
+        if read_from[r] not in current
+        or (src is not None and r in moved and not src.still_there(r, current[read_from[r]][LSN_COLUMN]))
     ]
     if missing:
         _missing_kept_values(dest, kept, missing, keys_py, read_from)

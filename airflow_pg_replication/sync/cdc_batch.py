@@ -20,15 +20,23 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from airflow_pg_replication.errors import NeedsAttentionError, TransientError
+from airflow_pg_replication.phase_timing import phase, timed_iter
 from airflow_pg_replication.table_state import TablePhase
 
 if TYPE_CHECKING:
     import psycopg
+    import pyarrow as pa
 
     from airflow_pg_replication.changes.folded_batch import FoldedBatch
+    from airflow_pg_replication.destination.base import TableDestination
+    from airflow_pg_replication.destination.opening import DestinationOpening
     from airflow_pg_replication.source.catalog import TableInfo
     from airflow_pg_replication.source.database import SourceDatabase
+    from airflow_pg_replication.source.pgoutput import Relation
+    from airflow_pg_replication.source.type_map import PgColumn
+    from airflow_pg_replication.sync.batch_write import ApplyResult
     from airflow_pg_replication.sync.replicated_table import ReplicatedTable
+    from airflow_pg_replication.table_state import ReplicationState
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +51,7 @@ class BatchOutcome:
     last_end_lsn: int | None  # end of the last commit read
     cut: bool  # the read hit the batch limit: more is waiting
     nothing: bool
-    applied: Any  # ApplyResult or None
+    applied: ApplyResult | None
     bytes_read: int = 0  # pgoutput read from the slot
     from_lsn: int | None = None  # the slot's confirmed position before the batch
     advance_to: int | None = None  # where the slot may advance once the batch is committed
@@ -111,13 +119,13 @@ class CdcBatch:
                 "%s: nothing to apply between %s and %s (%s); %d transaction(s) of other tables read",
                 t.qualified_name,
                 format_lsn(confirmed) if confirmed else "the slot's start",
-                format_lsn(outcome.advance_to),
+                format_lsn(outcome.advance_to) if outcome.advance_to is not None else "no commit",
                 why,
                 outcome.read_transactions,
             )
         return outcome
 
-    def _open_state(self, dest: Any) -> Any:
+    def _open_state(self, dest: TableDestination) -> ReplicationState:
         """On the opening thread: the table's state, which must be a loaded snapshot of this slot.
 
         This batch's commit is left in DuckDB's WAL; the last batch's is checkpointed next.
@@ -133,7 +141,7 @@ class CdcBatch:
         dest.defer_checkpoints()
         return state
 
-    def _state_unchanged(self, dest: Any, as_read: Any) -> None:
+    def _state_unchanged(self, dest: TableDestination, as_read: ReplicationState) -> None:
         """The DuckDB file was let go while the batch folded: the table's state must be as it was read."""
         t = self.table
         now = dest.read_state()
@@ -146,7 +154,9 @@ class CdcBatch:
                 "Nothing of the batch was written and the slot did not advance; the next run reads the changes again"
             )
 
-    def _fold_and_apply(self, conn: Any, changes: Iterable[Any], opening: Any) -> BatchOutcome:
+    def _fold_and_apply(
+        self, conn: psycopg.Connection, changes: Iterable[pa.Array], opening: DestinationOpening[ReplicationState]
+    ) -> BatchOutcome:
         """Fold the read's Arrow chunks and apply them with the state (its LSN set here); the slot is untouched.
 
         ``opening`` gives the state once the read is in, and the destination once the batch is
@@ -170,7 +180,7 @@ class CdcBatch:
         applied = None
         messages = 0
         bytes_read = 0
-        for chunk in changes:
+        for chunk in timed_iter("cdc.read", changes):  # PostgreSQL decoding the peek, ADBC fetching it
             messages += len(chunk)
             bytes_read += chunk.nbytes
             if folder is None:
@@ -202,14 +212,21 @@ class CdcBatch:
         columnar = None
         raw = pa.chunked_array(chunks, pa.binary()) if chunks else []
         if folder is None and info.primary_key:
-            columnar = fold_columnar(raw, info.primary_key, applied_lsn=state.applied_lsn, relation_names=names)
+            with phase("cdc.fold.columnar"):
+                columnar = fold_columnar(raw, info.primary_key, applied_lsn=state.applied_lsn, relation_names=names)
         if folder is None and columnar is None:
             folder = ChangeFolder(info.primary_key, applied_lsn=state.applied_lsn, relation_names=names)
-            for chunk in chunks:
-                for msg in chunk.to_pylist():
-                    folder.feed(decode(msg))
+            with phase("cdc.fold.per_message"):
+                for chunk in chunks:
+                    for msg in chunk.to_pylist():
+                        folder.feed(decode(msg))
         del raw, chunks
-        batch: FoldedBatch = columnar if columnar is not None else folder.batch
+        if columnar is not None:
+            batch: FoldedBatch = columnar
+        elif folder is not None:
+            batch = folder.batch
+        else:  # pragma: no cover - the per-message fold runs whenever the column-wise one does not
+            raise AssertionError("neither fold ran")
         read_secs = time.monotonic() - read_started
         cut = messages >= self.max_batch_changes  # PostgreSQL may have stopped early: more is waiting
         nothing = batch.is_empty and not (folder is not None and folder.flushed_parts)
@@ -225,15 +242,17 @@ class CdcBatch:
             state = state.moved_to(TablePhase.READY, applied_lsn=batch.last_commit_lsn)
             if columnar is not None:  # the state commits with the data where the destination allows (DuckDB)
                 cols = columns_of_relations(conn, [columnar.relation], info)
-                typed = type_columnar_batch(columnar, cols, soft_deletes=soft)
+                with phase("cdc.type"):
+                    typed = type_columnar_batch(columnar, cols, soft_deletes=soft)
                 dest, _ = opening.result()
                 applied = write_typed_batch(dest, typed, state=state)
             elif batch.is_empty:  # all of it went out in parts: only the state is left to record
                 dest.write_state(state)
-            else:
+            elif folder is not None:  # per message (columnar is None): the batch is folder.batch
                 cols = columns_of_relations(conn, folder.relations_seen, info)
                 dest, _ = opening.result()
-                applied = _combine(applied, write_change_batch(dest, batch, cols, soft_deletes=soft, state=state))
+                written = write_change_batch(dest, folder.batch, cols, soft_deletes=soft, state=state)
+                applied = _combine(applied, written)
         return BatchOutcome(
             0 if nothing else batch.changes,
             batch.transactions,
@@ -246,7 +265,7 @@ class CdcBatch:
         )
 
 
-def columns_of_relations(conn: Any, rels: Sequence[Any], info: TableInfo) -> dict:
+def columns_of_relations(conn: psycopg.Connection, rels: Sequence[Relation], info: TableInfo) -> dict[str, PgColumn]:
     """Types of every column the batch's relation messages carried (schema changes included)."""
     from airflow_pg_replication.source.catalog import resolve_column_types
     from airflow_pg_replication.source.type_map import PgColumn
@@ -262,7 +281,7 @@ def columns_of_relations(conn: Any, rels: Sequence[Any], info: TableInfo) -> dic
     return cols
 
 
-def let_go_while_folding(dest: Any) -> bool:
+def let_go_while_folding(dest: TableDestination) -> bool:
     """Whether a batch lets go of the DuckDB file between its checkpoint and its write: when someone waits for it.
 
     Letting go and taking the file again costs ~25 ms a batch (closing, opening, reading the state
@@ -272,6 +291,6 @@ def let_go_while_folding(dest: Any) -> bool:
     return dest.others_wait_for_file()
 
 
-def _combine(total: Any, part: Any) -> Any:
+def _combine(total: ApplyResult | None, part: ApplyResult) -> ApplyResult:
     """Sum the ApplyResults of a batch's parts (``total`` is None before the first)."""
     return part if total is None else total.add(part)

@@ -18,6 +18,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from airflow_pg_replication.errors import NeedsAttentionError
+from airflow_pg_replication.phase_timing import phase
 
 if TYPE_CHECKING:
     from airflow_pg_replication.source.catalog import SlotInfo
@@ -58,8 +59,7 @@ def apply_changes(
     outcomes: list[BatchOutcome] = []
     with _ArrowConnection(source) as arrow_conn, source.connect() as conn:
         source.check_wal_level(conn)
-        slot = source.slot_info(conn, t.slot)
-        _check_slot(t, slot, max_lag_bytes)
+        slot = _check_slot(t, source.slot_info(conn, t.slot), max_lag_bytes)
         info = t.read_info(source, conn)
         require_key(info, mode="cdc")
         batch = CdcBatch(source, t, info, max_batch_changes=max_batch_changes, max_rows_in_memory=max_rows_in_memory)
@@ -69,14 +69,17 @@ def apply_changes(
         start_lsn = slot.confirmed_flush_lsn
         confirmed = parse_lsn(start_lsn) if start_lsn else None
         while True:
-            outcome = batch.run(conn, arrow_conn.get(), upto, confirmed)
+            with phase("cdc.batch"):
+                outcome = batch.run(conn, arrow_conn.get(), upto, confirmed)
             outcomes.append(outcome)
             # Here the batch's data and its state row are committed (steps 1 and 2) and the
             # destination is closed; only now is it acknowledged (step 3): the slot advances past it.
-            moved = bool(outcome.advance_to and (confirmed is None or outcome.advance_to > confirmed))
-            if moved:
-                source.advance_slot(conn, t.slot, outcome.advance_to)
-                confirmed = outcome.advance_to
+            move_to = outcome.advance_to if (outcome.advance_to or 0) > (confirmed or 0) else None
+            moved = move_to is not None
+            if move_to is not None:
+                with phase("cdc.advance_slot"):
+                    source.advance_slot(conn, t.slot, move_to)
+                confirmed = move_to
             _log_batch(t, len(outcomes), outcome)
             if not outcome.cut:
                 stop = f"caught up to {format_lsn(upto)}, the WAL position at the run's start"
@@ -124,8 +127,8 @@ def apply_changes(
     }
 
 
-def _check_slot(table: ReplicatedTable, slot: SlotInfo | None, max_lag_bytes: int | None) -> None:
-    """A missing or invalidated slot fails with the fix (as the sensor does); lag past the limit warns."""
+def _check_slot(table: ReplicatedTable, slot: SlotInfo | None, max_lag_bytes: int | None) -> SlotInfo:
+    """The slot; a missing or invalidated one fails with the fix (as the sensor does); lag past the limit warns."""
     from airflow_pg_replication.source.slot_health import judge_slot
 
     judge_slot(slot, slot_name=table.slot, table=table.qualified_name, min_lag_bytes=0, max_lag_bytes=2**63 - 1)
@@ -143,6 +146,7 @@ def _check_slot(table: ReplicatedTable, slot: SlotInfo | None, max_lag_bytes: in
             f"{slot.lag_bytes:,}",
             f"{max_lag_bytes:,}",
         )
+    return slot
 
 
 def _log_batch(table: ReplicatedTable, number: int, outcome: BatchOutcome) -> None:
@@ -158,7 +162,7 @@ def _log_batch(table: ReplicatedTable, number: int, outcome: BatchOutcome) -> No
         table.qualified_name,
         number,
         format_lsn(outcome.from_lsn) if outcome.from_lsn else "the slot's start",
-        format_lsn(outcome.advance_to),
+        format_lsn(outcome.advance_to) if outcome.advance_to is not None else "no commit",
         f"{outcome.changes:,}",
         f"{outcome.transactions:,}",
         f", {outcome.skipped} already applied skipped" if outcome.skipped else "",

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from airflow_pg_replication.source.database import SourceDatabase
     from airflow_pg_replication.source.type_map import PgColumn
     from airflow_pg_replication.sync.replicated_table import ReplicatedTable
+    from airflow_pg_replication.table_state import ReplicationState
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +122,7 @@ class IncrementalRefresh:
         from psycopg import sql
 
         from airflow_pg_replication.destination.columns import destination_columns
-        from airflow_pg_replication.source.catalog import require_key
+        from airflow_pg_replication.source.catalog import one_value, require_key
         from airflow_pg_replication.source.pgoutput import format_lsn
         from airflow_pg_replication.source.snapshot_reads import (
             CopyProgress,
@@ -160,7 +161,7 @@ class IncrementalRefresh:
             where = cursor_from = None
             if mark_before is not None:
                 lower = self._lower_bound(col, mark_before)
-                cursor_from = copy_conn.execute(sql.SQL("SELECT ({})::text").format(lower)).fetchone()[0]
+                cursor_from = one_value(copy_conn, sql.SQL("SELECT ({})::text").format(lower))
                 where = sql.SQL("{} >= {}").format(cursor_id, lower)
                 log.info(
                     "%s: copying rows with %s >= %s (mark %s%s) into %s",
@@ -173,12 +174,9 @@ class IncrementalRefresh:
                 )
             # Same snapshot as the COPY below, so this is exactly the largest cursor value copied.
             max_sql = sql.SQL("SELECT max({})::text FROM {}").format(cursor_id, table_id)
-            new_max = copy_conn.execute(
-                max_sql + (sql.SQL(" WHERE ") + where if where is not None else sql.SQL(""))
-            ).fetchone()[0]
-            nulls = copy_conn.execute(
-                sql.SQL("SELECT count(*) FROM {} WHERE {} IS NULL").format(table_id, cursor_id)
-            ).fetchone()[0]
+            new_max = one_value(copy_conn, max_sql + (sql.SQL(" WHERE ") + where if where is not None else sql.SQL("")))
+            nulls_sql = sql.SQL("SELECT count(*) FROM {} WHERE {} IS NULL").format(table_id, cursor_id)
+            nulls = one_value(copy_conn, nulls_sql)
             batches = copy_batches(
                 copy_conn, info, lsn=lsn, block_bytes=self.chunk_bytes, progress=progress, where=where
             )
@@ -245,7 +243,9 @@ class IncrementalRefresh:
         }
 
 
-def _previous_mark(state: Any, dest: TableDestination, forced: bool) -> tuple[str | None, str | None]:
+def _previous_mark(
+    state: ReplicationState | None, dest: TableDestination, forced: bool
+) -> tuple[str | None, str | None]:
     """The mark to read from, or ``(None, why the whole table is copied)``."""
     if forced:
         return None, "full_refresh asked for by the run's params; replacing the destination table"

@@ -70,6 +70,9 @@ from airflow_pg_replication.reconcile.ranges import (
 from airflow_pg_replication.table_state import TablePhase
 
 if TYPE_CHECKING:
+    import psycopg
+
+    from airflow_pg_replication.destination.base import TableDestination
     from airflow_pg_replication.source.catalog import TableInfo
     from airflow_pg_replication.source.database import SourceDatabase
     from airflow_pg_replication.sync.replicated_table import ReplicatedTable
@@ -204,7 +207,7 @@ class Reconciliation:
         log.info("%s", message)
         raise DestinationBehind(message)
 
-    def _check_pending(self, conn: Any, info: TableInfo, applied: int, lsn: int) -> None:
+    def _check_pending(self, conn: psycopg.Connection, info: TableInfo, applied: int, lsn: int) -> None:
         """Skip/fail when the slot holds changes of the table committed after ``applied``, up to ``lsn``."""
         from airflow_pg_replication.changes.reference_fold import ChangeFolder
         from airflow_pg_replication.source.pgoutput import decode, format_lsn
@@ -242,7 +245,9 @@ class Reconciliation:
             format_lsn(lsn),
         )
 
-    def _compare(self, snap: Any, dest: Any, info: TableInfo, keys: KeySpace, plan: RangePlan) -> list[dict]:
+    def _compare(
+        self, snap: psycopg.Connection, dest: TableDestination, info: TableInfo, keys: KeySpace, plan: RangePlan
+    ) -> list[dict]:
         from dlt.destinations.exceptions import DatabaseUndefinedRelation
 
         from airflow_pg_replication.replica_columns import DELETED_AT_COLUMN
@@ -302,9 +307,11 @@ class Reconciliation:
         return results
 
 
-def _plan(snap: Any, keys: KeySpace, n_ranges: int) -> RangePlan:
+def _plan(snap: psycopg.Connection, keys: KeySpace, n_ranges: int) -> RangePlan:
     """Count the source rows and pick range bounds at equal row-count steps in key order."""
-    rows = snap.execute(keys.count_query()).fetchone()[0]
+    from airflow_pg_replication.source.catalog import one_value
+
+    rows = one_value(snap, keys.count_query())
     bounds: list[tuple] = []
     if keys.names and rows and n_ranges > 1:
         texts = [tuple(r) for r in snap.execute(keys.bounds_query(), (range_step(rows, n_ranges),)).fetchall()]
@@ -312,14 +319,17 @@ def _plan(snap: Any, keys: KeySpace, n_ranges: int) -> RangePlan:
     return RangePlan(rows, plan_ranges(bounds, keys.nullable))
 
 
-def _nullable_key_columns(conn: Any, info: TableInfo) -> bool:
+def _nullable_key_columns(conn: psycopg.Connection, info: TableInfo) -> bool:
+    from airflow_pg_replication.source.catalog import one_value
+
     if not info.primary_key:
         return False
-    row = conn.execute(
+    nullable = one_value(
+        conn,
         "SELECT count(*) FROM pg_attribute WHERE attrelid = %s AND attname = ANY(%s) AND NOT attnotnull",
         (info.oid, list(info.primary_key)),
-    ).fetchone()
-    return bool(row[0])
+    )
+    return bool(nullable)
 
 
 def _fmt_lsn(lsn: int | None) -> str:

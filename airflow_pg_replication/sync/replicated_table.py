@@ -1,4 +1,6 @@
-"""A source table replicated into a destination: its names, what to copy, and where its copy, slot and publication live."""
+"""A source table replicated into a destination: its names, what to copy, and where its copy, slot and publication
+live.
+"""
 
 from __future__ import annotations
 

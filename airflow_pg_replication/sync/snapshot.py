@@ -18,7 +18,14 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
+from airflow_pg_replication.phase_timing import phase
+
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    import psycopg
+    import pyarrow as pa
+
     from airflow_pg_replication.source.database import SourceDatabase
     from airflow_pg_replication.sync.replicated_table import ReplicatedTable
 
@@ -59,7 +66,7 @@ def snapshot_table(
         schema = snapshot_schema(info)
         progress = CopyProgress(t.qualified_name)
 
-        def rows(copy_conn: Any, lsn: int) -> Any:
+        def rows(copy_conn: psycopg.Connection, lsn: int) -> Iterator[pa.RecordBatch]:
             return prefetched(copy_batches(copy_conn, info, lsn=lsn, block_bytes=chunk_bytes, progress=progress))
 
         with t.open_destination() as dest, source.connect(autocommit=False) as copy_conn:
@@ -71,25 +78,28 @@ def snapshot_table(
             )
             if with_slot:
                 # First say the copy is not usable, so a crash anywhere below leads to a new snapshot.
-                dest.prepare_replace(
-                    full_copy_state(t.qualified_name, TablePhase.SNAPSHOTTING, slot=t.slot),
-                    schema=schema,
-                    columns=hints,
-                    primary_key=info.primary_key,
-                )
+                with phase("snapshot.prepare"):  # a first snapshot's dlt run creates the tables here
+                    dest.prepare_replace(
+                        full_copy_state(t.qualified_name, TablePhase.SNAPSHOTTING, slot=t.slot),
+                        schema=schema,
+                        columns=hints,
+                        primary_key=info.primary_key,
+                    )
                 source.ensure_publication(conn, t.publication, t.schema, t.name)
                 source.drop_slot(conn, t.slot)
                 with source.create_slot_with_snapshot(t.slot) as created:
                     lsn = created.consistent_lsn
                     begin_snapshot(copy_conn, created.snapshot_name)
                     state = full_copy_state(t.qualified_name, TablePhase.READY, slot=t.slot, snapshot_lsn=lsn)
-                    dest.replace(rows(copy_conn, lsn), hints, info.primary_key, schema=schema, state=state)
+                    with phase("snapshot.load"):
+                        dest.replace(rows(copy_conn, lsn), hints, info.primary_key, schema=schema, state=state)
                     copy_conn.rollback()
             else:
                 begin_snapshot(copy_conn, None)
                 lsn = source.current_wal_lsn(copy_conn)
                 state = full_copy_state(t.qualified_name, TablePhase.LOADED, snapshot_lsn=lsn)
-                dest.replace(rows(copy_conn, lsn), hints, info.primary_key, schema=schema, state=state)
+                with phase("snapshot.load"):
+                    dest.replace(rows(copy_conn, lsn), hints, info.primary_key, schema=schema, state=state)
                 copy_conn.rollback()
     secs = time.monotonic() - started
     log.info(

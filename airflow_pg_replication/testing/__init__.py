@@ -1,1 +1,4 @@
-"""Test bed: throwaway PostgreSQL clusters and Airflow deployments for tests, the demo and benchmarks; not runtime code."""
+"""Test bed: throwaway PostgreSQL clusters and Airflow deployments for tests, the demo and benchmarks.
+
+Not runtime code.
+"""

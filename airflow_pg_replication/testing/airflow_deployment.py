@@ -18,6 +18,7 @@ descendant seen are sent SIGTERM, then SIGKILL.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import glob
 import json
 import os
@@ -276,7 +277,7 @@ class AirflowDeployment:
 
     def wait_for(
         self,
-        predicate: Callable[[], T],
+        predicate: Callable[[], T | None],
         timeout: float,
         what: str,
         *,
@@ -563,15 +564,11 @@ def _tail_text(text: str, lines: int) -> str:
 
 def _signal_group(comp: Component, sig: int) -> None:
     """Send ``sig`` to the component's process group and to every descendant seen (which may have left it)."""
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(comp.proc.pid, sig)  # start_new_session: the group id is the component's pid
-    except (ProcessLookupError, PermissionError):
-        pass
     for pid in _live_descendants(comp):
-        try:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
 
 
 def _live_descendants(comp: Component) -> list[int]:

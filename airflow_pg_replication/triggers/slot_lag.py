@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
+
+if TYPE_CHECKING:
+    from airflow_pg_replication.source.table_changes import PokeResult, PokeTarget
 
 
 class SlotLagTrigger(BaseTrigger):
@@ -53,7 +56,7 @@ class SlotLagTrigger(BaseTrigger):
             },
         )
 
-    async def _look(self) -> Any:
+    async def _look(self) -> PokeResult:
         import psycopg
         from asgiref.sync import sync_to_async
 
@@ -86,7 +89,7 @@ class SlotLagTrigger(BaseTrigger):
             await asyncio.sleep(self.poke_interval)
 
 
-def poke_target(table: str, *, slot: str, publication: str, min_lag_bytes: int, max_lag_bytes: int) -> Any:
+def poke_target(table: str, *, slot: str, publication: str, min_lag_bytes: int, max_lag_bytes: int) -> PokeTarget:
     """The :class:`~airflow_pg_replication.source.table_changes.PokeTarget` of ``table`` (``schema.table``
     or ``table``, meaning schema public)."""
     from airflow_pg_replication.registry.names import parse_table_name

@@ -201,7 +201,8 @@ class Checker:
             if failed == {"wait_for_changes"} and (dag_id, "wait_for_changes", run["dag_run_id"]) in races:
                 warnings.warn(
                     f"{dag_id}/{run['dag_run_id']}: the scheduler failed wait_for_changes (reschedule "
-                    "mode) on a late executor event: Airflow's race apache/airflow#71172, not the sensor"
+                    "mode) on a late executor event: Airflow's race apache/airflow#71172, not the sensor",
+                    stacklevel=2,
                 )
                 continue
             bad.append(self.af.describe_run(dag_id, run["dag_run_id"]))

@@ -85,7 +85,7 @@ def test_binary_read_equals_text_path_for_every_column(pg_db):
 def test_multidimensional_array_is_refused_by_name(pg_db):
     pg_db.execute("CREATE TABLE grid (id int PRIMARY KEY, cells int[])")
     pg_db.execute("INSERT INTO grid VALUES (1, '{1,2}'), (2, '{{1,2},{3,4}}')")
-    with pytest.raises(TextParseError, match="cells.*multi-dimensional"):
+    with pytest.raises(TextParseError, match=r"cells.*multi-dimensional"):
         _read(PgReplicationHook(), "grid")
 
 

@@ -197,7 +197,7 @@ def test_wal_level_replica_is_one_clear_error(duck, monkeypatch, tmp_path):
         with psycopg.connect(cluster.dsn("src"), autocommit=True) as conn:
             conn.execute("CREATE TABLE customers (customer_id bigint PRIMARY KEY, first_name text)")
         monkeypatch.setenv("AIRFLOW_CONN_PG_SOURCE", cluster.conn_uri("src"))
-        full, apply = ops(duck)
+        full, _ = ops(duck)
         with pytest.raises(ReplicationError, match="wal_level=replica") as err:
             full.execute({})
         assert "wal_level = logical" in str(err.value)

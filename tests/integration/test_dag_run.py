@@ -209,7 +209,8 @@ def test_dag_file_builds_from_env_registry_without_heavy_imports(tmp_path: Path)
         ns = runpy.run_path({str(DAG_FILE)!r})
         from airflow.sdk import DAG
         print(sorted(k for k, v in ns.items() if isinstance(v, DAG)))
-        print(sorted(m for m in sys.modules if m.split('.')[0] in ('dlt', 'pyarrow', 'duckdb', 'pandas', 'adbc_driver_manager', 'adbc_driver_postgresql')))
+        heavy = ('dlt', 'pyarrow', 'duckdb', 'pandas', 'adbc_driver_manager', 'adbc_driver_postgresql')
+        print(sorted(m for m in sys.modules if m.split('.')[0] in heavy))
         """)
     env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW__")}
     env.update(
@@ -260,7 +261,8 @@ def test_broken_entry_is_an_airflow_import_error_and_good_dags_load(tmp_path: Pa
         except ImportError:
             from airflow.models.dagbag import DagBag
         bag = DagBag(dag_folder={str(dags)!r})
-        print(json.dumps({{"dags": sorted(bag.dag_ids), "errors": {{k.split("/")[-1]: v for k, v in bag.import_errors.items()}}}}))
+        errors = {{k.split("/")[-1]: v for k, v in bag.import_errors.items()}}
+        print(json.dumps({{"dags": sorted(bag.dag_ids), "errors": errors}}))
         """)
     env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW__")}
     env.update(

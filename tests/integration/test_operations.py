@@ -128,7 +128,7 @@ def test_invalidated_slot_fail_policy(small_wal_cluster, duck):
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("UPDATE customers SET name = 'lost change' WHERE customer_id = 1")
     invalidate_slot(dsn)
-    with pytest.raises(SlotLostError, match="invalidated.*full_refresh=true"):
+    with pytest.raises(SlotLostError, match=r"invalidated.*full_refresh=true"):
         choose_next_task(table="customers", source_conn_id="pg_source", destination=duck.spec, on_slot_lost="fail")
     with pytest.raises(SlotLostError, match="wal_status=lost"):
         PgSlotLagSensor(task_id="w", table="customers").poke({})

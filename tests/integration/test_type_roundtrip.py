@@ -29,11 +29,12 @@ CREATE TABLE every_type (
 ROWS = """
 INSERT INTO every_type VALUES
  ({id}, -32768, 2147483647, -9223372036854775808, 1.5, 'NaN', 123456789012345.12345, 12345678901234567890.123456789,
-  true, 'Zoë 美咲 "quoted", back\\slash', 'ten chars!', 'ab', '\\x00ff10', '2024-02-29', '23:59:59.999999',
-  '2024-01-01 12:34:56.789', '2024-06-01 10:00:00.5+02', '1 year 2 months 3 days 04:05:06.7', 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11',
-  '{{"a": [1, null]}}', '{{"nested": {{"k": "v"}}, "n": 1.50}}', '{{1,NULL,3}}', '{{"a b","c\\"d",NULL,"NULL"}}', 'happy', 7, '192.168.0.1/24'),
- ({id2}, NULL, NULL, NULL, '-Infinity', 'Infinity', NULL, NULL, NULL, '', NULL, NULL, '\\x', '0001-01-01', '00:00', NULL,
-  '1999-12-31 23:59:59+00', NULL, NULL, 'null', 'null', '{{}}', '{{}}', NULL, NULL, NULL),
+  true, 'Zoë 美咲 "quoted", back\\slash', 'ten chars!', 'ab', '\\x00ff10', '2024-02-29',
+  '23:59:59.999999', '2024-01-01 12:34:56.789', '2024-06-01 10:00:00.5+02', '1 year 2 months 3 days 04:05:06.7',
+  'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', '{{"a": [1, null]}}', '{{"nested": {{"k": "v"}}, "n": 1.50}}',
+  '{{1,NULL,3}}', '{{"a b","c\\"d",NULL,"NULL"}}', 'happy', 7, '192.168.0.1/24'),
+ ({id2}, NULL, NULL, NULL, '-Infinity', 'Infinity', NULL, NULL, NULL, '', NULL, NULL, '\\x', '0001-01-01', '00:00',
+  NULL, '1999-12-31 23:59:59+00', NULL, NULL, 'null', 'null', '{{}}', '{{}}', NULL, NULL, NULL),
  ({id3}, 0, 0, 0, 0, -0.0, -0.00001, 0, false, NULL, 'x', 'abcde', NULL, NULL, NULL, '1970-01-01 00:00:00', NULL,
   '-1 days +00:00:01', NULL, NULL, NULL, NULL, NULL, 'sad', 1, '::1')
 """

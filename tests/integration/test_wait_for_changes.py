@@ -263,7 +263,7 @@ def test_missing_slot_raises_slot_lost(snapshotted):
     db = snapshotted
     write_other(db)  # WAL to decode: the poke goes on to peek
     # dropped between the poke's slot read and its peek
-    with pytest.raises(SlotLostError, match="does not exist.*full_refresh=true"):
+    with pytest.raises(SlotLostError, match=r"does not exist.*full_refresh=true"):
         poke(db, between=lambda i: drop_slot(db) if i == 1 else None)
     with pytest.raises(SlotLostError, match="does not exist"):
         sensor().poke({})
@@ -361,7 +361,7 @@ def test_missing_publication_needs_attention_sync_and_async(snapshotted):
     db = snapshotted
     db.execute(sql.SQL("DROP PUBLICATION {}").format(sql.Identifier(SLOT)))
     write_other(db, rows=10)
-    with pytest.raises(NeedsAttentionError, match="publication .* is gone.*full_refresh=true"):
+    with pytest.raises(NeedsAttentionError, match=r"publication .* is gone.*full_refresh=true"):
         sensor().poke({})
     target = poke_target("customers", slot=SLOT, publication=SLOT, min_lag_bytes=1, max_lag_bytes=10**12)
 
@@ -369,5 +369,5 @@ def test_missing_publication_needs_attention_sync_and_async(snapshotted):
         async with await psycopg.AsyncConnection.connect(db.dsn, autocommit=True) as conn:
             return await poke_async(conn, target)
 
-    with pytest.raises(NeedsAttentionError, match="publication .* is gone"):
+    with pytest.raises(NeedsAttentionError, match=r"publication .* is gone"):
         asyncio.run(async_poke())

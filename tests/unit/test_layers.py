@@ -15,9 +15,10 @@ PACKAGE = Path(__file__).resolve().parents[2] / "airflow_pg_replication"
 
 #: Bottom to top. A key is a module or folder under the package; the first matching prefix wins.
 LAYERS: list[tuple[str, ...]] = [
-    ("errors", "replica_columns", "table_state"),
+    ("errors", "replica_columns", "table_state", "phase_timing"),
     ("source",),
     ("changes",),
+    ("changelog",),
     ("reconcile",),
     ("destination",),
     ("sync",),

@@ -34,9 +34,12 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 from airflow_pg_replication.errors import NeedsAttentionError, TransientError
+
+if TYPE_CHECKING:
+    import duckdb
 
 log = logging.getLogger(__name__)
 
@@ -94,10 +97,8 @@ def _forget_holds_in_child() -> None:
     """After fork: the child shares the parent's lock files; it forgets them (closing, never unlocking)."""
     global _holds_guard
     for hold in _holds.values():
-        try:
+        with contextlib.suppress(OSError):
             os.close(hold.fd)
-        except OSError:
-            pass
     _holds.clear()
     _taking.clear()
     _holds_guard = threading.Lock()
@@ -333,7 +334,7 @@ def connect(
     what: str,
     wait: float | None = None,
     advice: str = f"The task's retry goes on; {BUSY_TIMEOUT_ENV} sets how long a task waits",
-) -> Any:
+) -> duckdb.DuckDBPyConnection:
     """``duckdb.connect(path, read_only=…)``, waiting for a process that holds the file without our lock.
 
     Call it holding :func:`locked`: then only such a process (a plain ``duckdb.connect``, the

@@ -8,10 +8,12 @@ row commit together: a crash leaves either both or neither.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import contextlib
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from airflow_pg_replication.destination.sql import compose
+from airflow_pg_replication.phase_timing import phase, timed_iter
 
 COMMIT_ROWS = (
     245_760  # rows per transaction of a staged load: two DuckDB row groups; fewer commits are faster, more use memory
@@ -135,18 +137,21 @@ class NativeDuckDb:
         self.con.execute("SET wal_autocheckpoint = '1TB'")
         self.con.execute("BEGIN TRANSACTION")
         try:
-            for batch in batches:
+            for batch in timed_iter("duckdb.wait_rows", batches):  # the rows' reader not keeping up
                 if not batch.num_rows:
                     continue
-                self._run_with(
-                    "pg_replication_src", self._json_as_is(pa.Table.from_batches([batch], schema=schema)), insert
-                )
+                with phase("duckdb.insert"):
+                    self._run_with(
+                        "pg_replication_src", self._json_as_is(pa.Table.from_batches([batch], schema=schema)), insert
+                    )
                 pending += batch.num_rows
                 if pending >= COMMIT_ROWS:
-                    self.con.execute("COMMIT")
+                    with phase("duckdb.commit"):
+                        self.con.execute("COMMIT")
                     self.con.execute("BEGIN TRANSACTION")
                     pending = 0
-            self.con.execute("COMMIT")
+            with phase("duckdb.commit"):
+                self.con.execute("COMMIT")
         except BaseException:
             self.con.execute("ROLLBACK")
             raise
@@ -228,13 +233,11 @@ class NativeDuckDb:
         try:
             self.con.execute(statement)
         finally:
-            try:
+            with contextlib.suppress(Exception):  # an aborted transaction refuses it; the rollback comes next
                 self.con.unregister(name)
-            except Exception:  # an aborted transaction refuses it; the rollback comes next
-                pass
 
-    def _transaction(self, work: Any, after: Sequence[tuple]) -> None:
-        with self.client.begin_transaction():
+    def _transaction(self, work: Callable[[], object], after: Sequence[tuple]) -> None:
+        with phase("duckdb.transaction"), self.client.begin_transaction():
             work()
             for stmt in after:
                 self.con.execute(*stmt)

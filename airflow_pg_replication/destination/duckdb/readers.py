@@ -13,9 +13,12 @@ import contextlib
 import os
 import time
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from airflow_pg_replication.destination.duckdb import file_lock as duckdb_file
+
+if TYPE_CHECKING:
+    import duckdb
 
 _ADVICE = "try again, or pass a longer timeout"
 
@@ -23,7 +26,7 @@ _ADVICE = "try again, or pass a longer timeout"
 @contextlib.contextmanager
 def read_warehouse(
     path: str | os.PathLike | None = None, *, timeout: float = duckdb_file.READER_TIMEOUT_SECONDS
-) -> Iterator[Any]:
+) -> Iterator[duckdb.DuckDBPyConnection]:
     """A read-only DuckDB connection to the warehouse, for the block; safe while tasks write it.
 
     ``path``: the DuckDB file (a registry's ``destination.credentials``); by default the

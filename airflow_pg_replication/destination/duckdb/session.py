@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import duckdb
 
 
 def quote_identifier(name: str) -> str:
@@ -22,7 +25,7 @@ def quote_identifier(name: str) -> str:
 class DuckDbSession:
     """One DuckDB connection, addressed like dlt's DuckDB SQL client of ``dataset_name``."""
 
-    def __init__(self, connection: Any, dataset_name: str) -> None:
+    def __init__(self, connection: duckdb.DuckDBPyConnection, dataset_name: str) -> None:
         from dlt.common.normalizers.naming.direct import NamingConvention
 
         self.native_connection = connection

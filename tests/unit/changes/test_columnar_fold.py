@@ -125,7 +125,7 @@ def columnar_rows(cb: ColumnarBatch):
     layout = [c.name for c in cb.relation.columns]
     assert list(cb.values) == layout
     n = len(cb.deleted)
-    for name, arr in cb.values.items():
+    for arr in cb.values.values():
         assert arr.type == pa.string() and len(arr) == n
     for arr in cb.unchanged.values():
         assert arr.type == pa.bool_() and len(arr) == n and arr.null_count == 0 and any(arr.to_pylist())
@@ -170,7 +170,7 @@ def _as_arrow(raw: list[bytes]):
     half = len(raw) // 2
     yield pa.array(raw, pa.binary())
     yield pa.chunked_array([pa.array(raw[:half], pa.binary()), pa.array(raw[half:], pa.binary())])
-    yield pa.array([b"junk"] + raw + [b"junk"], pa.binary()).slice(1, len(raw))
+    yield pa.array([b"junk", *raw, b"junk"], pa.binary()).slice(1, len(raw))
 
 
 # -- the captured fixture ---------------------------------------------------------------------------
@@ -352,7 +352,7 @@ ROW = ["eu", "1", "a", "b", "c", "d"]
     [
         pytest.param(_base(insert(OID, ROW), truncate(OID)), id="truncate"),
         pytest.param(
-            _base(insert(OID, ROW), relation(OID, "t", COLS + ("e",)), insert(OID, ROW + ["e"])), id="schema-change"
+            _base(insert(OID, ROW), relation(OID, "t", (*COLS, "e")), insert(OID, [*ROW, "e"])), id="schema-change"
         ),
         pytest.param(_base(update(OID, ROW, ["eu", "2", None, None, None, None])), id="key-change"),
         pytest.param(_base(update(OID, ROW, ROW, b"O")), id="replica-identity-full-update"),

@@ -767,7 +767,7 @@ def test_registry_lookups():
     registry = parse_registry(DESIGN_EXAMPLE)
     assert registry.table("customers").qualified_name == "public.customers"
     assert registry.table("sales.events").slot_name == "events_slot"
-    with pytest.raises(KeyError, match="public.nope"):
+    with pytest.raises(KeyError, match=r"public\.nope"):
         registry.table("nope")
     assert list(registry.by_dag_id()) == [
         "pg_replication__public__customers",

@@ -283,7 +283,7 @@ def test_primary_key_update_sends_old_key_tuple() -> None:
     (update,) = changes("t5_pk_update")
     assert update.old_kind == "K"
     assert update.old == ("eu", "1") + (None,) * 8  # only key columns are filled in
-    assert update.new == ("eu", "10") + ORDER_EU[2:]
+    assert update.new == ("eu", "10", *ORDER_EU[2:])
 
 
 def test_non_key_update_has_no_old_tuple() -> None:
@@ -320,7 +320,7 @@ def test_multi_statement_transaction() -> None:
         Insert(OIDS["parent"], ("1", "p1")),
         Insert(OIDS["child"], ("1", "1")),
         Insert(OIDS["by_index"], ("k1", "1")),
-        Update(OIDS["orders"], ("eu", "10", "multi") + ORDER_EU[3:] + ("7",)),
+        Update(OIDS["orders"], ("eu", "10", "multi", *ORDER_EU[3:], "7")),
         Delete(OIDS["by_index"], ("k1", None), "K"),
     ]
 
@@ -492,8 +492,10 @@ def test_lsn_text_matches_postgres_for_all_captured_rows() -> None:
 
 @pytest.mark.parametrize(
     "text",
-    ["", "16", "16/", "/1", "0x1/2", "1/0x2", "1/2/3", "123456789/0"]
-    + [" 1/2", "1/2 ", "-1/2", "+1/2", "G/0", "1_0/2", "16\\B374D848"],
+    [
+        *("", "16", "16/", "/1", "0x1/2", "1/0x2", "1/2/3", "123456789/0"),
+        *(" 1/2", "1/2 ", "-1/2", "+1/2", "G/0", "1_0/2", "16\\B374D848"),
+    ],
 )
 def test_parse_lsn_rejects_garbage(text: str) -> None:
     with pytest.raises(ValueError, match="invalid LSN"):

@@ -370,7 +370,7 @@ def test_time():
 
 def test_timestamp_fraction_digits():
     values = ["2019-01-01 00:00:00"] + [f"2019-01-01 00:00:00.{'123456'[:n]}" for n in range(1, 7)]
-    out = conv("timestamp", values + [None])
+    out = conv("timestamp", [*values, None])
     base = 1546300800 * 10**6
     assert ints(out) == [
         base,
