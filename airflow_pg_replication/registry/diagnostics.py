@@ -21,7 +21,8 @@ _SECRET_KEY_RE = re.compile(r"passw(or)?d|secret|token|api_?key|private_?key|acc
 
 _KeyPath = tuple  # e.g. ("tables", 1, "mode"), shown as tables[1].mode
 _Found = list[tuple[_KeyPath, str]]  # (key path, message) problems
-Duplicates = Callable[[dict[int, Any]], list[tuple[int, str, str]]]  # table configs -> (index, key, message)
+#: (table configs by index, validated sections) -> (index, key, message) problems across tables
+Duplicates = Callable[[dict[int, Any], dict[str, Any]], list[tuple[int, str, str]]]
 
 
 @dataclass(frozen=True)
@@ -114,6 +115,24 @@ def _unknown_key(key: Any, valid: list[str]) -> str:
     return f"unknown key; did you mean {close[0]!r}?" if close else f"unknown key; valid keys: {', '.join(valid)}"
 
 
+def _model_at(model: type[BaseModel], path: _KeyPath) -> type[BaseModel]:
+    """The model that validates the mapping at ``path`` inside ``model`` (through fields and mapping values)."""
+    import typing
+
+    for part in path:
+        fields = model.model_fields
+        annotation = fields["root"].annotation if "root" in fields else getattr(fields.get(str(part)), "annotation", None)
+        if "root" not in fields and annotation is None:
+            return model
+        args = [a for a in typing.get_args(annotation) if isinstance(a, type) and issubclass(a, BaseModel)]
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            args = [annotation]
+        if not args:
+            return model
+        model = args[-1]
+    return model
+
+
 def _validate(model: type[BaseModel], data: Any) -> tuple[Any, _Found]:
     """Validate strictly (YAML gives real types): the model, or None and the (key path, message) problems."""
     try:
@@ -126,7 +145,7 @@ def _validate(model: type[BaseModel], data: Any) -> tuple[Any, _Found]:
         if isinstance(cause, KeyedProblems):
             problems += [((*loc, key), message) for key, message in cause.problems]
         elif kind == "extra_forbidden":
-            problems.append((loc, _unknown_key(loc[-1], list(model.model_fields))))
+            problems.append((loc, _unknown_key(loc[-1], list(_model_at(model, loc[:-1]).model_fields))))
         elif kind == "missing":
             problems.append((loc, "required key is missing"))
         elif kind == "value_error":
@@ -209,7 +228,8 @@ def check_document(
         if not isinstance(item, dict):
             add(("tables", index), [((), "each entry must be a mapping like '- table: public.customers'")])
             continue
-        cfg, found = _validate(table_model, {**defaults, **item})
+        merge = getattr(table_model, "merged_with_defaults", None)
+        cfg, found = _validate(table_model, merge(defaults, item) if merge else {**defaults, **item})
         inherited = defaults.keys() - item.keys()
         add(
             ("tables", index),
@@ -218,7 +238,7 @@ def check_document(
         if cfg is not None:
             configs[index] = cfg
     broken = {i for i in (_table_index(p) for p, _, _ in problems) if i is not None}
-    for index, key, message in duplicates({i: cfg for i, cfg in configs.items() if i not in broken}):
+    for index, key, message in duplicates({i: cfg for i, cfg in configs.items() if i not in broken}, validated):
         problems.append((("tables", index, key), None, message))
         broken.add(index)
 

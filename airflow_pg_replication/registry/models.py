@@ -8,9 +8,19 @@ import re
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeInt,
+    PositiveInt,
+    RootModel,
+    model_validator,
+)
 
 from airflow_pg_replication.destination.duckdb.default_file import default_duckdb_path
 from airflow_pg_replication.registry import names as naming
@@ -24,6 +34,8 @@ from airflow_pg_replication.registry.diagnostics import (  # the error types are
 )
 
 DEFAULT_SCHEDULE = "*/5 * * * *"
+DEFAULT_GROUP = "default"
+DEFAULT_CAPTURE_SCHEDULE = "* * * * *"
 SCHEDULE_PRESETS = ("@once", "@continuous", "@hourly", "@daily", "@weekly", "@monthly", "@quarterly", "@yearly")
 _INTERVAL_RE = re.compile(r"\s*(\d+(?:\.\d+)?)\s+(second|minute|hour|day)s?\s*")
 _URI_WITH_PASSWORD_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/@:\s]*:[^/@\s]+@")
@@ -39,6 +51,11 @@ def parse_interval(text: str) -> datetime.timedelta:
             "hour(s) or day(s), e.g. '5 minutes'"
         )
     return datetime.timedelta(**{match[2] + "s": float(match[1])})
+
+
+def default_change_log() -> str:
+    """Where a slot group's change log lives unless it says: ``$AIRFLOW_HOME/pg_replication/changes``."""
+    return os.path.abspath(os.path.join(os.environ.get("AIRFLOW_HOME") or ".", "pg_replication", "changes"))
 
 
 def _check_schedule(value: str | None) -> None:
@@ -89,6 +106,11 @@ SlotName = Annotated[
     _passes(
         partial(_check_pattern, r"[a-z0-9_]{1,63}", "slot name", "[a-z0-9_]{1,63} (PostgreSQL's rule for slot names)")
     ),
+]
+GroupName = Annotated[
+    str,
+    _passes(partial(_check_pattern, r"[a-z0-9_]{1,63}", "slot group name", "[a-z0-9_]{1,63} (lower case letters, "
+                    "digits and '_')")),
 ]
 DestinationType = Annotated[
     str,
@@ -145,6 +167,36 @@ class DestinationConfig(_Model):
         return {**result, "conn_id": self.conn_id} if self.conn_id is not None else result
 
 
+class SlotGroupConfig(_Model):
+    """One slot group (``slot_groups:``): its slot and publication, its capture DAG's schedule, its change log."""
+
+    slot: SlotName | None = None  # default pgrepl_<group>; also the publication's name
+    schedule: Annotated[str | None, _passes(_check_schedule)] = DEFAULT_CAPTURE_SCHEDULE
+    change_log: Annotated[str, _passes(_check_no_password)] | None = None  # a local path or an object-storage URL
+    change_log_conn_id: ConnId | None = None  # Airflow connection for an object-storage change_log
+
+
+@dataclass(frozen=True)
+class ResolvedSlotGroup:
+    """A slot group with every default filled in and every name derived."""
+
+    name: str
+    slot: str
+    publication: str
+    schedule: str | None
+    change_log: str
+    change_log_conn_id: str | None
+    dag_id: str
+
+
+def resolve_slot_group(name: str, config: SlotGroupConfig | None) -> ResolvedSlotGroup:
+    """The group ``name`` as ``config`` (or every default) says."""
+    config = config or SlotGroupConfig()
+    slot = config.slot or naming.group_slot_name(name)
+    return ResolvedSlotGroup(name, slot, slot, config.schedule, config.change_log or default_change_log(),
+                             config.change_log_conn_id, naming.capture_dag_id(name))
+
+
 class TableDefaults(_Model):
     """Every per-table knob with its default; ``poke_interval`` is the lag sensor's poke period in seconds."""
 
@@ -159,6 +211,7 @@ class TableDefaults(_Model):
     verify: bool = False
     poke_interval: PositiveInt = 30
     deferrable: bool | None = None  # None: Airflow's [operators] default_deferrable
+    slot_group: GroupName = DEFAULT_GROUP  # CDC tables without a dedicated ``slot`` share their group's slot
 
     @model_validator(mode="after")
     def _cross_checks(self) -> TableDefaults:
@@ -175,7 +228,7 @@ class TableDefaults(_Model):
 class TableConfig(TableDefaults):
     """One table's effective configuration: the defaults merged with the table's own keys.
 
-    ``publication_name`` is ``slot`` when a slot is given (one name for both), else the derived default.
+    A CDC table shares its slot group's slot unless it names a dedicated ``slot`` (see :meth:`Registry.names_of`).
     """
 
     table: Annotated[str, _passes(naming.parse_table_name)]
@@ -184,10 +237,20 @@ class TableConfig(TableDefaults):
     cursor_column: ColumnName | None = None
     cursor_lookback: Annotated[str, _passes(parse_interval)] | None = None
     destination_table: Annotated[str, _named("destination table name")] | None = None
-    slot: SlotName | None = None
+    slot: SlotName | None = None  # a dedicated slot (and publication) of this table alone: a group of one
+
+    @classmethod
+    def merged_with_defaults(cls, defaults: dict[str, Any], entry: dict[str, Any]) -> dict[str, Any]:
+        """The entry with ``defaults`` filled in; a table's own ``slot`` overrides a ``slot_group`` from defaults."""
+        if "slot" in entry:
+            defaults = {k: v for k, v in defaults.items() if k != "slot_group"}
+        return {**defaults, **entry}
 
     def _problems(self) -> list[tuple[str, str]]:
         problems = super()._problems()
+        if self.slot is not None and "slot_group" in self.model_fields_set:
+            problems.append(("slot_group", "a table with its own `slot` (a dedicated slot) is in no slot group; "
+                                           "remove slot_group, or remove slot to share the group's slot"))
         if self.mode == "incremental" and self.cursor_column is None:
             problems.append(("mode", "mode incremental needs cursor_column (e.g. cursor_column: updated_at)"))
         for key in ("cursor_column", "cursor_lookback"):
@@ -208,20 +271,44 @@ class TableConfig(TableDefaults):
     schema_name = property(lambda self: self.names.schema, doc="Schema ('public' if bare).")
     table_name = property(lambda self: self.names.table, doc="Table name, no schema.")
     qualified_name = property(lambda self: self.names.qualified_name, doc="'schema.table'.")
-    slot_name = property(lambda self: self.names.slot, doc="The table's replication slot.")
-    publication_name = property(lambda self: self.names.publication, doc="The table's publication.")
     dag_id = property(lambda self: self.names.dag_id, doc="The table's DAG id.")
     destination_table_name = property(lambda self: self.names.destination_table, doc="Its destination table.")
+
+    @property
+    def group(self) -> str | None:
+        """The slot group a CDC table shares a slot with; None for a dedicated slot or a table without CDC."""
+        return self.slot_group if self.mode == "cdc" and self.slot is None else None
 
     def cursor_lookback_delta(self) -> datetime.timedelta:
         """``cursor_lookback`` as a timedelta; zero when unset."""
         return parse_interval(self.cursor_lookback) if self.cursor_lookback else datetime.timedelta(0)
 
 
-def _duplicates(tables: dict[int, TableConfig]) -> list[tuple[int, str, str]]:
-    """(index, key, message) for each table reusing an earlier table's name, destination, slot or DAG id."""
+def _groups_of(tables: dict[int, TableConfig], listed: dict[str, SlotGroupConfig]) -> dict[str, ResolvedSlotGroup]:
+    """Every slot group a table uses or the registry lists, resolved."""
+    names = {cfg.group for cfg in tables.values() if cfg.group is not None} | set(listed)
+    return {name: resolve_slot_group(name, listed.get(name)) for name in sorted(names)}
+
+
+def _duplicates(tables: dict[int, TableConfig], sections: dict[str, Any]) -> list[tuple[int, str, str]]:
+    """(index, key, message) for each table reusing an earlier table's name, destination, slot or DAG id.
+
+    A slot group's slot and capture DAG id count as claimed before any table: a dedicated slot may
+    not be a group's slot, nor two groups share one.
+    """
+    listed = sections.get("slot_groups") or {}
+    listed = listed.root if isinstance(listed, SlotGroupsConfig) else listed
+    groups = _groups_of(tables, listed)
     seen: dict[tuple[str, str], int] = {}
+    group_claims: dict[tuple[str, str], str] = {}
     problems = []
+    first_of = {cfg.group: i for i, cfg in reversed(list(tables.items())) if cfg.group is not None}
+    for name, group in groups.items():
+        for kind, value in (("replication slot", group.slot), ("DAG id", group.dag_id)):
+            if (kind, value) in group_claims and name in first_of:
+                problems.append((first_of[name], "slot_group", f"{kind} {value!r} of slot group {name!r} is already "
+                                 f"slot group {group_claims[(kind, value)]!r}'s; set a distinct slot in slot_groups"))
+            group_claims.setdefault((kind, value), name)
     for index, cfg in tables.items():
         claims = [
             ("table", "table", cfg.qualified_name, "list each table once"),
@@ -231,9 +318,16 @@ def _duplicates(tables: dict[int, TableConfig]) -> list[tuple[int, str, str]]:
                 cfg.destination_table_name.lower(),
                 "set a different destination_table (case is ignored)",
             ),
-            ("replication slot", "slot" if cfg.slot else "table", cfg.slot_name, "set a distinct slot"),
             ("DAG id", "table", cfg.dag_id, "these two table names cannot both be replicated"),
         ]
+        if cfg.slot is not None:
+            claims.append(("replication slot", "slot", cfg.slot, "set a distinct slot (a dedicated slot is one table's)"))
+        group_clash = next((c for c in claims if c[::2] in group_claims), None)
+        if group_clash is not None:
+            kind, key, value, _ = group_clash
+            problems.append((index, key, f"{kind} {value!r} is slot group {group_claims[group_clash[::2]]!r}'s; "
+                                         "set a distinct name"))
+            continue
         clash = next((claim for claim in claims if claim[::2] in seen), None)
         if clash is None:
             seen.update({claim[::2]: index for claim in claims})
@@ -252,6 +346,7 @@ class Registry(_Model):
     source: SourceConfig = Field(default_factory=SourceConfig)
     destination: DestinationConfig = Field(default_factory=DestinationConfig)
     defaults: TableDefaults = Field(default_factory=TableDefaults)
+    slot_groups: dict[GroupName, SlotGroupConfig] = Field(default_factory=dict)
     tables: list[TableConfig] = Field(default_factory=list)
 
     @model_validator(mode="before")
@@ -262,11 +357,12 @@ class Registry(_Model):
         defaults = data.get("defaults") or {}
         if isinstance(defaults, TableDefaults):
             defaults = defaults.model_dump(exclude_unset=True)
-        return {**data, "tables": [{**defaults, **t} if isinstance(t, dict) else t for t in data["tables"]]}
+        tables = [TableConfig.merged_with_defaults(defaults, t) if isinstance(t, dict) else t for t in data["tables"]]
+        return {**data, "tables": tables}
 
     @model_validator(mode="after")
     def _unique(self) -> Registry:
-        if problems := _duplicates(dict(enumerate(self.tables))):
+        if problems := _duplicates(dict(enumerate(self.tables)), {"slot_groups": self.slot_groups}):
             raise ValueError("; ".join(f"tables[{i}].{key}: {message}" for i, key, message in problems))
         return self
 
@@ -281,11 +377,33 @@ class Registry(_Model):
     def by_dag_id(self) -> dict[str, TableConfig]:
         return {cfg.dag_id: cfg for cfg in self.tables}
 
+    def slot_group(self, name: str) -> ResolvedSlotGroup:
+        """The slot group ``name``, as ``slot_groups:`` lists it or with every default."""
+        return resolve_slot_group(name, self.slot_groups.get(name))
+
+    def groups_in_use(self) -> dict[str, tuple[ResolvedSlotGroup, list[TableConfig]]]:
+        """Each slot group that has a CDC table, with its tables in file order (each gets a capture DAG)."""
+        out: dict[str, tuple[ResolvedSlotGroup, list[TableConfig]]] = {}
+        for cfg in self.tables:
+            if cfg.group is not None:
+                out.setdefault(cfg.group, (self.slot_group(cfg.group), []))[1].append(cfg)
+        return out
+
+    def names_of(self, cfg: TableConfig) -> naming.TableNames:
+        """The table's names, its slot and publication being its group's when it is in one."""
+        slot = cfg.slot or (self.slot_group(cfg.group).slot if cfg.group is not None else None)
+        return naming.table_names(cfg.table, slot=slot, destination_table=cfg.destination_table)
+
+
+class SlotGroupsConfig(RootModel[dict[GroupName, SlotGroupConfig]]):
+    """The ``slot_groups:`` block: group name -> its settings."""
+
 
 _SECTIONS: dict[str, type[BaseModel]] = {
     "source": SourceConfig,
     "destination": DestinationConfig,
     "defaults": TableDefaults,
+    "slot_groups": SlotGroupsConfig,
 }
 
 
@@ -294,7 +412,8 @@ def _check(text: str, file: str) -> tuple[Registry | None, list[RegistryIssue], 
     sections, tables, issues, table_errors = check_document(text, file, _SECTIONS, TableConfig, _duplicates)
     if sections is None:
         return None, issues, table_errors
-    return Registry(**sections, tables=tables), [], table_errors
+    groups = sections.pop("slot_groups")
+    return Registry(**sections, slot_groups=groups.root if groups is not None else {}, tables=tables), [], table_errors
 
 
 def parse_registry(text: str, path: str = "<string>") -> Registry:

@@ -61,6 +61,20 @@ def slot_name(schema: str, table: str) -> str:
     return _bounded_identifier("pgrepl", schema, table)
 
 
+def group_slot_name(group: str) -> str:
+    """A slot group's default slot (and publication) name: ``pgrepl_<group>``, at most 63 bytes."""
+    name = _NOT_SLOT_CHAR_RE.sub("_", f"pgrepl_{group}".lower())
+    if len(name) <= MAX_IDENTIFIER_BYTES:
+        return name
+    digest = hashlib.sha1(group.encode()).hexdigest()[:_HASH_LENGTH]
+    return f"{name[: MAX_IDENTIFIER_BYTES - _HASH_LENGTH - 1]}_{digest}"
+
+
+def capture_dag_id(group: str) -> str:
+    """The DAG id of a slot group's capture: ``pg_replication__capture__<group>``."""
+    return f"{DAG_ID_PREFIX}__capture__{group}"
+
+
 def publication_name(schema: str, table: str) -> str:
     """Default publication name; the same text as the default slot name."""
     return _bounded_identifier("pgrepl", schema, table)
@@ -95,8 +109,9 @@ class TableNames:
 def table_names(table: str, *, slot: str | None = None, destination_table: str | None = None) -> TableNames:
     """The names of ``table`` (``schema.table`` or a bare table, meaning schema public).
 
-    An explicit ``slot`` names both the slot and the publication; otherwise both are
-    ``pgrepl_<schema>_<table>``. ValueError for a name that breaks :data:`NAME_RULE`.
+    ``slot`` (a dedicated slot, or the table's slot group's slot) names both the slot and the
+    publication; without it both are ``pgrepl_<schema>_<table>``, the per-table name a table had
+    before slot groups. ValueError for a name that breaks :data:`NAME_RULE`.
     """
     schema, name = parse_table_name(table)
     return TableNames(

@@ -40,11 +40,23 @@ defaults:                         # every key here may be overridden per table
   schedule: "*/5 * * * *"         # cron, preset (@hourly) or null (manual only)
   deletes: hard                   # hard | soft (soft keeps the row, sets _pg_deleted_at)
   max_batch_changes: 100000       # CDC: at most this many changes per run, whole transactions
-  min_lag_bytes: 1                # sensor: fire when the slot holds at least this much WAL
+  min_lag_bytes: 1                # sensor: fire when at least this much of the table's own
+                                  #   change data waits (WAL of other tables never counts)
   wait_timeout: 240               # sensor: seconds to wait before skipping this run
   max_lag_bytes: 10737418240      # sensor and apply: fail loudly past this (10 GiB)
   on_slot_lost: fail              # fail | resync (drop the dead slot, take a fresh snapshot)
   verify: false                   # add a reconciliation task after each load
+  deferrable: true                # sensor waits in the triggerer (default: Airflow's
+                                  #   [operators] default_deferrable)
+  slot_group: default             # CDC tables share their group's slot (see "Table groups")
+slot_groups:                      # optional; a group used by a table and not listed here gets
+  default:                        #   every default below
+    slot: pgrepl_default          # default: pgrepl_<group>; also the publication name
+    schedule: "* * * * *"         # the group's capture DAG (default: every minute)
+    change_log: /data/pg_replication/changes   # where captured changes wait to be applied:
+                                  #   a local path or an object-storage URL (s3://…, gs://…);
+                                  #   default $AIRFLOW_HOME/pg_replication/changes
+    # change_log_conn_id: aws_default   # Airflow connection for an object-storage change_log
 tables:
   - table: public.customers       # schema-qualified; a bare name means schema public
     primary_key: [customer_id]    # optional: read from the source catalog at run time
@@ -55,7 +67,9 @@ tables:
     cursor_column: updated_at     # required for incremental
     cursor_lookback: 5 minutes    # optional: re-read this window behind the mark
     destination_table: sales_events   # optional; default below
-    slot: events_slot             # optional; default: derived from the table, see below
+  - table: public.audit_log
+    slot: audit_slot              # optional: a dedicated slot of its own (a group of one);
+                                  #   without it a CDC table is in its slot_group
 """
 
 DEFAULT_KNOBS = {
@@ -70,6 +84,7 @@ DEFAULT_KNOBS = {
     "verify": False,
     "poke_interval": 30,
     "deferrable": None,
+    "slot_group": "default",
 }
 
 
@@ -107,23 +122,25 @@ def test_design_example_parses_with_documented_values():
         "credentials": "/data/warehouse.duckdb",
         "dataset": "replica",
     }
-    assert registry.defaults.model_dump() == DEFAULT_KNOBS
-    assert [t.qualified_name for t in registry.tables] == ["public.customers", "public.orders", "sales.events"]
+    assert registry.defaults.model_dump() == {**DEFAULT_KNOBS, "deferrable": True}
+    assert [t.qualified_name for t in registry.tables] == [
+        "public.customers", "public.orders", "sales.events", "public.audit_log"]
 
-    customers, orders, events = registry.tables
-    assert {k: getattr(customers, k) for k in DEFAULT_KNOBS} == DEFAULT_KNOBS
+    customers, orders, events, audit_log = registry.tables
+    assert {k: getattr(customers, k) for k in DEFAULT_KNOBS} == {**DEFAULT_KNOBS, "deferrable": True}
     assert customers.primary_key == ["customer_id"]
     assert customers.columns is None
     assert (customers.schema_name, customers.table_name) == ("public", "customers")
     assert customers.destination_table_name == "customers"
-    assert customers.slot_name == customers.publication_name == "pgrepl_public_customers"
+    assert customers.group == "default"
+    assert registry.names_of(customers).slot == registry.names_of(customers).publication == "pgrepl_default"
     assert customers.dag_id == "pg_replication__public__customers"
 
     assert orders.columns == ["id", "customer_id", "total", "updated_at"]
     assert orders.primary_key is None
     assert orders.mode == "cdc"
     assert orders.destination_table_name == "orders"
-    assert orders.slot_name == "pgrepl_public_orders"
+    assert registry.names_of(orders).slot == "pgrepl_default"
     assert orders.dag_id == "pg_replication__public__orders"
 
     assert events.mode == "incremental"
@@ -133,11 +150,18 @@ def test_design_example_parses_with_documented_values():
     assert (events.schema_name, events.table_name) == ("sales", "events")
     assert events.qualified_name == "sales.events"
     assert events.destination_table_name == "sales_events"
-    assert events.slot_name == "events_slot"
-    assert events.publication_name == "events_slot"
+    assert events.group is None  # not a CDC table: no slot at all
     assert events.dag_id == "pg_replication__sales__events"
     assert events.schedule == "*/5 * * * *"
     assert events.deletes == "hard"
+
+    assert audit_log.group is None and audit_log.slot == "audit_slot"  # a dedicated slot: a group of one
+    assert registry.names_of(audit_log).slot == registry.names_of(audit_log).publication == "audit_slot"
+    group = registry.slot_group("default")
+    assert (group.slot, group.publication, group.schedule) == ("pgrepl_default", "pgrepl_default", "* * * * *")
+    assert group.change_log == "/data/pg_replication/changes" and group.dag_id == "pg_replication__capture__default"
+    assert list(registry.groups_in_use()) == ["default"]
+    assert [t.qualified_name for t in registry.groups_in_use()["default"][1]] == ["public.customers", "public.orders"]
 
 
 def test_minimal_registry_uses_every_default(monkeypatch, tmp_path):
@@ -280,9 +304,9 @@ def test_parse_interval_rejects_bad_text(text):
 
 def test_unknown_key_suggests_nearest_key_with_exact_line():
     text = DESIGN_EXAMPLE.replace("    primary_key: [customer_id]", "    primay_key: [customer_id]")
-    assert line_of(text, "primay_key") == 20
+    line = line_of(text, "primay_key")
     message = only_error(text)
-    assert message == "tables.yaml:20: tables[0].primay_key: unknown key; did you mean 'primary_key'?"
+    assert message == f"tables.yaml:{line}: tables[0].primay_key: unknown key; did you mean 'primary_key'?"
 
 
 def test_unknown_key_in_second_table():
@@ -506,18 +530,20 @@ def test_duplicate_explicit_slots():
     assert message.startswith("tables.yaml:5: tables[1].slot: replication slot 'shared' is already used by tables[0]")
 
 
-def test_derived_slots_colliding_ask_for_a_distinct_slot():
+def test_tables_of_a_group_share_its_slot_and_dedicated_slots_are_one_tables():
     text = "tables:\n  - table: public.orders\n  - table: public.Orders\n    destination_table: orders_upper\n"
-    message = only_error(text)
-    assert message.startswith("tables.yaml:3: tables[1].table: replication slot 'pgrepl_public_orders'")
-    assert "set a distinct slot" in message
-    fixed = text + "    slot: orders_upper\n"
-    assert [t.slot_name for t in parse_registry(fixed).tables] == ["pgrepl_public_orders", "orders_upper"]
+    registry = parse_registry(text)
+    assert [registry.names_of(t).slot for t in registry.tables] == ["pgrepl_default", "pgrepl_default"]
+    shared = text + "    slot: mine\n  - table: c\n    slot: mine\n"
+    message = only_error(shared)
+    assert message.startswith("tables.yaml:7: tables[2].slot: replication slot 'mine' is already used by tables[1]")
+    assert "a dedicated slot is one table's" in message
 
 
-def test_explicit_slot_colliding_with_derived_slot():
-    text = "tables:\n  - table: a\n  - table: b\n    slot: pgrepl_public_a\n"
-    assert only_error(text).startswith("tables.yaml:4: tables[1].slot: replication slot 'pgrepl_public_a'")
+def test_a_dedicated_slot_may_not_be_a_groups_slot():
+    text = "tables:\n  - table: a\n  - table: b\n    slot: pgrepl_default\n"
+    assert only_error(text).startswith("tables.yaml:4: tables[1].slot: replication slot 'pgrepl_default' is slot "
+                                       "group 'default''s")
 
 
 def test_duplicate_yaml_keys_are_reported():
@@ -644,7 +670,7 @@ def test_load_registry_reads_the_file(tmp_path):
     path = tmp_path / "tables.yaml"
     path.write_text(DESIGN_EXAMPLE)
     registry = load_registry(path)
-    assert len(registry.tables) == 3
+    assert len(registry.tables) == 4
     assert load_registry(str(path)) == registry
 
 
@@ -740,8 +766,8 @@ def test_parsing_opens_no_socket(monkeypatch, tmp_path):
     monkeypatch.setattr(socket, "getaddrinfo", no_network)
     path = tmp_path / "tables.yaml"
     path.write_text(DESIGN_EXAMPLE)
-    assert len(load_registry(path).tables) == 3
-    assert len(load_registry_tolerant(path)[0].tables) == 3
+    assert len(load_registry(path).tables) == 4
+    assert len(load_registry_tolerant(path)[0].tables) == 4
     with pytest.raises(RegistryError):
         parse_registry(DESIGN_EXAMPLE.replace("primary_key", "primay_key"))
 
@@ -766,13 +792,14 @@ def test_registry_built_in_python_rejects_duplicates():
 def test_registry_lookups():
     registry = parse_registry(DESIGN_EXAMPLE)
     assert registry.table("customers").qualified_name == "public.customers"
-    assert registry.table("sales.events").slot_name == "events_slot"
+    assert registry.names_of(registry.table("audit_log")).slot == "audit_slot"
     with pytest.raises(KeyError, match=r"public\.nope"):
         registry.table("nope")
     assert list(registry.by_dag_id()) == [
         "pg_replication__public__customers",
         "pg_replication__public__orders",
         "pg_replication__sales__events",
+        "pg_replication__public__audit_log",
     ]
 
 
@@ -793,14 +820,15 @@ def test_table_config_in_python_is_lax_about_number_types():
 def test_non_public_table_lands_in_schema_prefixed_destination():
     registry = parse_registry("tables:\n  - table: sales.events\n")
     assert registry.tables[0].destination_table_name == "sales__events"
-    assert registry.tables[0].slot_name == "pgrepl_sales_events"
+    assert registry.names_of(registry.tables[0]).slot == "pgrepl_default"
+    assert registry.tables[0].names.slot == "pgrepl_sales_events"  # its per-table slot before slot groups
 
 
 def test_long_table_names_get_bounded_distinct_slots():
     long_a = "events_" + "x" * 60 + "_a"
     long_b = "events_" + "x" * 60 + "_b"
     registry = parse_registry(f"tables:\n  - table: {long_a}\n  - table: {long_b}\n")
-    slots = [t.slot_name for t in registry.tables]
+    slots = [t.names.slot for t in registry.tables]  # their per-table slots before slot groups
     assert slots[0] != slots[1]
     assert all(len(s.encode()) <= 63 for s in slots)
-    assert [t.publication_name for t in registry.tables] == slots
+    assert [t.names.publication for t in registry.tables] == slots
