@@ -14,6 +14,7 @@ _EXPORTS = {
     "PgFullRefreshOperator": "airflow_pg_replication.operators.full_refresh",
     "PgIncrementalOperator": "airflow_pg_replication.operators.incremental",
     "PgCdcApplyOperator": "airflow_pg_replication.operators.cdc_apply",
+    "PgCaptureOperator": "airflow_pg_replication.operators.capture",
     "PgSlotLagSensor": "airflow_pg_replication.sensors.slot_lag",
     "PgReconcileOperator": "airflow_pg_replication.operators.reconcile",
     "PgReplicationHook": "airflow_pg_replication.hooks.replication",
@@ -50,6 +51,7 @@ def get_provider_info() -> dict[str, Any]:
                 "python-modules": [
                     "airflow_pg_replication.operators.full_refresh",
                     "airflow_pg_replication.operators.cdc_apply",
+                    "airflow_pg_replication.operators.capture",
                     "airflow_pg_replication.operators.incremental",
                     "airflow_pg_replication.operators.reconcile",
                 ],

@@ -26,14 +26,21 @@ RETRIES: dict[str, Any] = {
 
 
 def destination_asset(destination: dict[str, Any], destination_table: str) -> Asset:
-    """The Asset a loading task updates: ``<type>://<dataset>/<table>``, for data-aware scheduling."""
+    """The Asset a loading task updates, for data-aware scheduling: ``pg-replication://<type>/<dataset>/<table>``.
+
+    The scheme is ours for every destination type: a provider's own scheme (``postgres://``,
+    ``s3://``, ...) would be validated by that provider's rules, which our names do not follow.
+    """
     kind = destination.get("type", "duckdb")
     dataset = destination.get("dataset", "replica")
-    return Asset(name=f"{kind}.{dataset}.{destination_table}", uri=f"{kind}://{dataset}/{destination_table}")
+    return Asset(
+        name=f"pg_replication.{kind}.{dataset}.{destination_table}",
+        uri=f"pg-replication://{kind}/{dataset}/{destination_table}",
+    )
 
 
 def build_dags(path_or_registry: str | os.PathLike | Registry, *, only_dag_id: str | None = None) -> dict[str, DAG]:
-    """Build one DAG per registry table: ``{dag_id: DAG}``.
+    """Build one DAG per registry table, and one capture DAG per slot group that has a table: ``{dag_id: DAG}``.
 
     A broken table entry (file path given) becomes a DAG whose single task fails with the
     registry error, so the other tables' DAGs still load and the error shows in the UI.
@@ -50,6 +57,9 @@ def build_dags(path_or_registry: str | os.PathLike | Registry, *, only_dag_id: s
         if wanted and cfg.dag_id != wanted:
             continue
         dags[cfg.dag_id] = table_dag(registry, cfg)
+    for group, tables in registry.groups_in_use().values():
+        if not wanted or group.dag_id == wanted:
+            dags[group.dag_id] = capture_dag(registry, group.name, tables)
     for err in errors:
         if err.dag_id and (not wanted or err.dag_id == wanted) and err.dag_id not in dags:
             log.error("registry entry tables[%d] is broken: %s", err.index, err)
@@ -99,6 +109,7 @@ def table_dag(registry: Registry, cfg: TableConfig) -> DAG:
         "destination_table": cfg.destination_table_name,
         "slot": cfg.slot,
         "deletes": cfg.deletes,
+        **_group_kwargs(registry, cfg),
         **RETRIES,
     }
     asset = destination_asset(destination, cfg.destination_table_name)
@@ -159,12 +170,13 @@ def _cdc_tasks(registry: Registry, cfg: TableConfig, common: dict[str, Any], ass
         slot=cfg.slot,
         destination_table=cfg.destination_table_name,
         on_slot_lost=cfg.on_slot_lost,
+        **_group_kwargs(registry, cfg),
         **RETRIES,
     )
     full = PgFullRefreshOperator(task_id="full_refresh", mode="cdc", outlets=[asset], **common)
     # deferrable: waits in the triggerer, holding no worker slot; else reschedule mode (a task
     # process per poke). Unset in the registry: Airflow's [operators] default_deferrable.
-    deferrable = {} if cfg.deferrable is None else {"deferrable": cfg.deferrable}
+    deferrable: dict[str, Any] = {} if cfg.deferrable is None else {"deferrable": cfg.deferrable}
     wait = PgSlotLagSensor(
         task_id="wait_for_changes",
         table=cfg.qualified_name,
@@ -180,6 +192,7 @@ def _cdc_tasks(registry: Registry, cfg: TableConfig, common: dict[str, Any], ass
         # executor event (apache/airflow#71172); a timeout still skips (soft_fail), a lost slot still fails.
         retries=1,
         retry_delay=datetime.timedelta(seconds=cfg.poke_interval),
+        **_group_kwargs(registry, cfg),
         **deferrable,
     )
     apply = PgCdcApplyOperator(
@@ -220,4 +233,51 @@ def _broken_table_dag(err: TableError, dag_id: str) -> DAG:
     )
     with dag:
         PythonOperator(task_id="registry_error", python_callable=fail)
+    return dag
+
+
+def _group_kwargs(registry: Registry, cfg: TableConfig) -> dict[str, Any]:
+    """A CDC table's slot group, as operator keyword arguments ({} for a dedicated slot or no CDC)."""
+    if cfg.group is None:
+        return {}
+    group = registry.slot_group(cfg.group)
+    return {
+        "slot_group": group.name,
+        "group_slot": group.slot,
+        "change_log": group.change_log,
+        "change_log_conn_id": group.change_log_conn_id,
+    }
+
+
+def capture_dag(registry: Registry, group_name: str, tables: list[TableConfig]) -> DAG:
+    """The capture DAG of a slot group: ``pg_replication__capture__<group>``, its one task ``capture_changes``."""
+    from airflow_pg_replication.operators.capture import PgCaptureOperator
+
+    group = registry.slot_group(group_name)
+    names = [cfg.qualified_name for cfg in tables]
+    dag = DAG(
+        dag_id=group.dag_id,
+        schedule=_schedule(group.schedule),
+        start_date=START_DATE,
+        catchup=False,
+        max_active_runs=1,
+        tags=["pg_replication", "capture"],
+        doc_md=f"Captures the changes of slot group `{group.name}` (slot `{group.slot}`: {len(names)} table(s)) "
+        f"into its change log `{group.change_log}`, so a paused or failing table never pins WAL. Built from "
+        "the pg_replication table registry.",
+    )
+    with dag:
+        PgCaptureOperator(
+            task_id="capture_changes",
+            slot_group=group.name,
+            tables=names,
+            source_conn_id=registry.source.conn_id,
+            slot=group.slot,
+            change_log=group.change_log,
+            change_log_conn_id=group.change_log_conn_id,
+            max_batch_changes=max(cfg.max_batch_changes for cfg in tables),
+            max_log_bytes=max(cfg.max_lag_bytes for cfg in tables),
+            on_slot_lost="resync" if any(cfg.on_slot_lost == "resync" for cfg in tables) else "fail",
+            **RETRIES,
+        )
     return dag

@@ -12,6 +12,7 @@ from airflow.sdk import BaseOperator
 
 from airflow_pg_replication.errors import NeedsAttentionError
 from airflow_pg_replication.registry import names as naming
+from airflow_pg_replication.registry.models import DEFAULT_GROUP, default_change_log
 from airflow_pg_replication.sync.replicated_table import ReplicatedTable
 
 if TYPE_CHECKING:
@@ -28,11 +29,22 @@ def replicated_table(
     columns: Sequence[str] | None = None,
     primary_key: Sequence[str] | None = None,
     deletes: str = "hard",
+    slot_group: str | None = None,
+    group_slot: str | None = None,
+    change_log: str | None = None,
+    change_log_conn_id: str | None = None,
+    in_a_group: bool = False,
 ) -> ReplicatedTable:
     """The :class:`ReplicatedTable` of an operator's keyword arguments, its names derived by the registry's rules.
 
-    ``destination`` gets its ``conn_id`` resolved into credentials here (see :func:`resolved_destination`).
+    ``in_a_group`` (CDC): without a dedicated ``slot`` the table is in ``slot_group`` (default
+    ``default``), whose slot is ``group_slot`` (default ``pgrepl_<group>``) and whose change log is
+    ``change_log`` (default ``$AIRFLOW_HOME/pg_replication/changes``). ``destination`` gets its
+    ``conn_id`` resolved into credentials here (see :func:`resolved_destination`).
     """
+    group = (slot_group or DEFAULT_GROUP) if in_a_group and slot is None else None
+    if group is not None:
+        slot = group_slot or naming.group_slot_name(group)
     names = naming.table_names(table, slot=slot, destination_table=destination_table)
     return ReplicatedTable(
         schema=names.schema,
@@ -45,7 +57,15 @@ def replicated_table(
         columns=tuple(columns) if columns else None,
         primary_key=tuple(primary_key) if primary_key else None,
         soft_deletes=deletes == "soft",
+        group=group,
+        change_log=_open_change_log(change_log, group, change_log_conn_id) if group is not None else None,
     )
+
+
+def _open_change_log(change_log: str | None, group: str, conn_id: str | None) -> Any:
+    from airflow_pg_replication.operators.change_log_storage import open_change_log
+
+    return open_change_log(change_log or default_change_log(), group, conn_id)
 
 
 #: Registry keys an operator accepts and ignores when they are not its own, so that a table's whole
@@ -94,7 +114,11 @@ def failing_fast_when_a_person_must_act() -> Iterator[None]:
         yield
     except NeedsAttentionError as exc:
         # A class is hashable; mypy matches the instances' unbound __hash__ against Hashable instead.
-        raise _failing_without_retries(type(exc))(*exc.args) from exc  # type: ignore[arg-type]
+        both = _failing_without_retries(type(exc))  # type: ignore[arg-type]
+        failure = both.__new__(both)  # the same error (its own __init__ may take other arguments)
+        failure.args = exc.args
+        failure.__dict__.update(exc.__dict__)
+        raise failure from exc
 
 
 @functools.cache
@@ -159,6 +183,8 @@ class PgTableOperator(BacksOffAfterFailedRuns, BaseOperator):
 
     template_fields: Sequence[str] = ("table", "source_conn_id", "destination", "destination_table", "slot")
     ui_color = "#dbe9f6"
+    #: True for the operators of CDC tables: without a dedicated ``slot`` they are in a slot group.
+    uses_a_slot = True
 
     def __init__(
         self,
@@ -171,6 +197,10 @@ class PgTableOperator(BacksOffAfterFailedRuns, BaseOperator):
         destination_table: str | None = None,
         slot: str | None = None,
         deletes: str = "hard",
+        slot_group: str | None = None,
+        group_slot: str | None = None,
+        change_log: str | None = None,
+        change_log_conn_id: str | None = None,
         back_off_after_failed_runs: bool = False,
         **kwargs: Any,
     ) -> None:
@@ -186,6 +216,12 @@ class PgTableOperator(BacksOffAfterFailedRuns, BaseOperator):
         if deletes not in ("hard", "soft"):
             raise ValueError(f"deletes must be 'hard' or 'soft', not {deletes!r}")
         self.deletes = deletes
+        if slot is not None and slot_group is not None:
+            raise ValueError(f"{table}: give either slot (a dedicated slot) or slot_group, not both")
+        self.slot_group = slot_group
+        self.group_slot = group_slot
+        self.change_log = change_log
+        self.change_log_conn_id = change_log_conn_id
 
     @property
     def target(self) -> ReplicatedTable:
@@ -198,6 +234,11 @@ class PgTableOperator(BacksOffAfterFailedRuns, BaseOperator):
             columns=self.columns,
             primary_key=self.primary_key,
             deletes=self.deletes,
+            slot_group=self.slot_group,
+            group_slot=self.group_slot,
+            change_log=self.change_log,
+            change_log_conn_id=self.change_log_conn_id,
+            in_a_group=self.uses_a_slot,
         )
 
     def source_hook(self) -> PgReplicationHook:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from airflow_pg_replication.operators.base import PgTableOperator, table_task
@@ -11,10 +11,14 @@ from airflow_pg_replication.operators.base import PgTableOperator, table_task
 class PgFullRefreshOperator(PgTableOperator):
     """Copy a whole table, replacing its destination copy.
 
-    ``mode="cdc"`` (the default): drop and re-create the table's slot with an exported snapshot,
-    copy the table under that snapshot and record the slot's consistent LSN with the data, so
-    :class:`PgCdcApplyOperator` goes on exactly where the copy ends. ``mode="full_refresh"``:
-    copy without a slot. Memory is bounded by ``chunk_bytes``, not by the table's size.
+    ``mode="cdc"`` (the default), a table of a slot group (no ``slot`` given): join the group
+    exactly: copy under a temporary slot's snapshot and apply the group's change log from its
+    consistent point on, or move from the table's old dedicated slot without a copy (see
+    :mod:`airflow_pg_replication.sync.group_join`); the group's slot is never dropped. With a
+    dedicated ``slot``: drop and re-create it with an exported snapshot, copy under it, and record
+    its consistent point with the data. ``mode="full_refresh"``: copy without a slot. Either way
+    :class:`PgCdcApplyOperator` goes on exactly where the copy ends. Memory is bounded by
+    ``chunk_bytes``, not by the table's size.
     """
 
     template_fields: Sequence[str] = (*PgTableOperator.template_fields, "mode")
@@ -29,10 +33,23 @@ class PgFullRefreshOperator(PgTableOperator):
         self.mode = mode
         self.chunk_bytes = chunk_bytes
 
+    @property
+    def uses_a_slot(self) -> bool:  # type: ignore[override]
+        return self.mode == "cdc"
+
     @table_task
     def execute(self, context: Any) -> dict[str, Any]:
+        target = self.target
+        if target.group is not None:
+            from airflow_pg_replication.sync.group_join import join_group
+
+            params = context.get("params") if isinstance(context, Mapping) else None
+            return join_group(
+                self.source_hook(),
+                target,
+                chunk_bytes=self.chunk_bytes,
+                full_refresh_asked=bool(params and params.get("full_refresh")),
+            )
         from airflow_pg_replication.sync.snapshot import snapshot_table
 
-        return snapshot_table(
-            self.source_hook(), self.target, with_slot=self.mode == "cdc", chunk_bytes=self.chunk_bytes
-        )
+        return snapshot_table(self.source_hook(), target, with_slot=self.mode == "cdc", chunk_bytes=self.chunk_bytes)

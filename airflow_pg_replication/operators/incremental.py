@@ -31,6 +31,8 @@ class PgIncrementalOperator(PgTableOperator):
     whole table with *replace*.
     """
 
+    uses_a_slot = False  # reads the table, not its changes
+
     def __init__(
         self,
         *,

@@ -26,13 +26,27 @@ def choose_next_task(
     destination_table: str | None = None,
     on_slot_lost: str = "fail",
     params: Mapping[str, Any] | None = None,
+    slot_group: str | None = None,
+    group_slot: str | None = None,
+    change_log: str | None = None,
+    change_log_conn_id: str | None = None,
     **_context: Any,
 ) -> str:
     """The task id to run next: ``full_refresh`` or ``wait_for_changes`` (see :func:`.sync.plan.next_step`)."""
     from airflow_pg_replication.hooks.replication import PgReplicationHook
     from airflow_pg_replication.sync.plan import NextStep, next_step
 
-    t = replicated_table(table, slot=slot, destination_table=destination_table, destination=destination)
+    t = replicated_table(
+        table,
+        slot=slot,
+        destination_table=destination_table,
+        destination=destination,
+        slot_group=slot_group,
+        group_slot=group_slot,
+        change_log=change_log,
+        change_log_conn_id=change_log_conn_id,
+        in_a_group=True,
+    )
     step = next_step(
         PgReplicationHook(postgres_conn_id=source_conn_id),
         t,
@@ -63,9 +77,17 @@ class PgPlanOperator(BacksOffAfterFailedRuns, BaseBranchOperator):
         destination_table: str | None = None,
         on_slot_lost: str = "fail",
         back_off_after_failed_runs: bool = True,
+        slot_group: str | None = None,
+        group_slot: str | None = None,
+        change_log: str | None = None,
+        change_log_conn_id: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.slot_group = slot_group
+        self.group_slot = group_slot
+        self.change_log = change_log
+        self.change_log_conn_id = change_log_conn_id
         self.table = table
         self.source_conn_id = source_conn_id
         self.destination = dict(destination or {})
@@ -84,6 +106,10 @@ class PgPlanOperator(BacksOffAfterFailedRuns, BaseBranchOperator):
             destination_table=self.destination_table,
             on_slot_lost=self.on_slot_lost,
             params=params,
+            slot_group=self.slot_group,
+            group_slot=self.group_slot,
+            change_log=self.change_log,
+            change_log_conn_id=self.change_log_conn_id,
         )
 
     def execute(self, context: Any) -> Any:

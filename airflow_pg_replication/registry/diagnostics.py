@@ -121,8 +121,9 @@ def _model_at(model: type[BaseModel], path: _KeyPath) -> type[BaseModel]:
 
     for part in path:
         fields = model.model_fields
-        annotation = fields["root"].annotation if "root" in fields else getattr(fields.get(str(part)), "annotation", None)
-        if "root" not in fields and annotation is None:
+        field = fields["root"] if "root" in fields else fields.get(str(part))
+        annotation: Any = field.annotation if field is not None else None
+        if annotation is None:
             return model
         args = [a for a in typing.get_args(annotation) if isinstance(a, type) and issubclass(a, BaseModel)]
         if isinstance(annotation, type) and issubclass(annotation, BaseModel):

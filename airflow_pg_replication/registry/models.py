@@ -6,9 +6,9 @@ import datetime
 import os
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -109,8 +109,14 @@ SlotName = Annotated[
 ]
 GroupName = Annotated[
     str,
-    _passes(partial(_check_pattern, r"[a-z0-9_]{1,63}", "slot group name", "[a-z0-9_]{1,63} (lower case letters, "
-                    "digits and '_')")),
+    _passes(
+        partial(
+            _check_pattern,
+            r"[a-z0-9_]{1,63}",
+            "slot group name",
+            "[a-z0-9_]{1,63} (lower case letters, digits and '_')",
+        )
+    ),
 ]
 DestinationType = Annotated[
     str,
@@ -193,8 +199,15 @@ def resolve_slot_group(name: str, config: SlotGroupConfig | None) -> ResolvedSlo
     """The group ``name`` as ``config`` (or every default) says."""
     config = config or SlotGroupConfig()
     slot = config.slot or naming.group_slot_name(name)
-    return ResolvedSlotGroup(name, slot, slot, config.schedule, config.change_log or default_change_log(),
-                             config.change_log_conn_id, naming.capture_dag_id(name))
+    return ResolvedSlotGroup(
+        name,
+        slot,
+        slot,
+        config.schedule,
+        config.change_log or default_change_log(),
+        config.change_log_conn_id,
+        naming.capture_dag_id(name),
+    )
 
 
 class TableDefaults(_Model):
@@ -249,8 +262,13 @@ class TableConfig(TableDefaults):
     def _problems(self) -> list[tuple[str, str]]:
         problems = super()._problems()
         if self.slot is not None and "slot_group" in self.model_fields_set:
-            problems.append(("slot_group", "a table with its own `slot` (a dedicated slot) is in no slot group; "
-                                           "remove slot_group, or remove slot to share the group's slot"))
+            problems.append(
+                (
+                    "slot_group",
+                    "a table with its own `slot` (a dedicated slot) is in no slot group; "
+                    "remove slot_group, or remove slot to share the group's slot",
+                )
+            )
         if self.mode == "incremental" and self.cursor_column is None:
             problems.append(("mode", "mode incremental needs cursor_column (e.g. cursor_column: updated_at)"))
         for key in ("cursor_column", "cursor_lookback"):
@@ -306,8 +324,14 @@ def _duplicates(tables: dict[int, TableConfig], sections: dict[str, Any]) -> lis
     for name, group in groups.items():
         for kind, value in (("replication slot", group.slot), ("DAG id", group.dag_id)):
             if (kind, value) in group_claims and name in first_of:
-                problems.append((first_of[name], "slot_group", f"{kind} {value!r} of slot group {name!r} is already "
-                                 f"slot group {group_claims[(kind, value)]!r}'s; set a distinct slot in slot_groups"))
+                problems.append(
+                    (
+                        first_of[name],
+                        "slot_group",
+                        f"{kind} {value!r} of slot group {name!r} is already "
+                        f"slot group {group_claims[(kind, value)]!r}'s; set a distinct slot in slot_groups",
+                    )
+                )
             group_claims.setdefault((kind, value), name)
     for index, cfg in tables.items():
         claims = [
@@ -321,12 +345,19 @@ def _duplicates(tables: dict[int, TableConfig], sections: dict[str, Any]) -> lis
             ("DAG id", "table", cfg.dag_id, "these two table names cannot both be replicated"),
         ]
         if cfg.slot is not None:
-            claims.append(("replication slot", "slot", cfg.slot, "set a distinct slot (a dedicated slot is one table's)"))
+            claims.append(
+                ("replication slot", "slot", cfg.slot, "set a distinct slot (a dedicated slot is one table's)")
+            )
         group_clash = next((c for c in claims if c[::2] in group_claims), None)
         if group_clash is not None:
             kind, key, value, _ = group_clash
-            problems.append((index, key, f"{kind} {value!r} is slot group {group_claims[group_clash[::2]]!r}'s; "
-                                         "set a distinct name"))
+            problems.append(
+                (
+                    index,
+                    key,
+                    f"{kind} {value!r} is slot group {group_claims[group_clash[::2]]!r}'s; set a distinct name",
+                )
+            )
             continue
         clash = next((claim for claim in claims if claim[::2] in seen), None)
         if clash is None:

@@ -13,13 +13,16 @@ from airflow_pg_replication.operators.base import replicated_table
 
 
 class PgSlotLagSensor(BaseSensorOperator):
-    """Succeed when the table's slot holds at least ``min_lag_bytes`` of the table's own change data.
+    """Succeed when at least ``min_lag_bytes`` of the table's own change data waits to be applied.
 
-    WAL of other tables and of PostgreSQL itself never counts: each poke peeks the slot with the
-    table's publication (see :mod:`airflow_pg_replication.source.table_changes`), and when it found no
-    change of the table it advances the slot past that WAL, so later pokes do not count it again.
-    Fails (not skips) when the slot is missing, invalidated (``wal_status = lost``) or holds
-    more than ``max_lag_bytes`` of WAL. With ``deferrable=True`` the wait runs in the triggerer.
+    WAL of other tables and of PostgreSQL itself never counts. A table with a dedicated slot:
+    each poke peeks the slot with the table's publication (see
+    :mod:`airflow_pg_replication.source.table_changes`), and when it found no change of the table it
+    advances the slot past that WAL, so later pokes do not count it again. A table of a slot
+    group: it fires when the group's change log holds segments of the table, or when the group's
+    slot holds changes of the table (peeked, never advanced: the capture owns the slot). Fails
+    (not skips) when the slot is missing, invalidated (``wal_status = lost``) or holds more than
+    ``max_lag_bytes`` of WAL. With ``deferrable=True`` the wait runs in the triggerer.
     """
 
     template_fields: Sequence[str] = ("table", "source_conn_id", "slot")
@@ -34,6 +37,10 @@ class PgSlotLagSensor(BaseSensorOperator):
         min_lag_bytes: int = 1,
         max_lag_bytes: int = 10 * 1024**3,
         deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
+        slot_group: str | None = None,
+        group_slot: str | None = None,
+        change_log: str | None = None,
+        change_log_conn_id: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -43,26 +50,47 @@ class PgSlotLagSensor(BaseSensorOperator):
         self.min_lag_bytes = min_lag_bytes
         self.max_lag_bytes = max_lag_bytes
         self.deferrable = deferrable
+        self.slot_group = slot_group
+        self.group_slot = group_slot
+        self.change_log = change_log
+        self.change_log_conn_id = change_log_conn_id
+
+    def _target(self) -> Any:
+        return replicated_table(
+            self.table,
+            slot=self.slot,
+            slot_group=self.slot_group,
+            group_slot=self.group_slot,
+            change_log=self.change_log,
+            change_log_conn_id=self.change_log_conn_id,
+            in_a_group=True,
+        )
 
     @property
     def slot_name(self) -> str:
-        return replicated_table(self.table, slot=self.slot).slot
+        return self._target().slot
 
     @property
     def publication(self) -> str:
-        return replicated_table(self.table, slot=self.slot).publication
+        return self._target().publication
 
     def poke(self, context: Any) -> bool:
         from airflow_pg_replication.hooks.replication import PgReplicationHook
         from airflow_pg_replication.source.table_changes import poke_sync
-        from airflow_pg_replication.triggers.slot_lag import poke_target
+        from airflow_pg_replication.triggers.slot_lag import changes_in_the_log, poke_target
 
+        table = self._target()
+        waiting = changes_in_the_log(table)
+        if waiting is not None:
+            self.log.info("%s", waiting)
+            return True
         target = poke_target(
             self.table,
-            slot=self.slot_name,
-            publication=self.publication,
+            slot=table.slot,
+            publication=table.publication,
             min_lag_bytes=self.min_lag_bytes,
             max_lag_bytes=self.max_lag_bytes,
+            may_advance=table.group is None,
         )
         hook = PgReplicationHook(postgres_conn_id=self.source_conn_id)
         with hook.connect() as conn:
@@ -77,15 +105,19 @@ class PgSlotLagSensor(BaseSensorOperator):
             return None
         from airflow_pg_replication.triggers.slot_lag import SlotLagTrigger
 
+        table = self._target()
         self.defer(
             trigger=SlotLagTrigger(
                 source_conn_id=self.source_conn_id,
-                slot=self.slot_name,
+                slot=table.slot,
                 table=self.table,
                 min_lag_bytes=self.min_lag_bytes,
                 max_lag_bytes=self.max_lag_bytes,
                 poke_interval=float(self.poke_interval),
-                publication=self.publication,
+                publication=table.publication,
+                slot_group=table.group,
+                change_log=self.change_log,
+                change_log_conn_id=self.change_log_conn_id,
             ),
             method_name="execute_complete",
             timeout=timedelta(seconds=self.timeout),

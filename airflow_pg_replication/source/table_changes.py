@@ -164,6 +164,8 @@ class PokeTarget:
     publication: str
     min_lag_bytes: int
     max_lag_bytes: int
+    #: False for a slot group's slot: the capture is its only reader and the only one to move it.
+    may_advance: bool = True
 
     @property
     def qualified_name(self) -> str:
@@ -330,6 +332,8 @@ def _poke_steps(t: PokeTarget) -> _Steps:
         )
     else:
         why = "not firing: no change of the table pending (only other tables' or PostgreSQL's own WAL)"
+    if not t.may_advance:
+        return result(False, f"{found}; {why}; the slot is the slot group's: its capture moves it", **seen)
     if target is None or target <= start:
         return result(
             False,

@@ -1,8 +1,10 @@
-"""One CDC batch of a table: read it from the slot, fold it, commit it with its state row. The slot is the caller's.
+"""One CDC batch of a table: read it, fold it, commit it with its state row. Acknowledging it is the caller's.
 
+The changes come from the table's own slot (a peek, acknowledged by advancing the slot) or, for a
+table of a slot group, from the group's change log (acknowledged by deleting applied segments).
 The data flow of a batch::
 
-    PostgreSQL decodes the peek ─────────────► Arrow chunks of pgoutput messages (ADBC, no Python per message)
+    PostgreSQL decodes the peek, or the log's segments are read ─► Arrow chunks of pgoutput messages
     a thread: open the destination, read the state, checkpoint the last batch (let go while folding if asked)
     fold (column-wise, or message by message) ─► type ─► destination.apply_batch(batch, state := applied LSN)
 
@@ -54,8 +56,9 @@ class BatchOutcome:
     applied: ApplyResult | None
     bytes_read: int = 0  # pgoutput read from the slot
     from_lsn: int | None = None  # the slot's confirmed position before the batch
-    advance_to: int | None = None  # where the slot may advance once the batch is committed
+    advance_to: int | None = None  # where the slot may advance once the batch is committed (own slot)
     seconds: float = 0.0
+    applied_lsn: int | None = None  # the table's applied LSN once the batch is committed (new or as it was)
 
     @property
     def transactions(self) -> int:
@@ -81,7 +84,10 @@ class CdcBatch:
         self.max_rows_in_memory = max_rows_in_memory
 
     def run(self, conn: psycopg.Connection, arrow_conn: Any, upto: int, confirmed: int | None) -> BatchOutcome:
-        """Read up to ``upto``, fold, commit with the state row; where the slot may go is in the outcome.
+        """Read up to ``upto`` (or the next segments of the log), fold, commit with the state row.
+
+        Where the table's own slot may go is in the outcome; a group table's segments up to the
+        outcome's ``applied_lsn`` may be deleted.
 
         PostgreSQL decodes the batch while a thread opens the destination, reads the state and
         checkpoints the last batch's commits (until the batch is folded, if need be). A DuckDB
@@ -100,10 +106,29 @@ class CdcBatch:
             let_go=let_go_while_folding,
             recheck=self._state_unchanged,
         ) as opening:
-            chunks = self.source.peek_change_chunks(
-                conn, t.slot, t.publication, upto_lsn=upto, max_changes=self.max_batch_changes, arrow_conn=arrow_conn
-            )
-            outcome = self._fold_and_apply(conn, chunks, opening)
+            if t.change_log is None:
+                chunks: Iterable[pa.Array] = self.source.peek_change_chunks(
+                    conn,
+                    t.slot,
+                    t.publication,
+                    upto_lsn=upto,
+                    max_changes=self.max_batch_changes,
+                    arrow_conn=arrow_conn,
+                )
+                outcome = self._fold_and_apply(conn, chunks, opening)
+            else:
+                # No decoding to overlap with here: the log is read once the state says what is applied.
+                applied_before = opening.prepared().applied_lsn
+                with phase("cdc.read_log"):
+                    read = t.change_log.read(
+                        t.qualified_name, after_lsn=applied_before, max_messages=self.max_batch_changes
+                    )
+                outcome = self._fold_and_apply(conn, read.messages.chunks, opening)
+                outcome.cut = read.more  # more segments wait; the group's slot is the capture's
+                outcome.advance_to = None
+                outcome.from_lsn = applied_before
+                outcome.seconds = time.monotonic() - started
+                return outcome
         # Leaving the block closed the destination: the batch and its state row are committed.
         # Where the slot may advance to: all read WAL when the read ran to ``upto``, else the last commit.
         outcome.advance_to = outcome.last_end_lsn if outcome.cut else max(upto, outcome.last_end_lsn or 0)
@@ -262,6 +287,7 @@ class CdcBatch:
             nothing,
             applied,
             bytes_read=bytes_read,
+            applied_lsn=state.applied_lsn,
         )
 
 

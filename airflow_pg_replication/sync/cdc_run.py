@@ -42,9 +42,13 @@ def apply_changes(
     max_rows_in_memory: int = 200_000,
     max_lag_bytes: int | None = None,
     max_run_seconds: float = MAX_RUN_SECONDS,
+    upto_lsn: int | None = None,
 ) -> dict[str, Any]:
-    """Apply the slot's changes up to the WAL position flushed at the run's start, batch after batch.
+    """Apply the table's changes up to the WAL position flushed at the run's start, batch after batch.
 
+    From the table's own slot, or for a table of a slot group from the group's change log, after
+    capturing from the group's slot first when the log is behind that position (so a table's run
+    on its own always brings it up to date). ``upto_lsn``: stop at this position instead (a drain).
     Returns ``{table, changes, lsn, transactions, more, seconds, batches}``; ``more`` is true when
     the time budget stopped the run before that position.
     """
@@ -65,21 +69,30 @@ def apply_changes(
         batch = CdcBatch(source, t, info, max_batch_changes=max_batch_changes, max_rows_in_memory=max_rows_in_memory)
         # The run's target: WAL flushed after this waits for the next run. The flush position, not
         # the write position: a peek reads only flushed WAL, and the slot may advance to ``upto``.
-        upto = source.current_wal_flush_lsn(conn)
+        upto = upto_lsn if upto_lsn is not None else source.current_wal_flush_lsn(conn)
         start_lsn = slot.confirmed_flush_lsn
         confirmed = parse_lsn(start_lsn) if start_lsn else None
+        if t.change_log is not None:
+            _capture_up_to(source, t, upto, confirmed, max_batch_changes)
         while True:
             with phase("cdc.batch"):
                 outcome = batch.run(conn, arrow_conn.get(), upto, confirmed)
             outcomes.append(outcome)
             # Here the batch's data and its state row are committed (steps 1 and 2) and the
             # destination is closed; only now is it acknowledged (step 3): the slot advances past it.
-            move_to = outcome.advance_to if (outcome.advance_to or 0) > (confirmed or 0) else None
-            moved = move_to is not None
-            if move_to is not None:
-                with phase("cdc.advance_slot"):
-                    source.advance_slot(conn, t.slot, move_to)
-                confirmed = move_to
+            if t.change_log is not None:  # a group's table: its applied segments go
+                moved = outcome.applied_lsn is not None
+                if outcome.applied_lsn is not None:
+                    with phase("cdc.delete_applied"):
+                        t.change_log.delete_applied(t.qualified_name, outcome.applied_lsn)
+                    confirmed = outcome.applied_lsn
+            else:
+                move_to = outcome.advance_to if (outcome.advance_to or 0) > (confirmed or 0) else None
+                moved = move_to is not None
+                if move_to is not None:
+                    with phase("cdc.advance_slot"):
+                        source.advance_slot(conn, t.slot, move_to)
+                    confirmed = move_to
             _log_batch(t, len(outcomes), outcome)
             if not outcome.cut:
                 stop = f"caught up to {format_lsn(upto)}, the WAL position at the run's start"
@@ -127,6 +140,24 @@ def apply_changes(
     }
 
 
+def _capture_up_to(
+    source: SourceDatabase, table: ReplicatedTable, upto: int, confirmed: int | None, max_batch_changes: int
+) -> None:
+    """A group's table: make the change log hold every change committed before ``upto`` (capture first if not)."""
+    from airflow_pg_replication.sync.capture import SlotGroupTarget, capture_changes
+
+    if confirmed is not None and confirmed >= upto:
+        return  # the group's capture has been there already
+    assert table.group is not None and table.change_log is not None
+    log.info(
+        "%s: the change log of slot group %s is behind the WAL position at the run's start: capturing first",
+        table.qualified_name,
+        table.group,
+    )
+    group = SlotGroupTarget(table.group, table.slot, table.publication, None, table.change_log)
+    capture_changes(source, group, max_batch_changes=max_batch_changes, until_lsn=upto, max_run_seconds=float("inf"))
+
+
 def _check_slot(table: ReplicatedTable, slot: SlotInfo | None, max_lag_bytes: int | None) -> SlotInfo:
     """The slot; a missing or invalidated one fails with the fix (as the sensor does); lag past the limit warns."""
     from airflow_pg_replication.source.slot_health import judge_slot
@@ -162,7 +193,7 @@ def _log_batch(table: ReplicatedTable, number: int, outcome: BatchOutcome) -> No
         table.qualified_name,
         number,
         format_lsn(outcome.from_lsn) if outcome.from_lsn else "the slot's start",
-        format_lsn(outcome.advance_to) if outcome.advance_to is not None else "no commit",
+        format_lsn(end) if (end := outcome.advance_to or outcome.applied_lsn) is not None else "no commit",
         f"{outcome.changes:,}",
         f"{outcome.transactions:,}",
         f", {outcome.skipped} already applied skipped" if outcome.skipped else "",

@@ -61,6 +61,8 @@ def next_step(
             state.status if state else "none",
         )
         return NextStep.SNAPSHOT
+    if t.change_log is not None and _fell_behind_the_log(t, state.applied_lsn, on_slot_lost):
+        return NextStep.SNAPSHOT
     log.info(
         "%s: snapshot loaded, slot %s healthy (lag %s bytes): waiting for changes",
         t.qualified_name,
@@ -68,3 +70,22 @@ def next_step(
         f"{info.lag_bytes or 0:,}",
     )
     return NextStep.WAIT_FOR_CHANGES
+
+
+def _fell_behind_the_log(table: ReplicatedTable, applied_lsn: int | None, on_slot_lost: str) -> bool:
+    """A group's table whose changes the capture dropped (it fell too far behind, or the group's slot was
+    lost): a new snapshot with ``on_slot_lost: resync``, else a failure with the fix."""
+    from airflow_pg_replication.changelog.resync_markers import ResyncRequiredError
+
+    assert table.change_log is not None
+    marker = table.change_log.resync_marker(table.qualified_name)
+    if marker is None or not marker.leaves_gap_after(applied_lsn):
+        return False
+    if on_slot_lost == "resync":
+        log.warning(
+            "%s: its pending changes were dropped from the change log (%s); on_slot_lost=resync: taking a new snapshot",
+            table.qualified_name,
+            marker.reason,
+        )
+        return True
+    raise ResyncRequiredError(table.qualified_name, table.change_log.describe(), marker)

@@ -220,6 +220,14 @@ class Reconciliation:
                 "so the destination cannot catch up and cannot be compared at a known LSN. Resync: trigger the "
                 "DAG with full_refresh=true."
             )
+        if t.change_log is not None:  # a group's table: changes captured but not applied wait in the log
+            waiting = [s for s in t.change_log.segments(t.qualified_name) if s.last_commit_lsn > applied]
+            if waiting:
+                self._behind(
+                    f"{t.qualified_name}: destination is behind: {len(waiting)} segment(s) of its changes wait in the "
+                    f"change log of slot group {t.group}; run apply_changes first (applied up to LSN "
+                    f"{format_lsn(applied)})"
+                )
         folder = ChangeFolder(info.primary_key, applied_lsn=applied, relation_names={(t.schema, t.name)})
         messages = 0
         # A peek reads only flushed WAL: every commit the snapshot sees must be flushed before the peek.

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import psycopg
 
+    from airflow_pg_replication.changelog.store import ChangeLog
     from airflow_pg_replication.destination.base import TableDestination
     from airflow_pg_replication.source.catalog import TableInfo
     from airflow_pg_replication.source.database import SourceDatabase
@@ -35,6 +36,10 @@ class ReplicatedTable:
     columns: tuple[str, ...] | None = None
     primary_key: tuple[str, ...] | None = None
     soft_deletes: bool = False
+    #: The table's slot group (None: a dedicated slot of its own). Then ``slot`` and ``publication``
+    #: are the group's, and its changes come from the group's change log.
+    group: str | None = None
+    change_log: ChangeLog | None = field(default=None, compare=False)
 
     @property
     def qualified_name(self) -> str:

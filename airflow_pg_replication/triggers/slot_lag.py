@@ -30,6 +30,9 @@ class SlotLagTrigger(BaseTrigger):
         max_lag_bytes: int,
         poke_interval: float = 30.0,
         publication: str | None = None,
+        slot_group: str | None = None,
+        change_log: str | None = None,
+        change_log_conn_id: str | None = None,
     ) -> None:
         super().__init__()
         self.source_conn_id = source_conn_id
@@ -41,6 +44,9 @@ class SlotLagTrigger(BaseTrigger):
         # Before publications were passed, the trigger's slot name was also the publication's
         # (TableTarget: an explicit slot names both).
         self.publication = publication or slot
+        self.slot_group = slot_group  # a table of a slot group: its changes may wait in the change log
+        self.change_log = change_log
+        self.change_log_conn_id = change_log_conn_id
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -53,6 +59,9 @@ class SlotLagTrigger(BaseTrigger):
                 "max_lag_bytes": self.max_lag_bytes,
                 "poke_interval": self.poke_interval,
                 "publication": self.publication,
+                "slot_group": self.slot_group,
+                "change_log": self.change_log,
+                "change_log_conn_id": self.change_log_conn_id,
             },
         )
 
@@ -63,12 +72,28 @@ class SlotLagTrigger(BaseTrigger):
         from airflow_pg_replication.hooks.replication import SESSION_OPTIONS, PgReplicationHook
         from airflow_pg_replication.source.table_changes import poke_async
 
+        if self.slot_group is not None:
+            from airflow_pg_replication.operators.base import replicated_table
+            from airflow_pg_replication.source.table_changes import PokeResult
+
+            table = replicated_table(
+                self.table,
+                slot_group=self.slot_group,
+                group_slot=self.slot,
+                change_log=self.change_log,
+                change_log_conn_id=self.change_log_conn_id,
+                in_a_group=True,
+            )
+            waiting = await asyncio.to_thread(changes_in_the_log, table)  # listing a bucket may take a while
+            if waiting is not None:
+                return PokeResult(True, waiting)
         target = poke_target(
             self.table,
             slot=self.slot,
             publication=self.publication,
             min_lag_bytes=self.min_lag_bytes,
             max_lag_bytes=self.max_lag_bytes,
+            may_advance=self.slot_group is None,
         )
         hook = PgReplicationHook(postgres_conn_id=self.source_conn_id)
         params = await sync_to_async(hook.connect_params)()
@@ -89,11 +114,32 @@ class SlotLagTrigger(BaseTrigger):
             await asyncio.sleep(self.poke_interval)
 
 
-def poke_target(table: str, *, slot: str, publication: str, min_lag_bytes: int, max_lag_bytes: int) -> PokeTarget:
+def poke_target(
+    table: str, *, slot: str, publication: str, min_lag_bytes: int, max_lag_bytes: int, may_advance: bool = True
+) -> PokeTarget:
     """The :class:`~airflow_pg_replication.source.table_changes.PokeTarget` of ``table`` (``schema.table``
     or ``table``, meaning schema public)."""
     from airflow_pg_replication.registry.names import parse_table_name
     from airflow_pg_replication.source.table_changes import PokeTarget
 
     schema, name = parse_table_name(table)
-    return PokeTarget(schema, name, slot, publication, min_lag_bytes, max_lag_bytes)
+    return PokeTarget(schema, name, slot, publication, min_lag_bytes, max_lag_bytes, may_advance)
+
+
+def changes_in_the_log(table: Any) -> str | None:
+    """For a table of a slot group: what waits for it in the change log (a message), or None."""
+    if table.change_log is None:
+        return None
+    segments = table.change_log.segments(table.qualified_name)
+    if segments:
+        return (
+            f"{table.qualified_name}: {len(segments)} segment(s), {sum(s.size for s in segments) / 1e6:,.1f} MB of "
+            f"the table's changes wait in the change log of slot group {table.group}: firing"
+        )
+    marker = table.change_log.resync_marker(table.qualified_name)
+    if marker is not None:
+        return (
+            f"{table.qualified_name}: the change log of slot group {table.group} dropped its changes "
+            f"({marker.reason}): firing, so the run resyncs or says how"
+        )
+    return None
