@@ -47,6 +47,16 @@ class PgDatabase:
             return conn.execute(sql, params).fetchall()
 
 
+@pytest.fixture(autouse=True)
+def _airflow_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test gets an AIRFLOW_HOME of its own: the default DuckDB file and change log land there, not in the
+    checkout (a test that sets its own keeps it)."""
+    import os
+
+    if "AIRFLOW_HOME" not in os.environ:
+        monkeypatch.setenv("AIRFLOW_HOME", str(tmp_path_factory.mktemp("airflow_home")))
+
+
 @pytest.fixture(scope="session")
 def pg_cluster() -> Iterator[ThrowawayCluster]:
     """One throwaway cluster (wal_level=logical) per session, started on first use."""

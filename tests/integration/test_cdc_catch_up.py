@@ -7,7 +7,7 @@ import pytest
 import airflow_pg_replication.sync.batch_write as write_module
 from airflow_pg_replication.source.pgoutput import parse_lsn
 from tests.integration.conftest import source_rows
-from tests.integration.test_cdc_end_to_end import COLS, assert_same, make_customers, ops
+from tests.integration.test_cdc_end_to_end import COLS, DEDICATED, assert_same, make_customers, ops
 
 BATCH = 500
 
@@ -35,7 +35,7 @@ def write_changes(pg_db, transactions: int) -> None:
 
 def test_one_run_applies_many_batches_and_catches_up(pg_db, duck):
     make_customers(pg_db, rows=1000)
-    full, apply = ops(duck, max_batch_changes=BATCH)
+    full, apply = ops(duck, max_batch_changes=BATCH, **DEDICATED)
     full.execute({})
     write_changes(pg_db, 200)  # 2,000 changes: more than 3 batches of 500
     target = parse_lsn(pg_db.query("SELECT pg_current_wal_lsn()")[0][0])
@@ -51,7 +51,7 @@ def test_one_run_applies_many_batches_and_catches_up(pg_db, duck):
 
 def test_a_time_budget_stops_after_a_batch_and_the_next_run_goes_on(pg_db, duck):
     make_customers(pg_db, rows=1000)
-    full, apply = ops(duck, max_batch_changes=BATCH)
+    full, apply = ops(duck, max_batch_changes=BATCH, **DEDICATED)
     apply.max_run_seconds = 0  # the budget is looked at after each batch: one batch, then stop
     full.execute({})
     write_changes(pg_db, 200)
@@ -66,7 +66,7 @@ def test_a_time_budget_stops_after_a_batch_and_the_next_run_goes_on(pg_db, duck)
 
 def test_a_crash_between_batches_keeps_the_first_and_the_rerun_is_exact(pg_db, duck, monkeypatch):
     make_customers(pg_db, rows=1000)
-    full, apply = ops(duck, max_batch_changes=BATCH)
+    full, apply = ops(duck, max_batch_changes=BATCH, **DEDICATED)
     full.execute({})
     start = confirmed_flush(pg_db)
     write_changes(pg_db, 200)
@@ -103,7 +103,7 @@ def test_a_state_changed_while_the_file_was_let_go_fails_the_batch_unwritten(pg_
     from airflow_pg_replication.errors import TransientError
 
     make_customers(pg_db, rows=100)
-    full, apply = ops(duck)
+    full, apply = ops(duck, **DEDICATED)
     full.execute({})
     before = duck.rows("customers", COLS, ["customer_id"])
     slot_before = confirmed_flush(pg_db)

@@ -20,6 +20,10 @@ def make_customers(pg_db, rows: int = 50) -> None:
     )
 
 
+#: A dedicated slot of the table's own, as tables had before slot groups (without it, a CDC table is in group default).
+DEDICATED = {"slot": "pgrepl_public_customers"}
+
+
 def ops(duck, **kw):
     common = dict(table="public.customers", source_conn_id="pg_source", destination=duck.spec, **kw)
     return (

@@ -150,7 +150,7 @@ def test_soft_deletes_and_reinsert(pg_db, duck):
 def test_quiet_table_slot_advances(pg_db, duck):
     pg_db.execute("CREATE TABLE quiet (id int PRIMARY KEY)")
     pg_db.execute("CREATE TABLE busy (id int PRIMARY KEY, pad text)")
-    full, apply = run_ops(duck, "quiet")
+    full, apply = run_ops(duck, "quiet", slot="pgrepl_public_quiet")  # a dedicated slot: its retained WAL
     full.execute({})
     retained = []
     for run in range(3):

@@ -15,7 +15,7 @@ from airflow_pg_replication.hooks.replication import PgReplicationHook
 from airflow_pg_replication.operators.plan import choose_next_task
 from airflow_pg_replication.source import snapshot_reads as snapshot_module
 from airflow_pg_replication.testing.throwaway_cluster import ThrowawayCluster
-from tests.integration.test_cdc_end_to_end import COLS, assert_same, make_customers, ops
+from tests.integration.test_cdc_end_to_end import COLS, DEDICATED, assert_same, make_customers, ops
 
 
 def _copy_with_hook(monkeypatch, after_first_batch):
@@ -88,7 +88,7 @@ def test_writes_between_snapshot_and_first_cdc_run_apply_once(pg_db, duck):
 
 def test_cdc_crash_after_load_before_slot_advance(pg_db, duck, monkeypatch):
     make_customers(pg_db, rows=100)
-    full, apply = ops(duck)
+    full, apply = ops(duck, **DEDICATED)
     full.execute({})
     pg_db.execute("DELETE FROM customers WHERE customer_id <= 10")
     pg_db.execute("INSERT INTO customers (customer_id, first_name, last_name) VALUES (10, 'again', 'x')")

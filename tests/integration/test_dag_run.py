@@ -186,7 +186,8 @@ BROKEN_REGISTRY = """\
 def test_broken_entry_does_not_hide_other_dags(tmp_path: Path) -> None:
     registry = write_registry(tmp_path / "tables.yaml", tmp_path / "w.duckdb", BROKEN_REGISTRY)
     dags = build_dags(registry)
-    assert set(dags) == {"pg_replication__public__customers", "pg_replication__public__orders"}
+    assert set(dags) == {"pg_replication__public__customers", "pg_replication__public__orders",
+                         "pg_replication__capture__default"}  # customers' slot group's capture
     assert set(dags["pg_replication__public__customers"].task_dict) == {
         "plan",
         "full_refresh",
@@ -223,7 +224,8 @@ def test_dag_file_builds_from_env_registry_without_heavy_imports(tmp_path: Path)
     )
     assert proc.returncode == 0, proc.stderr
     dag_ids, heavy = proc.stdout.strip().splitlines()[-2:]
-    assert dag_ids == "['pg_replication__public__customers', 'pg_replication__public__orders']"
+    assert dag_ids == ("['pg_replication__capture__default', 'pg_replication__public__customers', "
+                       "'pg_replication__public__orders']")
     assert heavy == "[]", f"parsing the DAG file imported {heavy}"
 
 
@@ -292,4 +294,6 @@ def test_only_the_running_dag_is_built_during_task_execution(tmp_path: Path, mon
     assert list(build_dags(registry)) == ["pg_replication__public__customers"]
     monkeypatch.delenv("_AIRFLOW_PARSING_CONTEXT_DAG_ID")
     monkeypatch.delenv("_AIRFLOW_PARSING_CONTEXT_TASK_ID")
-    assert len(build_dags(registry)) == 2
+    assert len(build_dags(registry)) == 3  # customers, the broken orders, and the slot group's capture
+    monkeypatch.setenv("_AIRFLOW_PARSING_CONTEXT_DAG_ID", "pg_replication__capture__default")
+    assert list(build_dags(registry)) == ["pg_replication__capture__default"]

@@ -119,7 +119,7 @@ def test_invalidated_slot_fail_policy(small_wal_cluster, duck):
 
     dsn = small_wal_cluster.dsn("src")
     make_table(dsn)
-    snapshot(duck)
+    snapshot(duck, slot=SLOT)
     with psycopg.connect(dsn, autocommit=True) as conn:  # max_slot_wal_keep_size is set: the log says when
         verdict = judge_slot(
             read_slot_info(conn, SLOT), slot_name=SLOT, table="public.customers", min_lag_bytes=1, max_lag_bytes=10**12
@@ -129,9 +129,9 @@ def test_invalidated_slot_fail_policy(small_wal_cluster, duck):
         conn.execute("UPDATE customers SET name = 'lost change' WHERE customer_id = 1")
     invalidate_slot(dsn)
     with pytest.raises(SlotLostError, match=r"invalidated.*full_refresh=true"):
-        choose_next_task(table="customers", source_conn_id="pg_source", destination=duck.spec, on_slot_lost="fail")
+        choose_next_task(table="customers", source_conn_id="pg_source", destination=duck.spec, slot=SLOT, on_slot_lost="fail")
     with pytest.raises(SlotLostError, match="wal_status=lost"):
-        PgSlotLagSensor(task_id="w", table="customers").poke({})
+        PgSlotLagSensor(task_id="w", table="customers", slot=SLOT).poke({})
     event = run_trigger(
         SlotLagTrigger(
             source_conn_id="pg_source",
@@ -144,11 +144,11 @@ def test_invalidated_slot_fail_policy(small_wal_cluster, duck):
     )
     assert event["status"] == "error" and "invalidated" in event["message"]  # the deferrable path fails too
     with pytest.raises(SlotLostError, match="invalidated"):
-        PgCdcApplyOperator(task_id="a", table="customers", destination=duck.spec).execute({})
+        PgCdcApplyOperator(task_id="a", table="customers", slot=SLOT, destination=duck.spec).execute({})
     # the documented fix: a run with full_refresh=true
     assert (
         choose_next_task(
-            table="customers", source_conn_id="pg_source", destination=duck.spec, params={"full_refresh": True}
+            table="customers", source_conn_id="pg_source", destination=duck.spec, slot=SLOT, params={"full_refresh": True}
         )
         == "full_refresh"
     )
@@ -157,19 +157,19 @@ def test_invalidated_slot_fail_policy(small_wal_cluster, duck):
 def test_invalidated_slot_resync_policy(small_wal_cluster, duck):
     dsn = small_wal_cluster.dsn("src")
     make_table(dsn)
-    snapshot(duck)
+    snapshot(duck, slot=SLOT)
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("UPDATE customers SET name = 'lost change' WHERE customer_id = 1")
     invalidate_slot(dsn)
     assert (
-        choose_next_task(table="customers", source_conn_id="pg_source", destination=duck.spec, on_slot_lost="resync")
+        choose_next_task(table="customers", source_conn_id="pg_source", destination=duck.spec, slot=SLOT, on_slot_lost="resync")
         == "full_refresh"
     )
-    snapshot(duck)  # drops the dead slot, takes a fresh snapshot
+    snapshot(duck, slot=SLOT)  # drops the dead slot, takes a fresh snapshot
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("DELETE FROM customers WHERE customer_id = 2")
         want = conn.execute("SELECT customer_id, name FROM customers ORDER BY 1").fetchall()
-    PgCdcApplyOperator(task_id="a", table="customers", destination=duck.spec).execute({})
+    PgCdcApplyOperator(task_id="a", table="customers", slot=SLOT, destination=duck.spec).execute({})
     assert duck.rows("customers", ["customer_id", "name"], ["customer_id"]) == want
     assert want[0] == (1, "lost change")
 
@@ -179,12 +179,10 @@ def test_least_privilege_role_runs_full_refresh_and_cdc(pg_db, duck, monkeypatch
     pg_db.execute("CREATE ROLE replicator LOGIN REPLICATION")
     pg_db.execute("GRANT SELECT ON customers TO replicator")
     monkeypatch.setenv("AIRFLOW_CONN_PG_SOURCE", pg_db.conn_uri.replace("postgres@", "replicator@"))
-    # without a pre-created publication the role cannot create one (it does not own the table): clear error
-    with pytest.raises(ReplicationError, match="CREATE PUBLICATION pgrepl_public_customers FOR TABLE"):
+    # without a pre-created publication the role cannot create its slot group's (it does not own the table)
+    with pytest.raises(ReplicationError, match="CREATE PUBLICATION pgrepl_default FOR TABLE public.customers"):
         snapshot(duck)
-    pg_db.execute(
-        "CREATE PUBLICATION pgrepl_public_customers FOR TABLE customers WITH (publish_via_partition_root = true)"
-    )
+    pg_db.execute("CREATE PUBLICATION pgrepl_default FOR TABLE customers WITH (publish_via_partition_root = true)")
     assert snapshot(duck)["rows"] == 100
     pg_db.execute("UPDATE customers SET name = 'least privilege' WHERE customer_id < 10")
     pg_db.execute("DELETE FROM customers WHERE customer_id > 95")
@@ -194,7 +192,7 @@ def test_least_privilege_role_runs_full_refresh_and_cdc(pg_db, duck, monkeypatch
     )
     is_super = pg_db.query("SELECT rolsuper FROM pg_roles WHERE rolname = 'replicator'")[0][0]
     assert is_super is False
-    pg_db.execute("DROP PUBLICATION pgrepl_public_customers")
+    pg_db.execute("DROP PUBLICATION pgrepl_default")
     pg_db.cluster.drop_replication_slots(pg_db.name)
     pg_db.execute("DROP OWNED BY replicator")
     pg_db.execute("DROP ROLE replicator")

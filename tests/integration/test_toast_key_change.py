@@ -43,15 +43,15 @@ def make_docs(pg_db, table: str = "docs", n: int = 10) -> None:
     )
 
 
-def ops(duck, table: str, deletes: str) -> tuple[PgFullRefreshOperator, PgCdcApplyOperator]:
-    common = dict(table=table, source_conn_id="pg_source", destination=duck.spec, deletes=deletes)
+def ops(duck, table: str, deletes: str, **kw) -> tuple[PgFullRefreshOperator, PgCdcApplyOperator]:
+    common = dict(table=table, source_conn_id="pg_source", destination=duck.spec, deletes=deletes, **kw)
     return PgFullRefreshOperator(task_id="full_refresh", **common), PgCdcApplyOperator(task_id="apply", **common)
 
 
-def started(pg_db, duck, deletes: str, table: str = "docs") -> PgCdcApplyOperator:
-    """The table made, snapshotted, and its apply operator."""
+def started(pg_db, duck, deletes: str, table: str = "docs", **kw) -> PgCdcApplyOperator:
+    """The table made, snapshotted, and its apply operator (in slot group default unless ``slot`` is given)."""
     make_docs(pg_db, table)
-    full, apply = ops(duck, table, deletes)
+    full, apply = ops(duck, table, deletes, **kw)
     full.execute({})
     return apply
 
@@ -204,7 +204,7 @@ def _slot_position(pg_db) -> str:
 
 
 def test_value_nowhere_fails_before_writing(pg_db, duck, deletes):
-    apply = started(pg_db, duck, deletes)
+    apply = started(pg_db, duck, deletes, slot="pgrepl_public_docs")  # the slot position is checked
     pg_db.execute("INSERT INTO docs VALUES (70, 'other change', 'x')")  # other changes of the batch
     pg_db.execute("UPDATE docs SET id = 101 WHERE id = 1")
     pg_db.execute("UPDATE docs SET title = 'same batch' WHERE id = 2")
@@ -219,7 +219,7 @@ def test_value_nowhere_fails_before_writing(pg_db, duck, deletes):
     msg = str(err.value)
     for part in ("public.docs", "(id) = (101,)", "(id) = (1,)", "column(s) body", "commit LSN", "full_refresh=true"):
         assert part in msg, msg
-    full, _ = ops(duck, "docs", deletes)  # the fix the message gives
+    full, _ = ops(duck, "docs", deletes, slot="pgrepl_public_docs")  # the fix the message gives
     full.execute({})
     apply.execute({})
     assert_same(pg_db, duck, deletes)
@@ -241,7 +241,7 @@ def _dying_when_recording_state(monkeypatch) -> None:
 
 def test_replay_after_crash_before_state_fails_instead_of_guessing(pg_db, duck, deletes, monkeypatch):
     """Reading the old key again would give key 1 its own old body (key 2 holds it by now): it must fail."""
-    apply = started(pg_db, duck, deletes)
+    apply = started(pg_db, duck, deletes, slot="pgrepl_public_docs")  # the slot position is checked
     with monkeypatch.context() as m:
         m.setattr(DuckDbTableDestination, "native", False)
         pg_db.execute("UPDATE docs SET id = 108 WHERE id = 8")
@@ -261,7 +261,7 @@ def test_replay_after_crash_before_state_fails_instead_of_guessing(pg_db, duck, 
     with pytest.raises(NeedsAttentionError, match="interrupted earlier attempt"):
         apply.execute({})
     assert _destination_now(duck) == before and _slot_position(pg_db) == slot_before
-    full, _ = ops(duck, "docs", deletes)
+    full, _ = ops(duck, "docs", deletes, slot="pgrepl_public_docs")
     full.execute({})
     apply.execute({})
     assert_same(pg_db, duck, deletes)
@@ -270,7 +270,7 @@ def test_replay_after_crash_before_state_fails_instead_of_guessing(pg_db, duck, 
 def test_replay_after_crash_between_parts_fails_instead_of_guessing(pg_db, duck, deletes, monkeypatch):
     """The first part moved row 1 to 101 before the crash: applied again, key 1 is gone (or soft-deleted
     since), so row 101's body is nowhere the batch may read it from."""
-    apply = started(pg_db, duck, deletes)
+    apply = started(pg_db, duck, deletes, slot="pgrepl_public_docs")  # the slot position is checked
     apply.max_rows_in_memory = 100
     with pg_db.connect() as conn, conn.transaction():
         conn.execute("UPDATE docs SET id = 101 WHERE id = 1")
@@ -292,7 +292,7 @@ def test_replay_after_crash_between_parts_fails_instead_of_guessing(pg_db, duck,
     with pytest.raises(NeedsAttentionError, match=r"\(id\) = \(101,\)"):
         apply.execute({})
     assert _destination_now(duck) == before and _slot_position(pg_db) == slot_before
-    full, _ = ops(duck, "docs", deletes)
+    full, _ = ops(duck, "docs", deletes, slot="pgrepl_public_docs")
     full.execute({})
     apply.execute({})
     assert live_rows(duck, deletes) == source_rows(pg_db, "public.docs", COLS, ["id"])

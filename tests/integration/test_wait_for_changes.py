@@ -32,7 +32,7 @@ def snapshotted(pg_db, duck):
     pg_db.execute("CREATE TABLE customers (customer_id bigint PRIMARY KEY, name text)")
     pg_db.execute("INSERT INTO customers SELECT g, 'n' || g FROM generate_series(1, 100) g")
     pg_db.execute("CREATE TABLE other (id bigserial PRIMARY KEY, v text)")
-    PgFullRefreshOperator(task_id="full_refresh", table="customers", destination=duck.spec).execute({})
+    PgFullRefreshOperator(task_id="full_refresh", table="customers", slot=SLOT, destination=duck.spec).execute({})
     return pg_db
 
 
@@ -61,7 +61,7 @@ def drop_slot(db) -> None:
 
 
 def sensor(**kw: Any) -> PgSlotLagSensor:
-    return PgSlotLagSensor(task_id="wait_for_changes", table="customers", **kw)
+    return PgSlotLagSensor(task_id="wait_for_changes", table="customers", slot=SLOT, **kw)
 
 
 def poke(db, min_lag_bytes: int = 1, between: Callable[[int], None] | None = None) -> PokeResult:
@@ -87,7 +87,7 @@ def poke(db, min_lag_bytes: int = 1, between: Callable[[int], None] | None = Non
 
 
 def apply_and_compare(db, duck) -> dict:
-    out = PgCdcApplyOperator(task_id="apply_changes", table="customers", destination=duck.spec).execute({})
+    out = PgCdcApplyOperator(task_id="apply_changes", table="customers", slot=SLOT, destination=duck.spec).execute({})
     assert duck.rows("customers", COLUMNS, ["customer_id"]) == source_rows(
         db, "public.customers", COLUMNS, ["customer_id"]
     )
