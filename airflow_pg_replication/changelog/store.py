@@ -177,6 +177,7 @@ class ChangeLog:
         messages = dropped = 0
         last_end_lsn = None
         more = False
+        relations_read: set[bytes] = set()  # the Relation messages this read gives, as they are
         for segment in segments:
             if segment.last_commit_lsn <= high:
                 continue  # wholly applied before, or a duplicate of what this read has
@@ -184,10 +185,11 @@ class ChangeLog:
                 more = True
                 break
             rows, end_lsn = self._read_segment(table, directory, segment, after_lsn)
-            if segment.first_commit_lsn <= high:  # overlaps what is read: keep the later transactions
-                kept = rows.filter(pc.greater(rows.column("commit_lsn"), pa.scalar(high, pa.int64())))
+            if segment.first_commit_lsn <= high:  # overlaps what is read: keep the later transactions ...
+                kept = _later_transactions(rows, high, relations_read)
                 dropped += len(rows) - len(kept)
                 rows = kept
+            relations_read.update(_relations_in(rows))
             lsn_chunks += rows.column("commit_lsn").chunks
             data_chunks += rows.column("data").chunks
             read.append(segment)
@@ -288,6 +290,32 @@ class ChangeLog:
             marker = self.resync_marker(table)
             if marker is not None and marker.leaves_gap_after(after_lsn):
                 raise ResyncRequiredError(table, self.describe(), marker)
+
+
+def _relations_in(rows: pa.Table) -> list[bytes]:
+    """The Relation messages among ``rows`` (few: one per table and decoding session, or schema change)."""
+    is_relation = pc.equal(pc.binary_slice(rows.column("data"), 0, 1), pa.scalar(b"R", pa.binary()))
+    return rows.column("data").filter(is_relation).to_pylist()
+
+
+def _later_transactions(rows: pa.Table, high: int, relations_read: set[bytes]) -> pa.Table:
+    """The rows of transactions committed after ``high``, and the Relation messages they may need.
+
+    pgoutput sends a table's Relation message once per decoding session (and again after a
+    schema change), before its first change, so a segment's later transactions rely on a Relation
+    message that an earlier, dropped transaction carried. Such a message is kept, in place, unless
+    this read gave the same one already (the folds take a Relation message between transactions).
+    """
+    later = pc.greater(rows.column("commit_lsn"), pa.scalar(high, pa.int64())).to_numpy(zero_copy_only=False)
+    data = rows.column("data")
+    is_relation = pc.equal(pc.binary_slice(data, 0, 1), pa.scalar(b"R", pa.binary())).to_numpy(zero_copy_only=False)
+    keep = later.copy()
+    for i in (is_relation & ~later).nonzero()[0].tolist():
+        message = data[i].as_py()
+        if message not in relations_read:
+            relations_read.add(message)
+            keep[i] = True
+    return rows.filter(pa.array(keep))
 
 
 def _as_bytes(source: pa.Buffer | pa.NativeFile) -> bytes:

@@ -59,7 +59,7 @@ def type_columnar_batch(batch: ColumnarBatch, columns: Mapping[str, PgColumn], *
     import pyarrow.compute as pc
 
     key_columns = batch.key_columns
-    layout = tuple(c.name for c in batch.relation.columns)
+    layout = tuple(c.name for c in batch.relation.columns if c.name in columns)  # `columns` may leave some out
     deleted = batch.deleted.to_numpy(zero_copy_only=False)
     delete_keys = None
     if soft_deletes:

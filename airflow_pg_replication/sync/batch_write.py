@@ -8,6 +8,7 @@ found nowhere fails the batch with nothing half-applied.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -118,6 +119,18 @@ def _rows_to_table(
     """
     import pyarrow as pa
 
+    if any(name not in columns for name in layout):  # columns the registry's `columns` list leaves out
+        keep = [i for i, name in enumerate(layout) if name in columns]
+        layout = tuple(layout[i] for i in keep)
+        rows = [
+            (
+                key,
+                dataclasses.replace(
+                    row, layout=layout, values=None if row.values is None else tuple(row.values[i] for i in keep)
+                ),
+            )
+            for key, row in rows
+        ]
     key_pos = {name: i for i, name in enumerate(key_columns)}
     width = len(layout)
     values: list[tuple] = []

@@ -230,7 +230,7 @@ class CdcBatch:
                         folder.flushed_parts,
                         len(part.rows),
                     )
-                    cols = columns_of_relations(conn, folder.relations_seen, info)
+                    cols = columns_of_relations(conn, folder.relations_seen, info, t.columns)
                     applied = _combine(applied, write_change_batch(dest, part, cols, soft_deletes=soft))
             del pending
         state = opening.prepared()  # the destination may still be checkpointing while the batch folds
@@ -266,7 +266,7 @@ class CdcBatch:
             )
             state = state.moved_to(TablePhase.READY, applied_lsn=batch.last_commit_lsn)
             if columnar is not None:  # the state commits with the data where the destination allows (DuckDB)
-                cols = columns_of_relations(conn, [columnar.relation], info)
+                cols = columns_of_relations(conn, [columnar.relation], info, t.columns)
                 with phase("cdc.type"):
                     typed = type_columnar_batch(columnar, cols, soft_deletes=soft)
                 dest, _ = opening.result()
@@ -274,7 +274,7 @@ class CdcBatch:
             elif batch.is_empty:  # all of it went out in parts: only the state is left to record
                 dest.write_state(state)
             elif folder is not None:  # per message (columnar is None): the batch is folder.batch
-                cols = columns_of_relations(conn, folder.relations_seen, info)
+                cols = columns_of_relations(conn, folder.relations_seen, info, t.columns)
                 dest, _ = opening.result()
                 written = write_change_batch(dest, folder.batch, cols, soft_deletes=soft, state=state)
                 applied = _combine(applied, written)
@@ -291,19 +291,31 @@ class CdcBatch:
         )
 
 
-def columns_of_relations(conn: psycopg.Connection, rels: Sequence[Relation], info: TableInfo) -> dict[str, PgColumn]:
-    """Types of every column the batch's relation messages carried (schema changes included)."""
+def columns_of_relations(
+    conn: psycopg.Connection, rels: Sequence[Relation], info: TableInfo, only: Sequence[str] | None = None
+) -> dict[str, PgColumn]:
+    """Types of every column the batch's relation messages carried (schema changes included).
+
+    ``only``: the registry's ``columns`` list; the publication sends every column, the others are left out.
+    """
     from airflow_pg_replication.source.catalog import resolve_column_types
     from airflow_pg_replication.source.type_map import PgColumn
 
+    wanted = set(only) if only else None
     types = {c.type.oid: c.type for c in info.columns}  # read at the run's start: no query for these
-    unknown = [c.type_oid for rel in rels for c in rel.columns if c.type_oid not in types]
+    unknown = [
+        c.type_oid
+        for rel in rels
+        for c in rel.columns
+        if c.type_oid not in types and (wanted is None or c.name in wanted)
+    ]
     if unknown:  # a column added or retyped since
         types.update(resolve_column_types(conn, unknown))
     cols = {c.name: c for c in info.columns}
     for rel in rels:
         for c in rel.columns:
-            cols[c.name] = PgColumn(c.name, types[c.type_oid], c.typmod)
+            if wanted is None or c.name in wanted:
+                cols[c.name] = PgColumn(c.name, types[c.type_oid], c.typmod)
     return cols
 
 

@@ -46,7 +46,7 @@ def test_object_storage_path_fs_from_an_airflow_connection_runs_the_change_log(
     log.write_segment(T, **transactions(2, 3).kwargs())  # a capture's rewrite after a crash
 
     got = log.read(T, after_lsn=None, max_messages=10**6)
-    assert commit_lsns_of(got.commit_lsn) == [tx_lsn(n) for n in range(5)]
+    assert commit_lsns_of(got.commit_lsn, got.messages) == [tx_lsn(n) for n in range(5)]
     keys = [o["Key"] for o in s3_server.client().list_objects_v2(Bucket=bucket)["Contents"]]
     assert f"pg_replication/changes/default/{T}/{info.name}" in keys
     assert log.delete_applied(T, tx_lsn(4)) == 2 and log.segments(T) == []

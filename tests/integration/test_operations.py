@@ -129,7 +129,9 @@ def test_invalidated_slot_fail_policy(small_wal_cluster, duck):
         conn.execute("UPDATE customers SET name = 'lost change' WHERE customer_id = 1")
     invalidate_slot(dsn)
     with pytest.raises(SlotLostError, match=r"invalidated.*full_refresh=true"):
-        choose_next_task(table="customers", source_conn_id="pg_source", destination=duck.spec, slot=SLOT, on_slot_lost="fail")
+        choose_next_task(
+            table="customers", source_conn_id="pg_source", destination=duck.spec, slot=SLOT, on_slot_lost="fail"
+        )
     with pytest.raises(SlotLostError, match="wal_status=lost"):
         PgSlotLagSensor(task_id="w", table="customers", slot=SLOT).poke({})
     event = run_trigger(
@@ -148,7 +150,11 @@ def test_invalidated_slot_fail_policy(small_wal_cluster, duck):
     # the documented fix: a run with full_refresh=true
     assert (
         choose_next_task(
-            table="customers", source_conn_id="pg_source", destination=duck.spec, slot=SLOT, params={"full_refresh": True}
+            table="customers",
+            source_conn_id="pg_source",
+            destination=duck.spec,
+            slot=SLOT,
+            params={"full_refresh": True},
         )
         == "full_refresh"
     )
@@ -162,7 +168,9 @@ def test_invalidated_slot_resync_policy(small_wal_cluster, duck):
         conn.execute("UPDATE customers SET name = 'lost change' WHERE customer_id = 1")
     invalidate_slot(dsn)
     assert (
-        choose_next_task(table="customers", source_conn_id="pg_source", destination=duck.spec, slot=SLOT, on_slot_lost="resync")
+        choose_next_task(
+            table="customers", source_conn_id="pg_source", destination=duck.spec, slot=SLOT, on_slot_lost="resync"
+        )
         == "full_refresh"
     )
     snapshot(duck, slot=SLOT)  # drops the dead slot, takes a fresh snapshot
@@ -180,7 +188,7 @@ def test_least_privilege_role_runs_full_refresh_and_cdc(pg_db, duck, monkeypatch
     pg_db.execute("GRANT SELECT ON customers TO replicator")
     monkeypatch.setenv("AIRFLOW_CONN_PG_SOURCE", pg_db.conn_uri.replace("postgres@", "replicator@"))
     # without a pre-created publication the role cannot create its slot group's (it does not own the table)
-    with pytest.raises(ReplicationError, match="CREATE PUBLICATION pgrepl_default FOR TABLE public.customers"):
+    with pytest.raises(ReplicationError, match=r"CREATE PUBLICATION pgrepl_default FOR TABLE public\.customers"):
         snapshot(duck)
     pg_db.execute("CREATE PUBLICATION pgrepl_default FOR TABLE customers WITH (publish_via_partition_root = true)")
     assert snapshot(duck)["rows"] == 100

@@ -81,8 +81,13 @@ class DuckDbTableDestination(DltTableDestination):
                 file_lock.locked(self.path, mode, timeout=file_lock.WRITER_TIMEOUT_SECONDS, what=what)
             )
             if self.read_only and not os.path.exists(self.path):
-                return  # nothing loaded yet: read_state() is None
-            con = file_lock.connect(self.path, read_only=self.read_only, what=what)
+                # Nothing loaded yet: an empty in-memory database answers (no state, no table) and no file
+                # is made, by us or by dlt.
+                import duckdb
+
+                con = duckdb.connect(":memory:")
+            else:
+                con = file_lock.connect(self.path, read_only=self.read_only, what=what)
             self._file.callback(con.close)
             if not self.read_only:
                 # Commits are durable in the WAL; DuckDB checkpoints it once it passes 16 MB (or when
@@ -164,11 +169,6 @@ class DuckDbTableDestination(DltTableDestination):
         yield self._sql
 
     # -- state and loads ---------------------------------------------------------------------------
-
-    def read_state(self) -> ReplicationState | None:
-        if self.read_only and self._duckdb is None:
-            return None  # read-only, and no DuckDB file yet
-        return super().read_state()
 
     def prepare_replace(
         self, state: ReplicationState, *, schema: pa.Schema, columns: list[dict], primary_key: Sequence[str]

@@ -37,7 +37,7 @@ def read_all(log: ChangeLog, after_lsn: int | None, max_messages: int = 10**9) -
     seen: list[int] = []
     while True:
         got = log.read(T, after_lsn=after_lsn, max_messages=max_messages)
-        seen += commit_lsns_of(got.commit_lsn)
+        seen += commit_lsns_of(got.commit_lsn, got.messages)
         if got.last_commit_lsn is not None:
             after_lsn = got.last_commit_lsn
         if not got.more:
@@ -101,7 +101,7 @@ def test_read_takes_whole_segments_until_the_bound(change_log: ChangeLog) -> Non
 
     got = change_log.read(T, after_lsn=got.last_commit_lsn, max_messages=1)  # at least one segment
     assert len(got.segments) == 1 and len(got.messages) == 25 and got.more
-    assert commit_lsns_of(got.commit_lsn) == [tx_lsn(n) for n in range(10, 15)]
+    assert commit_lsns_of(got.commit_lsn, got.messages) == [tx_lsn(n) for n in range(10, 15)]
 
     got = change_log.read(T, after_lsn=got.last_commit_lsn, max_messages=50)
     assert len(got.segments) == 2 and not got.more and got.last_commit_lsn == tx_lsn(24)
@@ -116,7 +116,7 @@ def test_after_lsn_skips_applied_segments_and_transactions(change_log: ChangeLog
     got = change_log.read(T, after_lsn=tx_lsn(3), max_messages=10**6)  # first segment wholly applied
     assert [s.first_commit_lsn for s in got.segments] == [tx_lsn(4)] and got.duplicates_dropped == 0
     got = change_log.read(T, after_lsn=tx_lsn(2) + 1, max_messages=10**6)  # between two commits
-    assert commit_lsns_of(got.commit_lsn)[0] == tx_lsn(3)
+    assert commit_lsns_of(got.commit_lsn, got.messages)[0] == tx_lsn(3)
     assert change_log.read(T, after_lsn=tx_lsn(7), max_messages=10).is_empty
 
 

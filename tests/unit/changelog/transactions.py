@@ -85,10 +85,15 @@ def transactions(first: int, count: int, rows: int = 2) -> Transactions:
     )
 
 
-def commit_lsns_of(commit_lsn: pa.Array | pa.ChunkedArray) -> list[int]:
-    """The distinct commit LSNs of messages, in the order they come (one per transaction)."""
+def commit_lsns_of(commit_lsn: pa.Array | pa.ChunkedArray, data: pa.Array | pa.ChunkedArray | None = None) -> list[int]:
+    """The commit LSNs of the transactions read, in order: one per Begin message (with ``data``), or
+    one per run of equal LSNs. A read keeps the Relation messages of the transactions it drops
+    (later transactions of their segment need them): with ``data`` those do not count."""
+    lsns = commit_lsn.to_pylist()
+    if data is not None:
+        return [lsn for lsn, msg in zip(lsns, data.to_pylist()) if msg[:1] == b"B"]
     out: list[int] = []
-    for lsn in commit_lsn.to_pylist():
+    for lsn in lsns:
         if not out or out[-1] != lsn:
             out.append(lsn)
     return out

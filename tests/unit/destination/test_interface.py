@@ -365,24 +365,6 @@ def test_a_read_only_unit_on_no_file_has_no_rows_and_makes_no_file(open_dest, im
     """Nothing loaded yet: a reader sees no state and no rows, and leaves no file behind."""
     if implementation == "dlt":
         pytest.skip("dlt's own duckdb destination has no read-only mode: it opens (and makes) the file to read")
-    if implementation == "duckdb_native":
-        request.applymarker(
-            pytest.mark.xfail(
-                raises=AttributeError,
-                strict=True,
-                reason="package bug: DuckDbTableDestination.sql_client builds a DuckDbSession on no connection "
-                "when a read-only unit found no file (destination/duckdb/table.py, sql_client)",
-            )
-        )
-    else:
-        request.applymarker(
-            pytest.mark.xfail(
-                raises=AssertionError,
-                strict=True,
-                reason="package bug: with native = False a read-only unit on no file hands dlt the path, and "
-                "dlt creates the file read-write, outside the file lock (destination/duckdb/table.py, dlt_destination)",
-            )
-        )
     with open_dest(read_only=True) as reader:
         assert reader.read_state() is None
         assert not reader.has_rows()
