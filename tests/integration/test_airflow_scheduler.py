@@ -324,7 +324,9 @@ def _scenario(af: AirflowDeployment, pg_db, check: Checker) -> None:
     # the dag-processor re-parsed the file every 10 s: an unchanged DAG must serialize the same every time
     versions = dict(af.metadata("SELECT dag_id, count(*) FROM dag_version GROUP BY dag_id"))
     capture = "pg_replication__capture__default"  # both tables share slot group default: its capture DAG
-    assert versions == {CUSTOMERS: 1, ORDERS: 1, capture: 1}, f"DAG versions (one per differing serialization): {versions}"
+    assert versions == {CUSTOMERS: 1, ORDERS: 1, capture: 1}, (
+        f"DAG versions (one per differing serialization): {versions}"
+    )
     af.stop()
     check.assert_same("customers")
     check.assert_same("orders")

@@ -186,8 +186,11 @@ BROKEN_REGISTRY = """\
 def test_broken_entry_does_not_hide_other_dags(tmp_path: Path) -> None:
     registry = write_registry(tmp_path / "tables.yaml", tmp_path / "w.duckdb", BROKEN_REGISTRY)
     dags = build_dags(registry)
-    assert set(dags) == {"pg_replication__public__customers", "pg_replication__public__orders",
-                         "pg_replication__capture__default"}  # customers' slot group's capture
+    assert set(dags) == {
+        "pg_replication__public__customers",
+        "pg_replication__public__orders",
+        "pg_replication__capture__default",
+    }  # customers' slot group's capture
     assert set(dags["pg_replication__public__customers"].task_dict) == {
         "plan",
         "full_refresh",
@@ -224,8 +227,9 @@ def test_dag_file_builds_from_env_registry_without_heavy_imports(tmp_path: Path)
     )
     assert proc.returncode == 0, proc.stderr
     dag_ids, heavy = proc.stdout.strip().splitlines()[-2:]
-    assert dag_ids == ("['pg_replication__capture__default', 'pg_replication__public__customers', "
-                       "'pg_replication__public__orders']")
+    assert dag_ids == (
+        "['pg_replication__capture__default', 'pg_replication__public__customers', 'pg_replication__public__orders']"
+    )
     assert heavy == "[]", f"parsing the DAG file imported {heavy}"
 
 

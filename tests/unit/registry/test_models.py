@@ -124,7 +124,11 @@ def test_design_example_parses_with_documented_values():
     }
     assert registry.defaults.model_dump() == {**DEFAULT_KNOBS, "deferrable": True}
     assert [t.qualified_name for t in registry.tables] == [
-        "public.customers", "public.orders", "sales.events", "public.audit_log"]
+        "public.customers",
+        "public.orders",
+        "sales.events",
+        "public.audit_log",
+    ]
 
     customers, orders, events, audit_log = registry.tables
     assert {k: getattr(customers, k) for k in DEFAULT_KNOBS} == {**DEFAULT_KNOBS, "deferrable": True}
@@ -542,8 +546,9 @@ def test_tables_of_a_group_share_its_slot_and_dedicated_slots_are_one_tables():
 
 def test_a_dedicated_slot_may_not_be_a_groups_slot():
     text = "tables:\n  - table: a\n  - table: b\n    slot: pgrepl_default\n"
-    assert only_error(text).startswith("tables.yaml:4: tables[1].slot: replication slot 'pgrepl_default' is slot "
-                                       "group 'default''s")
+    assert only_error(text).startswith(
+        "tables.yaml:4: tables[1].slot: replication slot 'pgrepl_default' is slot group 'default''s"
+    )
 
 
 def test_duplicate_yaml_keys_are_reported():

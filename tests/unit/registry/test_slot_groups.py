@@ -16,7 +16,8 @@ def only_error(text: str) -> str:
 
 
 def test_cdc_tables_without_slot_share_their_groups_slot():
-    registry = parse_registry(yaml_text("""
+    registry = parse_registry(
+        yaml_text("""
         defaults: {slot_group: shop}
         slot_groups:
           shop: {schedule: "*/2 * * * *", change_log: "s3://bucket/changes", change_log_conn_id: aws_default}
@@ -29,13 +30,18 @@ def test_cdc_tables_without_slot_share_their_groups_slot():
             slot: audit_slot
           - table: countries
             mode: full_refresh
-    """))
+    """)
+    )
     in_use = registry.groups_in_use()
     assert list(in_use) == ["shop", "cold"]
     shop, tables = in_use["shop"]
     assert [t.qualified_name for t in tables] == ["public.customers", "public.orders"]
     assert (shop.slot, shop.schedule, shop.change_log, shop.change_log_conn_id) == (
-        "pgrepl_shop", "*/2 * * * *", "s3://bucket/changes", "aws_default")
+        "pgrepl_shop",
+        "*/2 * * * *",
+        "s3://bucket/changes",
+        "aws_default",
+    )
     assert in_use["cold"][0].slot == "pgrepl_cold" and in_use["cold"][0].schedule == "* * * * *"
     assert registry.names_of(registry.table("audit_log")).slot == "audit_slot"
     assert registry.table("audit_log").group is None and registry.table("countries").group is None
@@ -54,8 +60,9 @@ def test_slot_and_slot_group_on_one_entry_is_an_error():
 
 def test_a_listed_group_slot_names_its_slot_and_publication():
     registry = parse_registry("slot_groups:\n  default:\n    slot: shop_slot\ntables:\n  - table: a\n")
-    assert registry.names_of(registry.table("a")).slot == registry.names_of(registry.table("a")).publication == \
-        "shop_slot"
+    assert (
+        registry.names_of(registry.table("a")).slot == registry.names_of(registry.table("a")).publication == "shop_slot"
+    )
 
 
 def test_two_groups_may_not_share_a_slot():
@@ -76,12 +83,15 @@ def test_a_table_dag_may_not_take_a_capture_dags_id():
     assert "DAG id 'pg_replication__capture__default' is slot group 'default''s" in only_error(text)
 
 
-@pytest.mark.parametrize(("block", "key", "expected"), [
-    ("  shop:\n    slots: x\n", "slot_groups.shop.slots", "did you mean 'slot'?"),
-    ("  Shop Group: {}\n", "slot_groups.Shop Group", "slot group name"),
-    ("  shop:\n    change_log: s3://key:secret@bucket/x\n", "slot_groups.shop.change_log", "password or token"),
-    ("  shop:\n    schedule: every minute\n", "slot_groups.shop.schedule", "invalid schedule"),
-])
+@pytest.mark.parametrize(
+    ("block", "key", "expected"),
+    [
+        ("  shop:\n    slots: x\n", "slot_groups.shop.slots", "did you mean 'slot'?"),
+        ("  Shop Group: {}\n", "slot_groups.Shop Group", "slot group name"),
+        ("  shop:\n    change_log: s3://key:secret@bucket/x\n", "slot_groups.shop.change_log", "password or token"),
+        ("  shop:\n    schedule: every minute\n", "slot_groups.shop.schedule", "invalid schedule"),
+    ],
+)
 def test_slot_groups_block_errors_name_the_key(block, key, expected):
     text = "slot_groups:\n" + block + "tables:\n  - table: a\n    slot_group: shop\n"
     with pytest.raises(RegistryError) as raised:
