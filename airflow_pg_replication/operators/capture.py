@@ -96,7 +96,13 @@ class PgCaptureOperator(BacksOffAfterFailedRuns, BaseOperator):
             )
         events = context.get("outlet_events") if isinstance(context, Mapping) else None
         if events is not None:
+            # Every table with changes waiting, not only this run's: a capture that died after the slot
+            # advanced and before its events leaves them unannounced otherwise (events are at least once).
+            waiting = {t for t in self.tables if t not in result.tables and group.change_log.segments(t)}
             alias = events[group_changes_alias(self.slot_group)]
-            for table, changes in sorted(result.tables.items()):
-                alias.add(table_changes_asset(self.slot_group, table), extra={"changes": changes, "lsn": result.lsn})
+            for table in sorted({*result.tables, *waiting}):
+                alias.add(
+                    table_changes_asset(self.slot_group, table),
+                    extra={"changes": result.tables.get(table, 0), "lsn": result.lsn},
+                )
         return result.as_dict()

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
-from airflow_pg_replication.errors import NeedsAttentionError, SlotLostError
+from airflow_pg_replication.errors import NeedsAttentionError, SlotLostError, TransientError
 
 if TYPE_CHECKING:
     import psycopg
@@ -40,6 +40,8 @@ MAX_RUN_SECONDS = 300
 MAX_LOG_BYTES = 10 * 1024**3
 #: How long a capture waits for another capture of the same group before its task retries.
 CAPTURE_TURN_WAIT_SECONDS = 1800
+#: How long a capture waits for a slot that another backend holds for a moment (a sensor's peek).
+BUSY_SLOT_WAIT_SECONDS = 60.0
 
 
 @dataclass(frozen=True)
@@ -155,15 +157,19 @@ def _capture_batches(
     try:
         while True:
             batch_started = time.monotonic()
-            chunks = list(
-                source.peek_change_chunks(
-                    conn,
-                    group.slot,
-                    group.publication,
-                    upto_lsn=upto,
-                    max_changes=max_batch_changes,
-                    arrow_conn=arrow_conn,
-                )
+            chunks = _while_the_slot_is_busy(
+                group,
+                "read",
+                lambda: list(
+                    source.peek_change_chunks(
+                        conn,
+                        group.slot,
+                        group.publication,
+                        upto_lsn=upto,
+                        max_changes=max_batch_changes,
+                        arrow_conn=arrow_conn,
+                    )
+                ),
             )
             messages = pa.chunked_array(chunks, pa.binary()) if chunks else pa.chunked_array([], pa.binary())
             cut = len(messages) >= max_batch_changes
@@ -182,7 +188,9 @@ def _capture_batches(
             # Every segment of the batch is durable: only now may the slot move past it.
             advance_to = split.last_end_lsn if cut else max(upto, split.last_end_lsn or 0)
             if advance_to and advance_to > confirmed:
-                source.advance_slot(conn, group.slot, advance_to)
+                _while_the_slot_is_busy(
+                    group, "advance", lambda to=advance_to: source.advance_slot(conn, group.slot, to)
+                )
                 confirmed = advance_to
             result.transactions += split.transactions
             result.batches += 1
@@ -206,6 +214,33 @@ def _capture_batches(
     finally:
         arrow_conn.close()
     result.lsn = format_lsn(confirmed) if confirmed else None
+
+
+def _while_the_slot_is_busy(group: SlotGroupTarget, doing: str, step: Any) -> Any:
+    """Run ``step``; while another backend holds the group's slot for a moment (a table's sensor peeking
+    it), wait and try again, for at most :data:`BUSY_SLOT_WAIT_SECONDS`."""
+    deadline = time.monotonic() + BUSY_SLOT_WAIT_SECONDS
+    pause = 0.05
+    while True:
+        try:
+            return step()
+        except Exception as exc:  # psycopg's ObjectInUse, or ADBC's wrapping of the same server error
+            if "is active for PID" not in str(exc):
+                raise
+            if time.monotonic() > deadline:
+                raise TransientError(
+                    f"slot {group.slot} of slot group {group.name} stayed in use by another backend for "
+                    f"{BUSY_SLOT_WAIT_SECONDS:g} s while the capture tried to {doing} it: {str(exc).strip()}; the "
+                    "task's retry tries again"
+                ) from exc
+            log.info(
+                "slot group %s: slot %s is in use for a moment (a sensor's peek?): trying to %s it again",
+                group.name,
+                group.slot,
+                doing,
+            )
+            time.sleep(pause)
+            pause = min(pause * 2, 1.0)
 
 
 def _checked_slot(source: SourceDatabase, conn: psycopg.Connection, group: SlotGroupTarget) -> Any:

@@ -15,8 +15,9 @@ then open the file, which DuckDB then never refuses:
 
 Within one process the lock is counted, not taken twice: ``flock`` belongs to an open file
 description, so a second ``open()`` + ``flock`` in the same process would wait on the first, on
-itself. A process that holds the lock and asks again shares what it holds; only asking to write
-while holding it for reading is refused, at once, with the fix.
+itself. A thread that holds the lock and asks again shares what it holds (only asking to write
+while holding it for reading is refused, at once, with the fix); another thread of the process
+shares a hold for reading and waits, in the process, for a hold for writing to end.
 
 A process that opens the file with plain ``duckdb.connect`` takes none of this; :func:`connect`
 waits for it with backoff for a bounded time (``PG_REPLICATION_DUCKDB_BUSY_TIMEOUT``, default
@@ -33,7 +34,7 @@ import re
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from airflow_pg_replication.errors import NeedsAttentionError, TransientError
@@ -86,22 +87,25 @@ class _Hold:
     fd: int
     mode: str
     users: int
+    threads: dict[int, int] = field(default_factory=dict)  # thread -> its users (its re-entry shares it)
 
 
 _holds: dict[str, _Hold] = {}
 _holds_guard = threading.Lock()
+_released = threading.Condition(_holds_guard)  # a hold ended: threads waiting in the process look again
 _taking: dict[str, threading.Lock] = {}  # one thread of the process takes a file's lock at a time
 
 
 def _forget_holds_in_child() -> None:
     """After fork: the child shares the parent's lock files; it forgets them (closing, never unlocking)."""
-    global _holds_guard
+    global _holds_guard, _released
     for hold in _holds.values():
         with contextlib.suppress(OSError):
             os.close(hold.fd)
     _holds.clear()
     _taking.clear()
     _holds_guard = threading.Lock()
+    _released = threading.Condition(_holds_guard)
 
 
 os.register_at_fork(after_in_child=_forget_holds_in_child)
@@ -130,10 +134,11 @@ def locked(
     out of the block.
     """
     key = _acquire(path, mode, timeout=timeout, what=what, advice=advice)
+    taker = threading.get_ident()  # the block may end on another thread (a destination opened on one)
     try:
         yield
     finally:
-        _release(key)
+        _release(key, taker)
 
 
 def _acquire(path: str, mode: str, *, timeout: float, what: str, advice: str) -> str:
@@ -141,7 +146,18 @@ def _acquire(path: str, mode: str, *, timeout: float, what: str, advice: str) ->
         raise ValueError(f"mode must be {SHARED!r} or {EXCLUSIVE!r}, not {mode!r}")
     key = _key(path)
     deadline = time.monotonic() + timeout
+    me = threading.get_ident()
     with _holds_guard:
+        hold = _holds.get(key)
+        if hold is not None and me in hold.threads:  # re-entry: what this thread holds covers it
+            if mode == EXCLUSIVE and hold.mode == SHARED:
+                raise NeedsAttentionError(
+                    f"this process holds the DuckDB file {path} open for reading and now asks to write it (to "
+                    f"{what}): leave the read_warehouse block (or close the reading destination) first"
+                )
+            hold.users += 1
+            hold.threads[me] += 1
+            return key
         taking = _taking.setdefault(key, threading.Lock())
     # another thread of this process may be taking it: wait for that in-process, never on flock
     if not taking.acquire(timeout=max(0.0, deadline - time.monotonic())):
@@ -151,30 +167,38 @@ def _acquire(path: str, mode: str, *, timeout: float, what: str, advice: str) ->
         )
     try:
         with _holds_guard:
-            hold = _holds.get(key)
-            if hold is not None:
-                if mode == EXCLUSIVE and hold.mode == SHARED:
-                    raise NeedsAttentionError(
-                        f"this process holds the DuckDB file {path} open for reading and now asks to write it "
-                        f"(to {what}): leave the read_warehouse block (or close the reading destination) first"
+            while (hold := _holds.get(key)) is not None:
+                if mode == SHARED and hold.mode == SHARED:  # readers of one process share the file
+                    hold.users += 1
+                    hold.threads[me] = hold.threads.get(me, 0) + 1
+                    return key
+                remaining = deadline - time.monotonic()  # another thread writes it: wait for it to finish
+                if remaining <= 0:
+                    raise TransientError(
+                        f"gave up after {timeout:g} s waiting for another thread of this process that holds the "
+                        f"DuckDB file {path} (to {what}); {advice}"
                     )
-                hold.users += 1  # re-entry: what this process holds covers it
-                return key
+                _released.wait(min(remaining, 1.0))
         fd = _take(key, mode, deadline=deadline, timeout=timeout, path=path, what=what, advice=advice)
         with _holds_guard:
-            _holds[key] = _Hold(fd, mode, 1)
+            _holds[key] = _Hold(fd, mode, 1, {me: 1})
         return key
     finally:
         taking.release()
 
 
-def _release(key: str) -> None:
+def _release(key: str, taker: int) -> None:
     with _holds_guard:
         hold = _holds[key]
         hold.users -= 1
+        if taker in hold.threads:
+            hold.threads[taker] -= 1
+            if not hold.threads[taker]:
+                del hold.threads[taker]
         if hold.users:
             return
         del _holds[key]
+        _released.notify_all()
     try:
         fcntl.flock(hold.fd, fcntl.LOCK_UN)
     finally:

@@ -35,14 +35,9 @@ COLS = ("id", "name", "note")
 X = 0x3_0000_1000  # the join's consistent point (past 32 bits, as real LSNs are)
 TS = 760_000_000_000_000
 
-# The relation bug (see RELATION_LOST below) is in ChangeLog.read: it drops whole transactions at or
-# below ``after_lsn`` (and duplicates), Relation messages included.
-RELATION_LOST = (
-    "package bug: ChangeLog.read (airflow_pg_replication/changelog/store.py, read(): the filter "
-    "`rows.filter(pc.greater(rows.column('commit_lsn'), high))`) drops the Relation message of a skipped or "
-    "duplicate transaction; pgoutput sends it once per peek, so later transactions of the same segment lose "
-    "their relation and both folds drop their changes (columnar: ineligible; reference: unknown OID, ignored)"
-)
+# Regression: ChangeLog.read once dropped the Relation message with the transaction that carried it
+# (at or below ``after_lsn``, or a duplicate), so the later transactions of a segment read in part lost
+# their changes (test_log_read_after_x_minus_1_inside_one_peek, test_overlapping_segment_after_the_first_was_applied).
 
 
 def begin(lsn: int, xid: int) -> bytes:

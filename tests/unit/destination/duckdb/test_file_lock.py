@@ -171,20 +171,35 @@ def test_a_reader_gives_up_after_its_timeout_naming_the_writer(tmp_path: Path) -
 def test_reentry_in_one_process_shares_the_lock_and_never_waits_on_itself(tmp_path: Path) -> None:
     path = tmp_path / "w.duckdb"
     t0 = time.monotonic()
+    done: list = []
     with _dest(path) as outer:
         with _dest(path) as inner:  # same thread: a second flock would wait on the first for an hour
             with inner.sql_client() as client:
                 client.execute_sql("CREATE TABLE x (i INT)")
-        done = []
+        # another thread of the process that wants to write waits, in the process, for this one
         thread = threading.Thread(target=lambda: done.append(_dest(path).__enter__().__exit__(None, None, None)))
-        thread.start()  # another thread of the process, while this one holds the file
-        thread.join(10)
-        assert done == [None]
+        thread.start()
+        thread.join(0.5)
+        assert done == [] and thread.is_alive()
         with outer.sql_client() as client:
             assert client.execute_sql("SELECT count(*) FROM x") == [(0,)]
         assert duckdb_file.held_here(str(path)) == duckdb_file.EXCLUSIVE
+    thread.join(10)
+    assert done == [None]  # it got the file once this thread let it go
     assert time.monotonic() - t0 < 10
     assert duckdb_file.held_here(str(path)) is None and _lock_is_free(path)
+
+
+def test_readers_of_one_process_share_the_file_across_threads(tmp_path: Path) -> None:
+    path = tmp_path / "w.duckdb"
+    _warehouse(path)
+    done: list = []
+    with read_warehouse(path):
+        thread = threading.Thread(target=lambda: done.append(query_warehouse("SELECT 1", path=path)))
+        thread.start()
+        thread.join(10)
+        assert done == [[(1,)]]  # read while this thread reads: no wait
+    assert _lock_is_free(path)
 
 
 def test_asking_to_write_while_this_process_reads_fails_at_once(tmp_path: Path) -> None:
