@@ -138,11 +138,11 @@ def profile(tmp: Path, batch: int) -> None:
     print_profile(calls, stats, wall)
 
 
-def snapshots(tmp: Path, runs: list[tuple[str, str | None]], profiling: list[str]) -> Any:
+def snapshots(tmp: Path, runs: list[tuple[str, str]], profiling: list[str]) -> Any:
     """One snapshot (slot + DuckDB file) per timed run and per profiling run, all before the changes."""
     snap = run_child(
         Path(__file__),
-        {"op": "full_refresh", "duckdb": runs[0][0]},
+        {"op": "full_refresh", "duckdb": runs[0][0], "slot": runs[0][1]},
         workdir=tmp,
         what="PgFullRefreshOperator.execute (snapshot)",
     )
@@ -160,9 +160,7 @@ def timed_runs(tmp: Path, dsn: str, slot: str, pub: str, runs: list, batch: int)
         fetch_s, rows = raw_python_fetch(dsn, slot, pub)
         del rows
         fetches.append(fetch_s)
-        payload = {"op": "apply_loop", "duckdb": duck, "batch": batch}
-        if run_slot:
-            payload["slot"] = run_slot
+        payload = {"op": "apply_loop", "duckdb": duck, "batch": batch, "slot": run_slot}
         applies.append(run_child(Path(__file__), payload, workdir=tmp, what="PgCdcApplyOperator.execute loop"))
         checks.append(compare(dsn, duck))
     return fetches, applies, checks
@@ -251,8 +249,8 @@ def main() -> int:
         )
         print(f"  {package_state()}")
         print(f"  seeded customers in {seed(pg, dsn, args.rows):.1f} s")
-        runs = [(str(tmp / "bench.duckdb"), None)]
-        runs += [(str(tmp / f"run{k}.duckdb"), f"pgrepl_bench_run{k}") for k in range(2, args.repeat + 1)]
+        # every run on a dedicated slot of its own (not a slot group's change log): its publication has its name
+        runs = [(str(tmp / f"run{k}.duckdb"), f"pgrepl_bench_run{k}") for k in range(1, args.repeat + 1)]
         try:
             snap = snapshots(tmp, runs, profiling)
         except ChildFailed as exc:
@@ -262,9 +260,7 @@ def main() -> int:
 
         import psycopg
 
-        from airflow_pg_replication.registry.names import publication_name
-
-        pub = publication_name("public", "customers")
+        pub = runs[0][1]  # the first run's publication: the table, as every run's
         slot = "pgrepl_bench_raw"  # the raw drains' own slot: peeked, never advanced
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (slot,))

@@ -3,7 +3,8 @@
 
 Starts a throwaway PostgreSQL, builds ``customers`` from bench/seed.sql with --rows rows, then:
   (a) raw:      COPY (SELECT * FROM customers) TO STDOUT (FORMAT binary), drained by psycopg (best of 2)
-  (b) operator: PgFullRefreshOperator(...).execute({}) into a fresh DuckDB file, in a child process
+  (b) operator: PgFullRefreshOperator(mode="cdc", slot=...).execute({}) into a fresh DuckDB file (on a
+                dedicated slot; --slot-group: joining slot group ``default``), in a child process
                 (peak RSS of that process alone: max of its VmHWM and /proc polling every 5 ms;
                 not ru_maxrss, which exec inherits from the spawning process, see child.ChildRun)
 Targets: operator/raw <= 3.0 and peak RSS <= 512 MB. Exit status 0 unless something broke
@@ -35,7 +36,8 @@ TARGET_RSS_MB = 512.0
 TABLE = "public.customers"
 
 
-def _operator(duckdb_path: str, chunk_bytes: int | None):
+def _operator(duckdb_path: str, chunk_bytes: int | None, slot: str | None):
+    """The snapshot of a CDC table: on a dedicated ``slot``, or (None) joining slot group ``default``."""
     from airflow_pg_replication import PgFullRefreshOperator
 
     kw = {"chunk_bytes": chunk_bytes} if chunk_bytes else {}
@@ -44,6 +46,7 @@ def _operator(duckdb_path: str, chunk_bytes: int | None):
         table=TABLE,
         destination={"type": "duckdb", "credentials": duckdb_path, "dataset": "replica"},
         mode="cdc",
+        slot=slot,
         **kw,
     )
 
@@ -59,7 +62,7 @@ def in_child(payload: dict) -> dict:
     if payload.get("op") == "read":
         (secs, rows), report = record_phases(lambda: read_arrow(payload.get("chunk_bytes")))
         return {"execute_s": secs, "rows": rows, "rss_before_execute_mb": rss_before, "phases": report}
-    op = _operator(payload["duckdb"], payload.get("chunk_bytes"))
+    op = _operator(payload["duckdb"], payload.get("chunk_bytes"), payload.get("slot"))
     report = None
     t0 = time.monotonic()
     if payload.get("phases"):
@@ -131,11 +134,11 @@ def ladder(dsn: str, tmp: Path, chunk_bytes: int | None) -> list[tuple[str, floa
     ]
 
 
-def phases(tmp: Path, chunk_bytes: int | None) -> None:
+def phases(tmp: Path, chunk_bytes: int | None, slot: str | None) -> None:
     """One more child run with the package's phase timings and an RSS sampler (no profiler)."""
     run = run_child(
         Path(__file__),
-        {"duckdb": str(tmp / "phases.duckdb"), "chunk_bytes": chunk_bytes, "phases": True},
+        {"duckdb": str(tmp / "phases.duckdb"), "chunk_bytes": chunk_bytes, "slot": slot, "phases": True},
         workdir=tmp,
         what="phase-timed execute",
     )
@@ -149,8 +152,8 @@ def phases(tmp: Path, chunk_bytes: int | None) -> None:
     print_timeline(r["phases"])
 
 
-def profile(tmp: Path, chunk_bytes: int | None) -> None:
-    op = _operator(str(tmp / "profile.duckdb"), chunk_bytes)
+def profile(tmp: Path, chunk_bytes: int | None, slot: str | None) -> None:
+    op = _operator(str(tmp / "profile.duckdb"), chunk_bytes, slot)
     import_heavy()  # as in the timed runs: module imports are not part of the profile
     with quiet_logging():
         out, stats, wall = profile_call(lambda: op.execute({}))
@@ -193,34 +196,19 @@ def profile(tmp: Path, chunk_bytes: int | None) -> None:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", type=int, default=1_000_000, help="rows in customers (default 1,000,000)")
-    ap.add_argument(
-        "--chunk-bytes",
-        type=int,
-        default=None,
-        help="PgFullRefreshOperator chunk_bytes (default: the operator's own default)",
-    )
-    ap.add_argument(
-        "--repeat",
-        type=int,
-        default=1,
-        help="timed operator runs (fresh process and DuckDB file each); best time, highest RSS",
-    )
-    ap.add_argument(
-        "--profile",
-        action="store_true",
-        help="also: stage ladder, a phase-timed child run and a cProfile of one in-process run",
-    )
-    ap.add_argument(
-        "--phases",
-        action="store_true",
-        help="only the phase-timed child run of --profile (wall time and peak RSS per step)",
-    )
+    ap.add_argument("--chunk-bytes", type=int, default=None, help="chunk_bytes (default: the operator's)")
+    ap.add_argument("--repeat", type=int, default=1, help="timed runs (fresh process and DuckDB file each)")
+    ap.add_argument("--profile", action="store_true", help="also: stage ladder, phase timings and cProfile")
+    ap.add_argument("--phases", action="store_true", help="only the phase-timed child run of --profile")
+    ap.add_argument("--slot-group", action="store_true", help="join slot group default, not a dedicated slot")
     ap.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
     args = ap.parse_args()
+    slot = None if args.slot_group else "pgrepl_bench_snapshot"
 
     with bench_env() as tmp, cluster() as (pg, dsn):
         os.environ["AIRFLOW_CONN_PG_SOURCE"] = pg.conn_uri("bench")
-        print(f"full refresh benchmark: {args.rows:,} rows, PostgreSQL at {pg.bindir}; {package_state()}")
+        how = "joining slot group default" if slot is None else f"on dedicated slot {slot}"
+        print(f"full refresh benchmark: {args.rows:,} rows, {how}, PostgreSQL at {pg.bindir}; {package_state()}")
         seed_s = seed(pg, dsn, args.rows)
         size = table_size_mb(dsn)
         print(f"  seeded customers in {seed_s:.1f} s ({size:,.0f} MB on disk incl. indexes)")
@@ -237,7 +225,7 @@ def main() -> int:
                     (
                         run_child(
                             Path(__file__),
-                            {"duckdb": duck, "chunk_bytes": args.chunk_bytes},
+                            {"duckdb": duck, "chunk_bytes": args.chunk_bytes, "slot": slot},
                             workdir=tmp,
                             what="PgFullRefreshOperator.execute",
                         ),
@@ -299,10 +287,10 @@ def main() -> int:
             for label, secs, note in ladder(dsn, tmp, args.chunk_bytes):
                 line(label, f"{secs:.2f} s  ({secs / raw_s:.2f}x raw){note}")
             line("full operator execute() (child run above)", f"{op_s:.2f} s  ({ratio:.2f}x raw)")
-            phases(tmp, args.chunk_bytes)
-            profile(tmp, args.chunk_bytes)
+            phases(tmp, args.chunk_bytes, slot)
+            profile(tmp, args.chunk_bytes, slot)
         elif args.phases:
-            phases(tmp, args.chunk_bytes)
+            phases(tmp, args.chunk_bytes, slot)
 
     if not ok_count:
         return 1
