@@ -1,6 +1,6 @@
 # airflow-pg-replication: `make demo` and `make test` do all the set-up a fresh machine needs.
 #
-#   make demo    end-to-end demo: throwaway PostgreSQL -> Airflow DAG (snapshot, then CDC) -> DuckDB
+#   make demo    end-to-end demo: throwaway PostgreSQL -> Airflow DAGs (snapshot, capture, CDC) -> DuckDB
 #   make demo-airflow  the same in a real Airflow (scheduler, triggerer, UI) with live writes, until Ctrl-C
 #   make test    the whole test suite (unit + integration against a throwaway PostgreSQL)
 #   make lint    ruff (lint + format check) and mypy on the package

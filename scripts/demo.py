@@ -1,15 +1,20 @@
 #!/usr/bin/env python3
-"""End-to-end demo: PostgreSQL -> Airflow DAG (snapshot, then CDC) -> DuckDB, and a source/destination check.
+"""End-to-end demo: PostgreSQL -> Airflow DAGs (snapshot, capture, CDC) -> DuckDB, and a source/destination check.
 
 Runs everything on this machine and removes what it made (after a failure it keeps the demo dir, for its logs):
 
-1. starts a throwaway PostgreSQL cluster (wal_level=logical) and fills ``public.customers``;
-2. makes a temporary AIRFLOW_HOME (SQLite), a registry for ``public.customers`` and a DAGs
-   folder holding a copy of ``dags/pg_replication.py``; runs ``airflow db migrate``;
-3. ``airflow dags test pg_replication__public__customers``: the ``plan`` branch takes the snapshot;
-4. inserts, updates and deletes rows on the source;
-5. runs the DAG again: ``plan`` -> ``wait_for_changes`` -> ``apply_changes``;
-6. prints the DuckDB copy and compares it with the source, row for row; exits 1 on any difference.
+1. starts a throwaway PostgreSQL cluster (wal_level=logical) and fills ``public.customers`` and
+   ``public.orders``;
+2. makes a temporary AIRFLOW_HOME (SQLite), a registry of both tables (slot group ``default``: one
+   replication slot for both) and a DAGs folder holding a copy of ``dags/pg_replication.py``; runs
+   ``airflow db migrate``;
+3. ``airflow dags test`` of each table's DAG: the ``plan`` branch takes its snapshot (the table joins
+   the group's publication; a temporary slot gives the exact point where its changes start);
+4. inserts, updates and deletes rows of both tables on the source;
+5. ``airflow dags test pg_replication__capture__default``: the group's one slot is drained into the
+   change log (one segment per table, durable before the slot advances);
+6. each table's DAG again: ``plan`` -> ``wait_for_changes`` -> ``apply_changes`` from the change log;
+7. prints the DuckDB copy and compares each table with the source, row for row; exits 1 on any difference.
 
 Usage: ``make demo`` (or ``.venv/bin/python scripts/demo.py [--rows N] [--keep]``).
 """
@@ -19,6 +24,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import hashlib
+import json
 import os
 import shutil
 import sqlite3
@@ -34,9 +40,19 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout without installing, too
 
-DAG_ID = "pg_replication__public__customers"
 DATABASE = "shop"
-COLUMNS = ["customer_id", "first_name", "last_name", "email", "created_at"]
+#: The demo's tables and the columns compared (fixed names: the queries below are over these only).
+COLUMNS = {
+    "customers": ["customer_id", "first_name", "last_name", "email", "created_at"],
+    "orders": ["order_id", "customer_id", "amount", "status", "items"],
+}
+CAPTURE_DAG_ID = "pg_replication__capture__default"
+
+
+def dag_id(table: str) -> str:
+    return f"pg_replication__public__{table}"
+
+
 _T0 = time.monotonic()
 
 
@@ -61,6 +77,33 @@ def create_customers(dsn: str, rows: int) -> None:
             "timestamptz '2024-01-01 00:00:00+00' + g * interval '37 minutes' FROM generate_series(1, %s::int) g",
             (rows,),
         )
+        conn.execute(
+            "CREATE TABLE public.orders (order_id bigint PRIMARY KEY, customer_id bigint NOT NULL, "
+            "amount numeric(12,2) NOT NULL, status text NOT NULL, items jsonb)"
+        )
+        conn.execute(
+            "INSERT INTO public.orders (order_id, customer_id, amount, status, items) "
+            "SELECT g, 1 + g %% %s, round((g * 7.31) %% 500, 2), 'placed', "
+            "jsonb_build_array(jsonb_build_object('sku', 'SKU-' || g %% 97, 'qty', 1 + g %% 3)) "
+            "FROM generate_series(1, %s::int) g",
+            (rows, 2 * rows),
+        )
+
+
+def change_orders(dsn: str, rows: int) -> str:
+    """New orders, status updates and cancelled orders deleted; returns a summary."""
+    import psycopg
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        inserted = conn.execute(
+            "INSERT INTO public.orders (order_id, customer_id, amount, status, items) "
+            "SELECT g, 1 + g %% %s, 19.99, 'placed', NULL FROM generate_series(%s::int, %s::int) g",
+            (rows, 2 * rows + 1, 2 * rows + 30),
+        ).rowcount
+        with conn.transaction():
+            updated = conn.execute("UPDATE public.orders SET status = 'shipped' WHERE order_id % 5 = 0").rowcount
+            deleted = conn.execute("DELETE FROM public.orders WHERE order_id % 50 = 7").rowcount
+    return f"{inserted} inserted, {updated} updated, {deleted} deleted"
 
 
 def change_customers(dsn: str, rows: int) -> str:
@@ -87,11 +130,13 @@ def change_customers(dsn: str, rows: int) -> str:
     return f"{inserted} inserted, {updated} updated, {deleted + 1} deleted, 1 inserted and deleted again"
 
 
-def source_rows(dsn: str) -> list[tuple]:
+def source_rows(dsn: str, table: str) -> list[tuple]:
     import psycopg
     from psycopg import sql
 
-    query = sql.SQL("SELECT {} FROM public.customers").format(sql.SQL(", ").join(map(sql.Identifier, COLUMNS)))
+    query = sql.SQL("SELECT {} FROM {}").format(
+        sql.SQL(", ").join(map(sql.Identifier, COLUMNS[table])), sql.Identifier("public", table)
+    )
     with psycopg.connect(dsn) as conn:
         conn.execute("SET TimeZone = 'UTC'")
         return conn.execute(query).fetchall()
@@ -101,13 +146,14 @@ def source_rows(dsn: str) -> list[tuple]:
 
 
 def duckdb_rows(
-    path: Path, columns: Sequence[str], order_by: str | None = None, limit: int | None = None
+    path: Path, table: str, columns: Sequence[str], order_by: str | None = None, limit: int | None = None
 ) -> list[tuple]:
-    """Rows of replica.customers; ``order_by`` is SQL over the demo's fixed column names."""
+    """Rows of replica.<table>; ``order_by`` is SQL over the demo's fixed column names."""
     import duckdb
 
+    assert table in COLUMNS, table  # the demo's own fixed names only
     cols = ", ".join(f'"{c}"' for c in columns)
-    query = f"SELECT {cols} FROM replica.customers"
+    query = f"SELECT {cols} FROM replica.{table}"
     query += f" ORDER BY {order_by}" if order_by else ""
     query += f" LIMIT {int(limit)}" if limit else ""
     with duckdb.connect(str(path), read_only=True) as con:
@@ -124,6 +170,10 @@ def normalize(row: Sequence[Any]) -> tuple:
             value = value.isoformat()
         elif isinstance(value, Decimal):
             value = str(value)
+        elif isinstance(value, (list, dict)):  # jsonb as psycopg reads it
+            value = json.dumps(value, sort_keys=True)
+        elif isinstance(value, str) and value[:1] in "[{":  # jsonb as DuckDB holds it (JSON text)
+            value = json.dumps(json.loads(value), sort_keys=True)
         out.append(value)
     return tuple(out)
 
@@ -148,7 +198,8 @@ def print_table(rows: Sequence[tuple], columns: Sequence[str]) -> None:
 # -- Airflow ---------------------------------------------------------------------------------------------
 
 REGISTRY_TEMPLATE = """\
-# Demo registry: one CDC table, run by hand (schedule: null), quick sensor pokes.
+# Demo registry: two CDC tables in slot group "default" (one replication slot, one capture DAG),
+# run by hand (schedule: null), quick sensor pokes.
 source:
   conn_id: pg_source
 destination:
@@ -164,6 +215,11 @@ defaults:
 tables:
   - table: public.customers
     primary_key: [customer_id]
+  - table: public.orders
+    primary_key: [order_id]
+slot_groups:
+  default:
+    schedule: null  # the demo runs the capture DAG by hand
 """
 
 
@@ -219,11 +275,11 @@ class Airflow:
         return state, tasks
 
 
-def run_dag(airflow: Airflow, label: str, expect_ran: list[str], expect_skipped: list[str]) -> None:
+def run_dag(airflow: Airflow, dag: str, label: str, expect_ran: list[str], expect_skipped: list[str]) -> None:
     started = time.monotonic()
-    airflow.run("dags", "test", DAG_ID, log_name=label)
-    state, tasks = airflow.last_run_tasks(DAG_ID)
-    order = ["plan", "full_refresh", "wait_for_changes", "apply_changes", "verify"]
+    airflow.run("dags", "test", dag, log_name=label)
+    state, tasks = airflow.last_run_tasks(dag)
+    order = ["plan", "full_refresh", "wait_for_changes", "apply_changes", "verify", "capture_changes"]
     shown = ", ".join(f"{t}={tasks[t]}" for t in sorted(tasks, key=lambda t: order.index(t) if t in order else 99))
     say(f"  run {state} in {time.monotonic() - started:.1f}s: {shown}")
     wrong = [t for t in expect_ran if tasks.get(t) != "success"] + [
@@ -257,7 +313,10 @@ def main() -> int:
         dsn = cluster.create_database(DATABASE)
         say(f"PostgreSQL started (binaries {cluster.bindir}, port {cluster.port}, wal_level=logical)")
         create_customers(dsn, args.rows)
-        say(f"source: created public.customers with {args.rows} rows in database {DATABASE!r}")
+        say(
+            f"source: created public.customers ({args.rows} rows) and public.orders ({2 * args.rows} rows) "
+            f"in database {DATABASE!r}"
+        )
 
         home, dags = workdir / "airflow", workdir / "dags"
         home.mkdir()
@@ -270,32 +329,62 @@ def main() -> int:
         say("airflow db migrate (SQLite metadata DB in the demo dir) ...")
         airflow.run("db", "migrate", log_name="db-migrate")
 
-        say(f"run 1: airflow dags test {DAG_ID}  (expect plan -> full_refresh -> verify)")
-        run_dag(airflow, "run-1", ["plan", "full_refresh", "verify"], ["wait_for_changes", "apply_changes"])
+        for table in COLUMNS:
+            say(f"run 1: airflow dags test {dag_id(table)}  (expect plan -> full_refresh -> verify)")
+            run_dag(
+                airflow,
+                dag_id(table),
+                f"run-1-{table}",
+                ["plan", "full_refresh", "verify"],
+                ["wait_for_changes", "apply_changes"],
+            )
 
-        say(f"source: {change_customers(dsn, args.rows)}")
+        say(f"source: customers {change_customers(dsn, args.rows)}")
+        say(f"source: orders {change_orders(dsn, args.rows)}")
 
-        say(f"run 2: airflow dags test {DAG_ID}  (expect plan -> wait_for_changes -> apply_changes -> verify)")
-        run_dag(airflow, "run-2", ["plan", "wait_for_changes", "apply_changes", "verify"], ["full_refresh"])
+        say(f"capture: airflow dags test {CAPTURE_DAG_ID}  (the group's slot -> change log, one segment per table)")
+        run_dag(airflow, CAPTURE_DAG_ID, "capture", ["capture_changes"], [])
+        segments = sorted(p.relative_to(home) for p in (home / "pg_replication" / "changes").rglob("*") if p.is_file())
+        say(f"  change log under $AIRFLOW_HOME: {len(segments)} file(s), e.g. {', '.join(map(str, segments[:2]))}")
 
-        shown = [*COLUMNS, "_pg_lsn"]
+        for table in COLUMNS:
+            say(f"run 2: airflow dags test {dag_id(table)}  (plan -> wait_for_changes -> apply_changes -> verify)")
+            run_dag(
+                airflow,
+                dag_id(table),
+                f"run-2-{table}",
+                ["plan", "wait_for_changes", "apply_changes", "verify"],
+                ["full_refresh"],
+            )
+
+        shown = [*COLUMNS["customers"], "_pg_lsn"]
         say(f"DuckDB {duck.name}: replica.customers, first rows (_pg_lsn: the snapshot's LSN, or a later commit's):")
-        print_table([normalize(r) for r in duckdb_rows(duck, shown, "customer_id", 5)], shown)
+        print_table([normalize(r) for r in duckdb_rows(duck, "customers", shown, "customer_id", 5)], shown)
         say("rows last written by CDC (highest _pg_lsn):")
-        print_table([normalize(r) for r in duckdb_rows(duck, shown, "_pg_lsn DESC, customer_id", 3)], shown)
-        src = sorted(normalize(r) for r in source_rows(dsn))
-        dst = sorted(normalize(r) for r in duckdb_rows(duck, COLUMNS))
-        say(f"compare on {', '.join(COLUMNS)}:")
-        print(f"    source      (PostgreSQL): {len(src):6d} rows, hash {digest(src)}")
-        print(f"    destination (DuckDB)    : {len(dst):6d} rows, hash {digest(dst)}")
-        if src != dst:
-            only_src, only_dst = sorted(set(src) - set(dst)), sorted(set(dst) - set(src))
-            print(f"    {len(only_src)} row(s) only in the source, e.g. {only_src[:3]}")
-            print(f"    {len(only_dst)} row(s) only in the destination, e.g. {only_dst[:3]}")
-            verdict = "MISMATCH: the destination differs from the source"
+        print_table(
+            [normalize(r) for r in duckdb_rows(duck, "customers", shown, "_pg_lsn DESC, customer_id", 3)], shown
+        )
+        verdicts = []
+        for table, columns in COLUMNS.items():
+            src = sorted(normalize(r) for r in source_rows(dsn, table))
+            dst = sorted(normalize(r) for r in duckdb_rows(duck, table, columns))
+            say(f"compare public.{table} on {', '.join(columns)}:")
+            print(f"    source      (PostgreSQL): {len(src):6d} rows, hash {digest(src)}")
+            print(f"    destination (DuckDB)    : {len(dst):6d} rows, hash {digest(dst)}")
+            if src != dst:
+                only_src, only_dst = sorted(set(src) - set(dst)), sorted(set(dst) - set(src))
+                print(f"    {len(only_src)} row(s) only in the source, e.g. {only_src[:3]}")
+                print(f"    {len(only_dst)} row(s) only in the destination, e.g. {only_dst[:3]}")
+            verdicts.append((table, len(src), src == dst))
+        ok = all(same for _, _, same in verdicts)
+        if ok:
+            verdict = (
+                "MATCH: "
+                + ", ".join(f"{t} {n} rows" for t, n, _ in verdicts)
+                + "; destination equals source row for row"
+            )
         else:
-            ok = True
-            verdict = f"MATCH: {len(src)} rows, destination equals source row for row"
+            verdict = "MISMATCH: " + ", ".join(t for t, _, same in verdicts if not same) + " differ(s) from the source"
     finally:
         cluster.stop()
         if args.keep or not ok:
