@@ -47,19 +47,26 @@ def build_dags(path_or_registry: str | os.PathLike | Registry, *, only_dag_id: s
     During task execution only the DAG being run is built (Airflow's parsing context).
     """
     errors: list[TableError] = []
+    file = "<registry>" if isinstance(path_or_registry, Registry) else os.fspath(path_or_registry)
     if isinstance(path_or_registry, Registry):
         registry = path_or_registry
     else:
         registry, errors = load_registry_tolerant(path_or_registry)
     wanted = only_dag_id or _parsing_dag_id()
     dags: dict[str, DAG] = {}
-    for cfg in registry.tables:
+    for index, cfg in enumerate(registry.tables):
         if wanted and cfg.dag_id != wanted:
             continue
-        dags[cfg.dag_id] = table_dag(registry, cfg)
+        try:
+            dags[cfg.dag_id] = table_dag(registry, cfg)
+        except Exception as exc:  # one table's DAG that cannot be built (say an Asset) takes no other down
+            errors.append(_unbuildable(file, index, cfg.qualified_name, cfg.dag_id, exc))
     for group, tables in registry.groups_in_use().values():
         if not wanted or group.dag_id == wanted:
-            dags[group.dag_id] = capture_dag(registry, group.name, tables)
+            try:
+                dags[group.dag_id] = capture_dag(registry, group.name, tables)
+            except Exception as exc:
+                errors.append(_unbuildable(file, -1, f"slot group {group.name}", group.dag_id, exc))
     for err in errors:
         if err.dag_id and (not wanted or err.dag_id == wanted) and err.dag_id not in dags:
             log.error("registry entry tables[%d] is broken: %s", err.index, err)
@@ -209,6 +216,18 @@ def _cdc_tasks(registry: Registry, cfg: TableConfig, common: dict[str, Any], ass
 
         verify = PgReconcileOperator(task_id="verify", trigger_rule="none_failed_min_one_success", **common)
         [full, apply] >> verify
+
+
+def _unbuildable(file: str, index: int, what: str, dag_id: str, exc: Exception) -> TableError:
+    """A registry entry that validated but whose DAG could not be built, as a broken entry with the reason."""
+    from airflow_pg_replication.registry.diagnostics import RegistryIssue
+
+    where = f"tables[{index}]" if index >= 0 else "slot_groups"
+    message = (
+        f"the DAG of {what} could not be built: {type(exc).__name__}: {exc}. This is a bug of "
+        "airflow-pg-replication unless the message names a registry value to change; the other DAGs load."
+    )
+    return TableError(index, what, dag_id, [RegistryIssue(file, None, where, message)])
 
 
 def _broken_table_dag(err: TableError, dag_id: str) -> DAG:

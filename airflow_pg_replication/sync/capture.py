@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 
 from airflow_pg_replication.errors import NeedsAttentionError, SlotLostError, TransientError
+from airflow_pg_replication.phase_timing import phase
 
 if TYPE_CHECKING:
     import psycopg
@@ -157,40 +158,48 @@ def _capture_batches(
     try:
         while True:
             batch_started = time.monotonic()
-            chunks = _while_the_slot_is_busy(
-                group,
-                "read",
-                lambda: list(
-                    source.peek_change_chunks(
-                        conn,
-                        group.slot,
-                        group.publication,
-                        upto_lsn=upto,
-                        max_changes=max_batch_changes,
-                        arrow_conn=arrow_conn,
-                    )
-                ),
-            )
+            with phase("capture.read_slot"):
+                chunks = _while_the_slot_is_busy(
+                    group,
+                    "read",
+                    lambda: list(
+                        source.peek_change_chunks(
+                            conn,
+                            group.slot,
+                            group.publication,
+                            upto_lsn=upto,
+                            max_changes=max_batch_changes,
+                            arrow_conn=arrow_conn,
+                        )
+                    ),
+                )
             messages = pa.chunked_array(chunks, pa.binary()) if chunks else pa.chunked_array([], pa.binary())
             cut = len(messages) >= max_batch_changes
-            split = split_by_table(messages)
+            with phase("capture.split"):
+                split = split_by_table(messages)
             written = 0
             for (namespace, name), stream in split.tables.items():
                 table = f"{namespace}.{name}"
                 if wanted is not None and table not in wanted:
                     continue  # left the registry: its changes are dropped (and it leaves the publication)
-                group.change_log.write_segment(
-                    table, stream.commit_lsn, stream.messages, last_end_lsn=stream.last_end_lsn, changes=stream.changes
-                )
+                with phase("capture.write_log"):
+                    group.change_log.write_segment(
+                        table,
+                        stream.commit_lsn,
+                        stream.messages,
+                        last_end_lsn=stream.last_end_lsn,
+                        changes=stream.changes,
+                    )
                 result.tables[table] = result.tables.get(table, 0) + stream.changes
                 result.changes += stream.changes
                 written += 1
             # Every segment of the batch is durable: only now may the slot move past it.
             advance_to = split.last_end_lsn if cut else max(upto, split.last_end_lsn or 0)
             if advance_to and advance_to > confirmed:
-                _while_the_slot_is_busy(
-                    group, "advance", lambda to=advance_to: source.advance_slot(conn, group.slot, to)
-                )
+                with phase("capture.advance_slot"):
+                    _while_the_slot_is_busy(
+                        group, "advance", lambda to=advance_to: source.advance_slot(conn, group.slot, to)
+                    )
                 confirmed = advance_to
             result.transactions += split.transactions
             result.batches += 1

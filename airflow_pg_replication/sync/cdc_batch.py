@@ -82,6 +82,7 @@ class CdcBatch:
         self.info = info
         self.max_batch_changes = max_batch_changes
         self.max_rows_in_memory = max_rows_in_memory
+        self._held: TableDestination | None = None  # a run from the log: open from batch to batch
 
     def run(self, conn: psycopg.Connection, arrow_conn: Any, upto: int, confirmed: int | None) -> BatchOutcome:
         """Read up to ``upto`` (or the next segments of the log), fold, commit with the state row.
@@ -99,6 +100,8 @@ class CdcBatch:
 
         t = self.table
         started = time.monotonic()
+        if t.change_log is not None:
+            return self._run_from_log(conn, started)
         with DestinationOpening(
             t.open_destination(),
             self._open_state,
@@ -106,29 +109,15 @@ class CdcBatch:
             let_go=let_go_while_folding,
             recheck=self._state_unchanged,
         ) as opening:
-            if t.change_log is None:
-                chunks: Iterable[pa.Array] = self.source.peek_change_chunks(
-                    conn,
-                    t.slot,
-                    t.publication,
-                    upto_lsn=upto,
-                    max_changes=self.max_batch_changes,
-                    arrow_conn=arrow_conn,
-                )
-                outcome = self._fold_and_apply(conn, chunks, opening)
-            else:
-                # No decoding to overlap with here: the log is read once the state says what is applied.
-                applied_before = opening.prepared().applied_lsn
-                with phase("cdc.read_log"):
-                    read = t.change_log.read(
-                        t.qualified_name, after_lsn=applied_before, max_messages=self.max_batch_changes
-                    )
-                outcome = self._fold_and_apply(conn, read.messages.chunks, opening)
-                outcome.cut = read.more  # more segments wait; the group's slot is the capture's
-                outcome.advance_to = None
-                outcome.from_lsn = applied_before
-                outcome.seconds = time.monotonic() - started
-                return outcome
+            chunks: Iterable[pa.Array] = self.source.peek_change_chunks(
+                conn,
+                t.slot,
+                t.publication,
+                upto_lsn=upto,
+                max_changes=self.max_batch_changes,
+                arrow_conn=arrow_conn,
+            )
+            outcome = self._fold_and_apply(conn, chunks, opening)
         # Leaving the block closed the destination: the batch and its state row are committed.
         # Where the slot may advance to: all read WAL when the read ran to ``upto``, else the last commit.
         outcome.advance_to = outcome.last_end_lsn if outcome.cut else max(upto, outcome.last_end_lsn or 0)
@@ -149,6 +138,60 @@ class CdcBatch:
                 outcome.read_transactions,
             )
         return outcome
+
+    def _run_from_log(self, conn: psycopg.Connection, started: float) -> BatchOutcome:
+        """A batch of a slot group's table: the log's next segments above the applied LSN, folded and committed.
+
+        There is no decoding to hide the destination's opening and checkpoint behind, so the
+        destination stays open from batch to batch of the run (:meth:`close` ends it, with one
+        checkpoint); when someone waits for the DuckDB file, a batch first checkpoints and lets
+        them have it.
+        """
+        t = self.table
+        assert t.change_log is not None
+        dest = self._held
+        try:
+            if dest is None:
+                with phase("destination.open"):
+                    dest = t.open_destination().__enter__()
+                self._held = dest
+            elif dest.others_wait_for_file():
+                with phase("destination.checkpoint"):
+                    dest.checkpoint()
+                dest.release_file()  # a reader (or another table's task) takes its turn here
+                with phase("destination.open"):
+                    dest.reopen_file()
+            with phase("destination.read_state"):
+                state = self._open_state(dest)
+            with phase("cdc.read_log"):
+                read = t.change_log.read(
+                    t.qualified_name, after_lsn=state.applied_lsn, max_messages=self.max_batch_changes
+                )
+            outcome = self._fold_and_apply(conn, read.messages.chunks, _Opened(dest, state))
+        except BaseException as exc:
+            self.close(exc)
+            raise
+        outcome.cut = read.more  # more segments wait; the group's slot is the capture's
+        outcome.advance_to = None
+        outcome.from_lsn = state.applied_lsn
+        outcome.seconds = time.monotonic() - started
+        return outcome
+
+    def close(self, exc: BaseException | None = None) -> None:
+        """End the run: the destination a run from the log kept open is checkpointed and closed."""
+        dest, self._held = self._held, None
+        if dest is None:
+            return
+        if exc is not None:
+            dest.__exit__(type(exc), exc, exc.__traceback__)
+            return
+        try:
+            with phase("destination.checkpoint"):
+                dest.checkpoint()
+        except BaseException as failed:
+            dest.__exit__(type(failed), failed, failed.__traceback__)
+            raise
+        dest.__exit__(None, None, None)
 
     def _open_state(self, dest: TableDestination) -> ReplicationState:
         """On the opening thread: the table's state, which must be a loaded snapshot of this slot.
@@ -180,7 +223,10 @@ class CdcBatch:
             )
 
     def _fold_and_apply(
-        self, conn: psycopg.Connection, changes: Iterable[pa.Array], opening: DestinationOpening[ReplicationState]
+        self,
+        conn: psycopg.Connection,
+        changes: Iterable[pa.Array],
+        opening: DestinationOpening[ReplicationState] | _Opened,
     ) -> BatchOutcome:
         """Fold the read's Arrow chunks and apply them with the state (its LSN set here); the slot is untouched.
 
@@ -332,3 +378,17 @@ def let_go_while_folding(dest: TableDestination) -> bool:
 def _combine(total: ApplyResult | None, part: ApplyResult) -> ApplyResult:
     """Sum the ApplyResults of a batch's parts (``total`` is None before the first)."""
     return part if total is None else total.add(part)
+
+
+class _Opened:
+    """An already open destination and its state, where a batch expects a :class:`.DestinationOpening`."""
+
+    def __init__(self, dest: TableDestination, state: ReplicationState) -> None:
+        self._dest = dest
+        self._state = state
+
+    def prepared(self) -> ReplicationState:
+        return self._state
+
+    def result(self) -> tuple[TableDestination, ReplicationState]:
+        return self._dest, self._state

@@ -21,9 +21,11 @@ from airflow_pg_replication.errors import NeedsAttentionError
 from airflow_pg_replication.phase_timing import phase
 
 if TYPE_CHECKING:
+    import psycopg
+
     from airflow_pg_replication.source.catalog import SlotInfo
     from airflow_pg_replication.source.database import SourceDatabase
-    from airflow_pg_replication.sync.cdc_batch import BatchOutcome
+    from airflow_pg_replication.sync.cdc_batch import BatchOutcome, CdcBatch
     from airflow_pg_replication.sync.replicated_table import ReplicatedTable
 
 log = logging.getLogger(__name__)
@@ -60,7 +62,6 @@ def apply_changes(
     use_jemalloc()  # lower peak RSS for the batches' Arrow buffers
     t = table
     started = time.monotonic()
-    outcomes: list[BatchOutcome] = []
     with _ArrowConnection(source) as arrow_conn, source.connect() as conn:
         source.check_wal_level(conn)
         slot = _check_slot(t, source.slot_info(conn, t.slot), max_lag_bytes)
@@ -74,40 +75,14 @@ def apply_changes(
         confirmed = parse_lsn(start_lsn) if start_lsn else None
         if t.change_log is not None:
             _capture_up_to(source, t, upto, confirmed, max_batch_changes)
-        while True:
-            with phase("cdc.batch"):
-                outcome = batch.run(conn, arrow_conn.get(), upto, confirmed)
-            outcomes.append(outcome)
-            # Here the batch's data and its state row are committed (steps 1 and 2) and the
-            # destination is closed; only now is it acknowledged (step 3): the slot advances past it.
-            if t.change_log is not None:  # a group's table: its applied segments go
-                moved = outcome.applied_lsn is not None
-                if outcome.applied_lsn is not None:
-                    with phase("cdc.delete_applied"):
-                        t.change_log.delete_applied(t.qualified_name, outcome.applied_lsn)
-                    confirmed = outcome.applied_lsn
-            else:
-                move_to = outcome.advance_to if (outcome.advance_to or 0) > (confirmed or 0) else None
-                moved = move_to is not None
-                if move_to is not None:
-                    with phase("cdc.advance_slot"):
-                        source.advance_slot(conn, t.slot, move_to)
-                    confirmed = move_to
-            _log_batch(t, len(outcomes), outcome)
-            if not outcome.cut:
-                stop = f"caught up to {format_lsn(upto)}, the WAL position at the run's start"
-                break
-            if not moved:  # cannot happen (a cut batch ends past the slot); never loop on the same batch
-                stop = "the slot did not move past the batch's end; the next run reads on"
-                log.warning("%s: %s", t.qualified_name, stop)
-                break
-            if time.monotonic() - started >= max_run_seconds:
-                stop = (
-                    f"time budget reached (max_run_seconds={max_run_seconds:g}) with "
-                    f"{max(0, upto - (confirmed or 0)):,} bytes of WAL left before {format_lsn(upto)}, the WAL "
-                    "position at the run's start; the next run goes on from there"
-                )
-                break
+        try:
+            outcomes, stop, confirmed = _batches(
+                source, t, batch, conn, arrow_conn, upto, confirmed, started, max_run_seconds
+            )
+        except BaseException as exc:
+            batch.close(exc)
+            raise
+        batch.close()  # a run from the log: its destination, kept open from batch to batch, closes
     secs = time.monotonic() - started
     changes = sum(o.changes for o in outcomes)
     transactions = sum(o.transactions for o in outcomes)
@@ -156,6 +131,59 @@ def _capture_up_to(
     )
     group = SlotGroupTarget(table.group, table.slot, table.publication, None, table.change_log)
     capture_changes(source, group, max_batch_changes=max_batch_changes, until_lsn=upto, max_run_seconds=float("inf"))
+
+
+def _batches(
+    source: SourceDatabase,
+    t: ReplicatedTable,
+    batch: CdcBatch,
+    conn: psycopg.Connection,
+    arrow_conn: _ArrowConnection,
+    upto: int,
+    confirmed: int | None,
+    started: float,
+    max_run_seconds: float,
+) -> tuple[list[BatchOutcome], str, int | None]:
+    """Batch after batch, each committed then acknowledged; returns the outcomes, why it stopped, the position."""
+    from airflow_pg_replication.source.pgoutput import format_lsn
+
+    outcomes: list[BatchOutcome] = []
+    while True:
+        with phase("cdc.batch"):
+            outcome = batch.run(conn, arrow_conn.get(), upto, confirmed)
+        outcomes.append(outcome)
+        # Here the batch's data and its state row are committed (steps 1 and 2; a run from the log
+        # keeps the destination open, the others closed it); only now is it acknowledged (step 3):
+        # the slot advances past it, or the log's applied segments go.
+        if t.change_log is not None:  # a group's table: its applied segments go
+            moved = outcome.applied_lsn is not None
+            if outcome.applied_lsn is not None:
+                with phase("cdc.delete_applied"):
+                    t.change_log.delete_applied(t.qualified_name, outcome.applied_lsn)
+                confirmed = outcome.applied_lsn
+        else:
+            move_to = outcome.advance_to if (outcome.advance_to or 0) > (confirmed or 0) else None
+            moved = move_to is not None
+            if move_to is not None:
+                with phase("cdc.advance_slot"):
+                    source.advance_slot(conn, t.slot, move_to)
+                confirmed = move_to
+        _log_batch(t, len(outcomes), outcome)
+        if not outcome.cut:
+            stop = f"caught up to {format_lsn(upto)}, the WAL position at the run's start"
+            break
+        if not moved:  # cannot happen (a cut batch ends past the slot); never loop on the same batch
+            stop = "the slot did not move past the batch's end; the next run reads on"
+            log.warning("%s: %s", t.qualified_name, stop)
+            break
+        if time.monotonic() - started >= max_run_seconds:
+            stop = (
+                f"time budget reached (max_run_seconds={max_run_seconds:g}) with "
+                f"{max(0, upto - (confirmed or 0)):,} bytes of WAL left before {format_lsn(upto)}, the WAL "
+                "position at the run's start; the next run goes on from there"
+            )
+            break
+    return outcomes, stop, confirmed
 
 
 def _check_slot(table: ReplicatedTable, slot: SlotInfo | None, max_lag_bytes: int | None) -> SlotInfo:

@@ -164,3 +164,59 @@ def test_a_plain_connection_held_too_long_fails_transiently_lets_go_and_the_retr
     assert time.monotonic() - t0 < 30
     assert_same(pg_db, duck)
     assert _lock_is_free(duck.path)
+
+
+ONE_READ = """
+import json, sys, time
+from pathlib import Path
+from airflow_pg_replication import query_warehouse
+path, go = sys.argv[1], Path(sys.argv[2])
+print("ready", flush=True)
+while not go.exists():
+    time.sleep(0.01)
+asked = time.time()
+row = query_warehouse("SELECT count(*), sum(balance) FROM replica.accounts", path=path, timeout=120)
+print(json.dumps({"asked": asked, "answered": time.time(), "row": [int(v) for v in row[0]]}), flush=True)
+"""
+
+
+def test_a_reader_gets_its_turn_between_the_batches_of_a_long_run_from_the_change_log(pg_db, duck, tmp_path):
+    """A slot group's table keeps the destination open from batch to batch: a reader who asks meanwhile
+    is let in at the next batch, not at the run's end."""
+    make_accounts(pg_db)
+    common = dict(table="public.accounts", source_conn_id="pg_source", destination=duck.spec)
+    PgFullRefreshOperator(task_id="full_refresh", **common).execute({})
+    transfers(pg_db, 3000, seed=5)  # ~6000 changes: 30 batches of 200
+    apply = PgCdcApplyOperator(task_id="apply_changes", max_batch_changes=200, **common)
+    go = tmp_path / "go"
+    reader = _start(ONE_READ, str(duck.path), str(go))
+    import threading
+
+    from airflow_pg_replication.sync import cdc_batch
+
+    first_batch_done = threading.Event()
+    real_fold = cdc_batch.CdcBatch._fold_and_apply
+
+    def fold_then_signal(self, *args, **kwargs):  # the reader asks once the run holds the file
+        out = real_fold(self, *args, **kwargs)
+        if not first_batch_done.is_set():
+            first_batch_done.set()
+            go.touch()
+            time.sleep(0.3)  # the reader is now waiting for the file
+        return out
+
+    cdc_batch.CdcBatch._fold_and_apply = fold_then_signal
+    try:
+        out = apply.execute({})
+        ended = time.time()
+    finally:
+        cdc_batch.CdcBatch._fold_and_apply = real_fold
+        go.touch()
+    out_text, err_text = reader.communicate(timeout=120)
+    assert reader.returncode == 0, err_text
+    seen = json.loads(out_text.splitlines()[-1])
+    assert out["batches"] >= 10 and not out["more"]
+    assert seen["answered"] < ended - 0.5, (seen, ended)  # answered while the run went on
+    assert seen["row"] == [ACCOUNTS, TOTAL]  # a committed state: whole transactions only
+    want = source_rows(pg_db, "public.accounts", ["id", "balance"], ["id"])
+    assert query_warehouse("SELECT id, balance FROM replica.accounts ORDER BY id", path=duck.path) == want

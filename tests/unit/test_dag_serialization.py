@@ -155,3 +155,76 @@ def test_task_shapes_survive_serialization(dags: dict) -> None:
     assert list(back["pg_replication__public__broken"].task_dict) == ["registry_error"]
     params = back["pg_replication__public__cdc_0"].params
     assert params["full_refresh"] is False
+
+
+def _dlt_destination_types() -> list[str]:
+    """Every destination dlt ships (its factories in ``dlt.destinations``)."""
+    import dlt.destinations
+
+    return sorted(set(dlt.destinations.__all__) - {"destination"})  # ``destination``: dlt's custom-sink decorator
+
+
+@pytest.mark.parametrize("kind", _dlt_destination_types())
+def test_dags_of_every_dlt_destination_type_load_and_serialize(kind: str, tmp_path: Path) -> None:
+    """Asset URIs are ours (``pg-replication://``) for every type: a provider's scheme (``postgres://``,
+    ``s3://``, ...) would be validated by its rules and take every DAG of the file down."""
+    path = tmp_path / "tables.yaml"
+    path.write_text(
+        textwrap.dedent(f"""
+            source: {{conn_id: pg_source}}
+            destination: {{type: {kind}, conn_id: warehouse, dataset: replica}}
+            tables:
+              - {{table: public.customers, schedule: "*/5 * * * *"}}
+              - {{table: public.orders, mode: full_refresh, schedule: "@daily"}}
+              - {{table: sales.events, mode: incremental, cursor_column: updated_at}}
+        """)
+    )
+    dags = build_dags(path)
+    assert sorted(dags) == [
+        "pg_replication__capture__default",
+        "pg_replication__public__customers",
+        "pg_replication__public__orders",
+        "pg_replication__sales__events",
+    ]
+    for dag_id, dag in dags.items():
+        assert not any(t.task_id == "registry_error" for t in dag.tasks), (dag_id, [t.task_id for t in dag.tasks])
+        data = DagSerialization.to_dict(dag)
+        back = DagSerialization.from_dict(json.loads(json.dumps(data)))
+        outlets = [_asset_id(a) for t in back.tasks for a in t.outlets]
+        assert outlets, dag_id
+        for uri in outlets:
+            assert uri.startswith("pg-replication://") or uri.startswith("pg_replication."), uri
+    customers = dags["pg_replication__public__customers"]
+    uris = {a.uri for t in customers.tasks for a in t.outlets}
+    assert uris == {f"pg-replication://{kind}/replica/customers"}
+
+
+def test_a_dag_that_cannot_be_built_takes_no_other_down(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An error while building one table's DAG (here: its Asset refused) leaves a stand-in DAG with the reason."""
+    from airflow_pg_replication import dag_factory
+
+    real = dag_factory.destination_asset
+
+    def refuse_orders(destination: dict, table: str):
+        if table == "orders":
+            raise ValueError("URI format postgres:// must contain database, schema, and table names")
+        return real(destination, table)
+
+    monkeypatch.setattr(dag_factory, "destination_asset", refuse_orders)
+    path = tmp_path / "tables.yaml"
+    path.write_text(
+        REGISTRY + "  - {table: public.customers}\n  - {table: public.orders}\n  - {table: public.items}\n"
+    )
+    dags = build_dags(path)
+    assert sorted(dags) == [
+        "pg_replication__capture__default",
+        "pg_replication__public__customers",
+        "pg_replication__public__items",
+        "pg_replication__public__orders",
+    ]
+    broken = dags["pg_replication__public__orders"]
+    assert [t.task_id for t in broken.tasks] == ["registry_error"]
+    assert "must contain database, schema, and table names" in broken.doc_md
+    assert "tables[1]" in broken.doc_md and str(path) in broken.doc_md
+    for dag in dags.values():
+        DagSerialization.from_dict(DagSerialization.to_dict(dag))
