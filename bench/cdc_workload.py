@@ -24,8 +24,39 @@ def plan(changes: int, rows: int) -> dict:
     return {"ntx": ntx, "counts": counts, "span": span, "step": step}
 
 
-def workload_sql(changes: int, rows: int, p: dict) -> str:
-    """One DO block running the plan's transactions (deterministic: the same changes every run)."""
+def workload_sql(changes: int, rows: int, p: dict, tables: tuple[str, ...] = ("customers",)) -> str:
+    """One DO block running the plan's transactions (deterministic: the same changes every run).
+
+    With several ``tables`` (each built like ``customers``, same row ids), each of the plan's
+    transactions runs once per table, interleaved, so every table gets ``changes`` changes in one WAL.
+    """
+    from psycopg import sql
+
+    names = [sql.Identifier(t).as_string(None) for t in tables]
+
+    def each(statement: str) -> str:
+        return "\n".join(statement.format(t=t) + "\n      COMMIT;" for t in names)
+
+    insert = each(
+        """      INSERT INTO {t}
+        (customer_id, first_name, last_name, email, balance, tags, attrs, created_at, updated_at)
+      SELECT r + g, 'New', 'Customer ' || g, 'new' || g || '@example.com',
+             round(((g * 7919) % 100000) / 100.0, 2),
+             CASE WHEN g % 3 = 0 THEN NULL ELSE ARRAY['new', 'batch ' || i] END,
+             jsonb_build_object('tier', 'basic', 'score', g % 1000, 'src', 'bench'),
+             timestamptz '2025-01-01 00:00:00+00' + make_interval(secs => g),
+             CASE WHEN g % 2 = 0 THEN NULL ELSE timestamptz '2025-06-01 00:00:00+00' + make_interval(secs => g) END
+      FROM generate_series(ins + 1, ins + sz) g;"""
+    )
+    delete = each("      DELETE FROM {t} WHERE customer_id BETWEEN del + 1 AND del + sz;")
+    update = each(
+        """      UPDATE {t}
+         SET balance = coalesce(balance, 0) + 1.25,
+             email = 'u' || i || '.' || customer_id || '@upd.example',
+             attrs = jsonb_set(coalesce(attrs, '{{}}'::jsonb), '{{score}}', to_jsonb(i)),
+             updated_at = timestamptz '2025-01-01 00:00:00+00' + make_interval(secs => i)
+       WHERE customer_id IN (SELECT lo + 1 + (k * step) % span FROM generate_series(u, u + sz - 1) k);"""
+    )
     return f"""
 DO $bench$
 DECLARE
@@ -36,28 +67,15 @@ BEGIN
   FOR i IN 0 .. {p["ntx"] - 1} LOOP
     sz := least(100, n - i::bigint * 100);
     IF i % 5 = 3 THEN
-      INSERT INTO customers (customer_id, first_name, last_name, email, balance, tags, attrs, created_at, updated_at)
-      SELECT r + g, 'New', 'Customer ' || g, 'new' || g || '@example.com',
-             round(((g * 7919) % 100000) / 100.0, 2),
-             CASE WHEN g % 3 = 0 THEN NULL ELSE ARRAY['new', 'batch ' || i] END,
-             jsonb_build_object('tier', 'basic', 'score', g % 1000, 'src', 'bench'),
-             timestamptz '2025-01-01 00:00:00+00' + make_interval(secs => g),
-             CASE WHEN g % 2 = 0 THEN NULL ELSE timestamptz '2025-06-01 00:00:00+00' + make_interval(secs => g) END
-      FROM generate_series(ins + 1, ins + sz) g;
+{insert}
       ins := ins + sz;
     ELSIF i % 5 = 4 THEN
-      DELETE FROM customers WHERE customer_id BETWEEN del + 1 AND del + sz;
+{delete}
       del := del + sz;
     ELSE
-      UPDATE customers
-         SET balance = coalesce(balance, 0) + 1.25,
-             email = 'u' || i || '.' || customer_id || '@upd.example',
-             attrs = jsonb_set(coalesce(attrs, '{{}}'::jsonb), '{{score}}', to_jsonb(i)),
-             updated_at = timestamptz '2025-01-01 00:00:00+00' + make_interval(secs => i)
-       WHERE customer_id IN (SELECT lo + 1 + (k * step) % span FROM generate_series(u, u + sz - 1) k);
+{update}
       u := u + sz;
     END IF;
-    COMMIT;
   END LOOP;
 END
 $bench$;
@@ -87,23 +105,25 @@ def raw_python_fetch(dsn: str, slot: str, pub: str, binary: bool = False) -> tup
 PG_SELECT = (
     "SELECT customer_id, first_name, last_name, email, balance, tags, attrs, "
     "(extract(epoch FROM created_at) * 1000000)::bigint, "
-    "(extract(epoch FROM updated_at) * 1000000)::bigint FROM customers ORDER BY customer_id"
+    "(extract(epoch FROM updated_at) * 1000000)::bigint FROM {} ORDER BY customer_id"
 )
 DUCK_SELECT = (
     "SELECT customer_id, first_name, last_name, email, balance, tags, attrs, "
-    "epoch_us(created_at), epoch_us(updated_at) FROM replica.customers ORDER BY customer_id"
+    "epoch_us(created_at), epoch_us(updated_at) FROM replica.{} ORDER BY customer_id"
 )
 
 
-def compare(dsn: str, duck_path: str) -> tuple[int, int, list]:
-    """(source rows, destination rows, first differences) over all columns, by key."""
+def compare(dsn: str, duck_path: str, table: str = "customers") -> tuple[int, int, list]:
+    """(source rows, destination rows, first differences) over all columns of ``table``, by key."""
     import duckdb
     import psycopg
+    from psycopg import sql
 
+    name = sql.Identifier(table).as_string(None)
     with psycopg.connect(dsn) as conn:
-        src = conn.execute(PG_SELECT).fetchall()
+        src = conn.execute(sql.SQL(PG_SELECT).format(sql.Identifier(table))).fetchall()
     with duckdb.connect(duck_path, read_only=True) as con:
-        dst_raw = con.execute(DUCK_SELECT).fetchall()
+        dst_raw = con.execute(DUCK_SELECT.format(name)).fetchall()
 
     def js(v: object) -> object:
         return json.loads(v) if isinstance(v, str) else v
