@@ -13,6 +13,8 @@ if TYPE_CHECKING:
     import psycopg
     from psycopg import sql
 
+    from airflow_pg_replication.source.pgoutput import Relation
+
 _COLUMNS_SQL = """
 SELECT c.oid, c.relkind, c.relreplident, a.attname, a.atttypid, a.atttypmod, a.attnotnull,
        coalesce(a.attnum = ANY (i.indkey), false) AS in_pk
@@ -216,3 +218,30 @@ def slot_info_from_row(row: tuple | None) -> SlotInfo | None:
         active_pid=row[13],
         wal_flush_lsn=row[14],
     )
+
+
+def columns_of_relations(
+    conn: psycopg.Connection, rels: Sequence[Relation], info: TableInfo, only: Sequence[str] | None = None
+) -> dict[str, PgColumn]:
+    """Types of every column the batch's relation messages carried (schema changes included).
+
+    ``only``: the registry's ``columns`` list; the publication sends every column, the others are left out.
+    """
+    from airflow_pg_replication.source.type_map import PgColumn
+
+    wanted = set(only) if only else None
+    types = {c.type.oid: c.type for c in info.columns}  # read at the run's start: no query for these
+    unknown = [
+        c.type_oid
+        for rel in rels
+        for c in rel.columns
+        if c.type_oid not in types and (wanted is None or c.name in wanted)
+    ]
+    if unknown:  # a column added or retyped since
+        types.update(resolve_column_types(conn, unknown))
+    cols = {c.name: c for c in info.columns}
+    for rel in rels:
+        for c in rel.columns:
+            if wanted is None or c.name in wanted:
+                cols[c.name] = PgColumn(c.name, types[c.type_oid], c.typmod)
+    return cols

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -34,8 +34,6 @@ if TYPE_CHECKING:
     from airflow_pg_replication.destination.opening import DestinationOpening
     from airflow_pg_replication.source.catalog import TableInfo
     from airflow_pg_replication.source.database import SourceDatabase
-    from airflow_pg_replication.source.pgoutput import Relation
-    from airflow_pg_replication.source.type_map import PgColumn
     from airflow_pg_replication.sync.batch_write import ApplyResult
     from airflow_pg_replication.sync.replicated_table import ReplicatedTable
     from airflow_pg_replication.table_state import ReplicationState
@@ -238,6 +236,7 @@ class CdcBatch:
         from airflow_pg_replication.changes.columnar_fold import fold_columnar
         from airflow_pg_replication.changes.reference_fold import ChangeFolder
         from airflow_pg_replication.changes.typed_batch import type_columnar_batch
+        from airflow_pg_replication.source.catalog import columns_of_relations
         from airflow_pg_replication.source.pgoutput import decode
         from airflow_pg_replication.sync.batch_write import write_change_batch, write_typed_batch
 
@@ -335,34 +334,6 @@ class CdcBatch:
             bytes_read=bytes_read,
             applied_lsn=state.applied_lsn,
         )
-
-
-def columns_of_relations(
-    conn: psycopg.Connection, rels: Sequence[Relation], info: TableInfo, only: Sequence[str] | None = None
-) -> dict[str, PgColumn]:
-    """Types of every column the batch's relation messages carried (schema changes included).
-
-    ``only``: the registry's ``columns`` list; the publication sends every column, the others are left out.
-    """
-    from airflow_pg_replication.source.catalog import resolve_column_types
-    from airflow_pg_replication.source.type_map import PgColumn
-
-    wanted = set(only) if only else None
-    types = {c.type.oid: c.type for c in info.columns}  # read at the run's start: no query for these
-    unknown = [
-        c.type_oid
-        for rel in rels
-        for c in rel.columns
-        if c.type_oid not in types and (wanted is None or c.name in wanted)
-    ]
-    if unknown:  # a column added or retyped since
-        types.update(resolve_column_types(conn, unknown))
-    cols = {c.name: c for c in info.columns}
-    for rel in rels:
-        for c in rel.columns:
-            if wanted is None or c.name in wanted:
-                cols[c.name] = PgColumn(c.name, types[c.type_oid], c.typmod)
-    return cols
 
 
 def let_go_while_folding(dest: TableDestination) -> bool:
