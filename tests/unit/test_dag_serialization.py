@@ -212,9 +212,7 @@ def test_a_dag_that_cannot_be_built_takes_no_other_down(tmp_path: Path, monkeypa
 
     monkeypatch.setattr(dag_factory, "destination_asset", refuse_orders)
     path = tmp_path / "tables.yaml"
-    path.write_text(
-        REGISTRY + "  - {table: public.customers}\n  - {table: public.orders}\n  - {table: public.items}\n"
-    )
+    path.write_text(REGISTRY + "  - {table: public.customers}\n  - {table: public.orders}\n  - {table: public.items}\n")
     dags = build_dags(path)
     assert sorted(dags) == [
         "pg_replication__capture__default",
