@@ -97,12 +97,25 @@ def apply_and_compare(db, duck) -> dict:
 @contextlib.contextmanager
 def slot_held_by_a_walsender(db) -> Iterator[int]:
     """Stream the slot over a replication connection, as a reader holding it: yields the walsender's PID."""
+    import psycopg2.errors
+
     from airflow_pg_replication import PgReplicationHook
 
-    rconn = PgReplicationHook(postgres_conn_id="pg_source").replication_connection()
+    deadline = time.monotonic() + 30
+    while True:  # a poke may hold the slot for a moment: take it once the poke is done
+        rconn = PgReplicationHook(postgres_conn_id="pg_source").replication_connection()
+        try:
+            cur = rconn.cursor()
+            cur.start_replication(
+                slot_name=SLOT, decode=False, options={"proto_version": "1", "publication_names": SLOT}
+            )
+            break
+        except psycopg2.errors.ObjectInUse:
+            rconn.close()
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
     try:
-        cur = rconn.cursor()
-        cur.start_replication(slot_name=SLOT, decode=False, options={"proto_version": "1", "publication_names": SLOT})
         for _ in range(100):
             row = db.query("SELECT active_pid FROM pg_replication_slots WHERE slot_name = %s", (SLOT,))[0]
             if row[0] is not None:
