@@ -8,8 +8,9 @@ Every destination keeps three promises the protocols in ``sync/`` rely on:
   only after the data it describes has committed (in the same transaction where the destination
   allows, as DuckDB does).
 
-Implementations: :class:`.dlt_table.DltTableDestination` (every dlt destination) and
-:class:`.duckdb.table.DuckDbTableDestination` (Arrow straight into the file); pick one with
+Implementations: :class:`.dlt_table.DltTableDestination` (every dlt destination),
+:class:`.duckdb.table.DuckDbTableDestination` (Arrow straight into the file) and
+:class:`.postgres.table.PostgresTableDestination` (psycopg, the source's own types); pick one with
 :func:`.factory.table_destination`.
 """
 
@@ -38,6 +39,11 @@ class TableDestination(abc.ABC):
     #: True when opening is slow local work (a DuckDB file's WAL replay) worth overlapping with the
     #: source's decoding on a thread; False when the destination keeps per-thread context (dlt).
     opens_in_background = False
+    #: True for PostgreSQL: its columns have the source's own types, so values that Arrow could lose
+    #: (numeric, time, arrays) travel as the source's text output (:func:`.type_map.text_transport`),
+    #: :meth:`fetch_rows` returns PostgreSQL's text output of every value, and reconciliation selects
+    #: key ranges there with the source's own predicate.
+    keeps_postgres_types = False
 
     def __init__(
         self,

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow_pg_replication.destination import sql as destination_sql
 from airflow_pg_replication.destination.base import TableDestination
+from airflow_pg_replication.destination.columns import dlt_hints
 from airflow_pg_replication.destination.sql import compose
 from airflow_pg_replication.destination.state_table import ReplicationState, read_state, write_state
 from airflow_pg_replication.phase_timing import phase
@@ -138,7 +139,7 @@ class DltTableDestination(TableDestination):
             dlt.resource(  # type: ignore[call-overload]  # see merge_resource
                 batches,
                 name=self.destination_table,
-                columns=columns,
+                columns=dlt_hints(columns),
                 primary_key=list(primary_key) or None,
                 write_disposition="replace",
             )
@@ -182,7 +183,7 @@ class DltTableDestination(TableDestination):
         return dlt.resource(  # type: ignore[call-overload]
             tables,
             name=self.destination_table,
-            columns=columns,
+            columns=dlt_hints(columns),
             primary_key=list(primary_key) or None,
             write_disposition={"disposition": "merge", "strategy": "delete-insert"},
         )
@@ -196,6 +197,7 @@ class DltTableDestination(TableDestination):
         self.pipeline.sync_destination()
         if not self.pipeline.default_schema_name:  # nothing loaded yet: nothing to widen
             return []
+        columns = dlt_hints(columns)
         schema = self.pipeline.default_schema
         table = schema.tables.get(self.destination_table)
         if not table:

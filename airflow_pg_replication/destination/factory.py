@@ -7,6 +7,25 @@ from typing import Any
 
 from airflow_pg_replication.destination.base import TableDestination
 
+#: dlt's names of PostgreSQL, which the native PostgreSQL destination serves.
+POSTGRES_TYPES = frozenset({"postgres", "postgresql"})
+
+
+def destination_class(spec: Mapping[str, Any] | None) -> type[TableDestination]:
+    """The implementation for ``spec``'s type: native DuckDB (the default) and PostgreSQL, dlt for every other."""
+    kind = dict(spec or {}).get("type") or "duckdb"
+    if kind == "duckdb":
+        from airflow_pg_replication.destination.duckdb.table import DuckDbTableDestination
+
+        return DuckDbTableDestination
+    if kind in POSTGRES_TYPES:
+        from airflow_pg_replication.destination.postgres.table import PostgresTableDestination
+
+        return PostgresTableDestination
+    from airflow_pg_replication.destination.dlt_table import DltTableDestination
+
+    return DltTableDestination
+
 
 def table_destination(
     spec: Mapping[str, Any] | None,
@@ -16,22 +35,17 @@ def table_destination(
     pipeline_name: str,
     read_only: bool = False,
 ) -> TableDestination:
-    """The destination of one table: native DuckDB for ``type: duckdb`` (the default), dlt for every other type.
+    """The destination of one table: native DuckDB for ``type: duckdb`` (the default), native PostgreSQL for
+    ``type: postgres``, dlt for every other type.
 
     ``spec`` holds type, credentials and dataset; an Airflow ``conn_id`` must already be resolved
     into credentials (the Airflow shells do it).
     """
     spec = {"type": "duckdb", **dict(spec or {})}
-    kwargs = {
-        "table_name": table_name,
-        "destination_table": destination_table,
-        "pipeline_name": pipeline_name,
-        "read_only": read_only,
-    }
-    if spec["type"] == "duckdb":
-        from airflow_pg_replication.destination.duckdb.table import DuckDbTableDestination
-
-        return DuckDbTableDestination(spec, **kwargs)
-    from airflow_pg_replication.destination.dlt_table import DltTableDestination
-
-    return DltTableDestination(spec, **kwargs)
+    return destination_class(spec)(
+        spec,
+        table_name=table_name,
+        destination_table=destination_table,
+        pipeline_name=pipeline_name,
+        read_only=read_only,
+    )

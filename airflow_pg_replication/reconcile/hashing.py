@@ -63,11 +63,13 @@ class ColumnCanon:
         at = self.target
         base = col.type.name if col.type.schema == "pg_catalog" and not col.type.is_enum else None
         element = col.type.element
-        self.element = ColumnCanon(_element_of(col, element)) if element is not None else None
-        if self.element is not None:
-            self.kind = "list"
-        elif base in ("json", "jsonb"):
+        self.element = ColumnCanon(_element_of(col, element)) if element is not None and not col.type.as_text else None
+        if base in ("json", "jsonb") and element is None:
             self.kind = "json"
+        elif col.type.as_text:  # text transport: both sides give the type's text output
+            self.kind = "text"
+        elif self.element is not None:
+            self.kind = "list"
         elif pa.types.is_integer(at):
             self.kind = "int"
         elif pa.types.is_floating(at):

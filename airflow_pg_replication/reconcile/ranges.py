@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -75,8 +76,9 @@ class KeySpace:
         import pyarrow as pa
         from psycopg import sql
 
-        from airflow_pg_replication.source.type_map import arrow_type
+        from airflow_pg_replication.source.type_map import arrow_type, typed_transport
 
+        col = dataclasses.replace(col, type=typed_transport(col.type))  # ordered by the type, however it travels
         ident = sql.Identifier(col.name)
         if (
             col.type.element is None

@@ -158,6 +158,8 @@ class BinaryCopyReader:
 
     @staticmethod
     def _kind(col: PgColumn) -> tuple[str, Any]:
+        if col.type.as_text:  # text transport: the type's text output (numeric, time, arrays: ``::text`` is it)
+            return "text", None
         name = base_type_name(col.type)
         if col.type.element is None and name in NATIVE:
             return "native", name

@@ -45,10 +45,16 @@ Rules
   arrays. Only 1-D values are supported: non-default lower bounds (``[0:1]={1,2}``) are
   dropped, multi-dimensional values raise :class:`TextParseError`.
 * dlt hints carry ``nullable`` from :class:`PgColumn` (default True: CDC cannot know).
+* **Text transport** (:func:`text_transport`, for a PostgreSQL destination, whose columns have
+  the source's own types): ``numeric``, ``time`` and every array travel as their text output,
+  unparsed (Arrow ``string``), because Arrow would lose some of their values (numeric
+  ``NaN``/``±Infinity`` and digits past ``decimal128``, ``24:00:00``, array bounds and dimensions)
+  that PostgreSQL holds. Every other type maps as above.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -72,6 +78,8 @@ __all__ = [
     "resolve_types",
     "text_to_arrow",
     "text_to_table",
+    "text_transport",
+    "typed_transport",
 ]
 
 # Parameter: the requested type oids as ``int[]`` (psycopg: a list of ints). Returns one row
@@ -136,6 +144,27 @@ class PgType:
     typmod: int = -1  # the domain's base typmod, used when the column's typmod is -1
     schema: str = "pg_catalog"
     delimiter: str = ","  # typdelim; for an array type, its element's (',' except box: ';')
+    #: Values travel as their text output, unparsed (see "Text transport" above; :func:`text_transport`).
+    as_text: bool = False
+
+
+#: Types whose values Arrow cannot always hold exactly: under text transport they travel as text.
+_LOSSY_IN_ARROW = frozenset({"numeric", "time"})
+
+
+def text_transport(t: PgType) -> PgType:
+    """``t`` marked to travel as its text output when Arrow could lose some of its values (numeric,
+    time, arrays); other types unchanged. For a destination that stores the source's own types."""
+    if t.as_text:
+        return t
+    if t.element is not None or base_type_name(t) in _LOSSY_IN_ARROW:
+        return dataclasses.replace(t, as_text=True)
+    return t
+
+
+def typed_transport(t: PgType) -> PgType:
+    """``t`` without text transport: the type map's own Arrow type for it."""
+    return dataclasses.replace(t, as_text=False) if t.as_text else t
 
 
 @dataclass(frozen=True)
@@ -227,6 +256,8 @@ def _decimal_type(col: PgColumn) -> pa.DataType:
 
 def arrow_type(col: PgColumn) -> pa.DataType:
     """The Arrow type :func:`text_to_arrow` produces for ``col`` (see "Rules")."""
+    if col.type.as_text:
+        return pa.string()
     if col.type.element is not None:
         return pa.list_(arrow_type(_element_column(col)))
     name = base_type_name(col.type)
@@ -237,6 +268,8 @@ def arrow_type(col: PgColumn) -> pa.DataType:
 
 def dlt_column_hints(col: PgColumn) -> dict[str, Any]:
     """The dlt column schema entry for ``col`` so destinations create the intended types."""
+    if col.type.as_text:  # the same column: its transport does not change its type
+        col = dataclasses.replace(col, type=typed_transport(col.type))
     hints: dict[str, Any] = {"name": col.name, "nullable": col.nullable}
     name = base_type_name(col.type)
     if col.type.element is not None or name in ("json", "jsonb"):
@@ -267,6 +300,8 @@ def dlt_column_hints(col: PgColumn) -> dict[str, Any]:
 def text_to_arrow(values: pa.Array | pa.ChunkedArray | Sequence[str | None], col: PgColumn) -> pa.Array:
     """Convert PostgreSQL TEXT output values (None = SQL NULL) to an array of ``arrow_type``."""
     values = textparse.as_string_array(values)
+    if col.type.as_text:  # text transport: the text output itself
+        return values
     to = arrow_type(col)
     if col.type.element is not None:
         element = _element_column(col)

@@ -321,13 +321,28 @@ def _fill_kept_values(dest: TableDestination, arrays: list, kept: _KeptCells, re
     gone = set(missing)  # only soft-deleted rows get here: their unknown cells stay NULL
     for c, rows in kept.to_fill.items():
         name = kept.layout[c]
-        typ = arrow_type(kept.columns[name])
-        vals = out[c].to_pylist()
-        for r in rows:
-            vals[r] = None if r in gone else _as_arrow_value(current[read_from[r]][name], typ)
-            result.kept_values += 1
-        out[c] = pa.array(vals, typ)
+        col = kept.columns[name]
+        typ = arrow_type(col)
+        found = [None if r in gone else current[read_from[r]][name] for r in rows]
+        if dest.keeps_postgres_types:  # PostgreSQL's text output: typed by the source's own parser
+            fill = text_to_arrow(pa.array(found, pa.string()), col)
+        else:
+            fill = pa.array([_as_arrow_value(v, typ) for v in found], typ)
+        out[c] = _scatter(out[c], rows, fill)
+        result.kept_values += len(rows)
     return out
+
+
+def _scatter(values: pa.Array, rows: list[int], fill: pa.Array) -> pa.Array:
+    """``values`` with ``fill[i]`` at position ``rows[i]`` (Arrow values throughout: ±infinity stay as they are)."""
+    import numpy as np
+    import pyarrow as pa
+
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    order = np.arange(len(values))
+    order[rows] = len(values) + np.arange(len(rows))
+    return pa.concat_arrays([values, fill.cast(values.type)]).take(pa.array(order))
 
 
 def _missing_kept_values(

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -34,6 +34,8 @@ if TYPE_CHECKING:
     from airflow_pg_replication.destination.opening import DestinationOpening
     from airflow_pg_replication.source.catalog import TableInfo
     from airflow_pg_replication.source.database import SourceDatabase
+    from airflow_pg_replication.source.pgoutput import Relation
+    from airflow_pg_replication.source.type_map import PgColumn
     from airflow_pg_replication.sync.batch_write import ApplyResult
     from airflow_pg_replication.sync.replicated_table import ReplicatedTable
     from airflow_pg_replication.table_state import ReplicationState
@@ -191,6 +193,18 @@ class CdcBatch:
             raise
         dest.__exit__(None, None, None)
 
+    def _columns(self, conn: psycopg.Connection, relations: Sequence[Relation]) -> dict[str, PgColumn]:
+        """The batch's column types (a column added since the run's start included), as the table's transport wants."""
+        import dataclasses
+
+        from airflow_pg_replication.source.catalog import columns_of_relations
+        from airflow_pg_replication.source.type_map import text_transport
+
+        cols = columns_of_relations(conn, relations, self.info, self.table.columns)
+        if not self.table.keeps_postgres_types:
+            return cols
+        return {name: dataclasses.replace(c, type=text_transport(c.type)) for name, c in cols.items()}
+
     def _open_state(self, dest: TableDestination) -> ReplicationState:
         """On the opening thread: the table's state, which must be a loaded snapshot of this slot.
 
@@ -236,7 +250,6 @@ class CdcBatch:
         from airflow_pg_replication.changes.columnar_fold import fold_columnar
         from airflow_pg_replication.changes.reference_fold import ChangeFolder
         from airflow_pg_replication.changes.typed_batch import type_columnar_batch
-        from airflow_pg_replication.source.catalog import columns_of_relations
         from airflow_pg_replication.source.pgoutput import decode
         from airflow_pg_replication.sync.batch_write import write_change_batch, write_typed_batch
 
@@ -275,7 +288,7 @@ class CdcBatch:
                         folder.flushed_parts,
                         len(part.rows),
                     )
-                    cols = columns_of_relations(conn, folder.relations_seen, info, t.columns)
+                    cols = self._columns(conn, folder.relations_seen)
                     applied = _combine(applied, write_change_batch(dest, part, cols, soft_deletes=soft))
             del pending
         state = opening.prepared()  # the destination may still be checkpointing while the batch folds
@@ -311,7 +324,7 @@ class CdcBatch:
             )
             state = state.moved_to(TablePhase.READY, applied_lsn=batch.last_commit_lsn)
             if columnar is not None:  # the state commits with the data where the destination allows (DuckDB)
-                cols = columns_of_relations(conn, [columnar.relation], info, t.columns)
+                cols = self._columns(conn, [columnar.relation])
                 with phase("cdc.type"):
                     typed = type_columnar_batch(columnar, cols, soft_deletes=soft)
                 dest, _ = opening.result()
@@ -319,7 +332,7 @@ class CdcBatch:
             elif batch.is_empty:  # all of it went out in parts: only the state is left to record
                 dest.write_state(state)
             elif folder is not None:  # per message (columnar is None): the batch is folder.batch
-                cols = columns_of_relations(conn, folder.relations_seen, info, t.columns)
+                cols = self._columns(conn, folder.relations_seen)
                 dest, _ = opening.result()
                 written = write_change_batch(dest, folder.batch, cols, soft_deletes=soft, state=state)
                 applied = _combine(applied, written)

@@ -11,7 +11,9 @@ How the comparison works
   form), i.e. by code point, which is how the destination orders the strings it holds; so the
   same predicate selects the same rows on both sides. A table without a key is one range.
 * Per range, both sides are streamed (the source through the same COPY -> Arrow type map the
-  snapshot loads with, the destination through dlt's ``sql_client`` as Arrow), every value is
+  snapshot loads with, the destination through dlt's ``sql_client`` as Arrow; a PostgreSQL
+  destination through its text output and the source's own type map, its ranges selected with
+  the source's own predicate), every value is
   normalised through one path (integers, floats, decimals normalised, temporal values as
   integer micro-seconds / days in UTC, JSON parsed and re-serialised with sorted keys, lists
   element by element, bytes), each row is hashed with BLAKE2b and the row hashes are summed
@@ -294,7 +296,12 @@ class Reconciliation:
                 ):
                     src.feed([batch.column(j) for j in range(len(canon))], canon, key_idx)
                 dst = RangeDigest(self.detail_rows)
-                where, params = keys.dest_predicate(client, rng)
+                params: list = []
+                if dest.keeps_postgres_types:  # PostgreSQL with the source's types: the source's own predicate
+                    same = keys.pg_predicate(rng)
+                    where = client.sql_text(same) if same is not None else None
+                else:
+                    where, params = keys.dest_predicate(client, rng)
                 conds = [c for c in (where, live) if c]
                 query = compose("SELECT", select, "FROM", table, *(["WHERE", " AND ".join(conds)] if conds else []))
                 with client.execute_query(query, *params) as cur, warnings.catch_warnings():

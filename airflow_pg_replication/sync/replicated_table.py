@@ -58,5 +58,24 @@ class ReplicatedTable:
         )
 
     def read_info(self, source: SourceDatabase, conn: psycopg.Connection) -> TableInfo:
-        """The table's replicated columns and key, from the source catalog."""
-        return source.table_info(conn, self.schema, self.name, columns=self.columns, primary_key=self.primary_key)
+        """The table's replicated columns and key, from the source catalog.
+
+        For a destination that stores the source's own types (PostgreSQL), the types Arrow could
+        lose values of travel as their text output (:func:`.type_map.text_transport`).
+        """
+        info = source.table_info(conn, self.schema, self.name, columns=self.columns, primary_key=self.primary_key)
+        if not self.keeps_postgres_types:
+            return info
+        import dataclasses
+
+        from airflow_pg_replication.source.type_map import text_transport
+
+        columns = tuple(dataclasses.replace(c, type=text_transport(c.type)) for c in info.columns)
+        return dataclasses.replace(info, columns=columns)
+
+    @property
+    def keeps_postgres_types(self) -> bool:
+        """Whether the destination stores the source's own types (PostgreSQL)."""
+        from airflow_pg_replication.destination.factory import destination_class
+
+        return destination_class(self.destination).keeps_postgres_types

@@ -159,6 +159,7 @@ class FakeDestination:
     """Rows by typed key (with ``_pg_lsn``: 1 unless given); records what write_change_batch asked to write."""
 
     table_name = "public.docs"
+    keeps_postgres_types = False  # fetch_rows returns typed values, as DuckDB does
 
     def __init__(self, rows: dict[tuple, dict]) -> None:
         self.rows = {k: {"_pg_lsn": 1, **r} for k, r in rows.items()}
