@@ -323,7 +323,8 @@ class PostgresTableDestination(TableDestination):
             if key_columns:
                 self._delete_matching(rows, key_columns, have)
             cols = sql.SQL(", ").join(map(sql.Identifier, names))
-            self._execute(sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {}").format(self._name(), cols, cols, rows))
+            with phase("postgres.insert"):
+                self._execute(sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {}").format(self._name(), cols, cols, rows))
 
     @contextlib.contextmanager
     def _staged(self, names: Sequence[str], tables: Iterable[Any]) -> Iterator[sql.Identifier]:
@@ -371,11 +372,12 @@ class PostgresTableDestination(TableDestination):
     def _delete_matching(self, rows: sql.Identifier, key_columns: Sequence[str], have: Columns) -> None:
         from psycopg import sql
 
-        self._execute(
-            sql.SQL("DELETE FROM {} AS t USING {} WHERE {}").format(
-                self._name(), rows, self._match(rows, key_columns, have)
+        with phase("postgres.delete"):
+            self._execute(
+                sql.SQL("DELETE FROM {} AS t USING {} WHERE {}").format(
+                    self._name(), rows, self._match(rows, key_columns, have)
+                )
             )
-        )
 
     def _copy(self, target: sql.Composable, names: Sequence[str], tables: Iterable[Any]) -> None:
         """``COPY`` Arrow tables or record batches of columns ``names`` into ``target`` as CSV."""
