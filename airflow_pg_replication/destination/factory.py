@@ -12,7 +12,8 @@ POSTGRES_TYPES = frozenset({"postgres", "postgresql"})
 
 
 def destination_class(spec: Mapping[str, Any] | None) -> type[TableDestination]:
-    """The implementation for ``spec``'s type: native DuckDB (the default) and PostgreSQL, dlt for every other."""
+    """The implementation for ``spec``'s type: native DuckDB (the default) and PostgreSQL, dlt's filesystem as
+    Delta or Parquet, dlt for every other."""
     kind = dict(spec or {}).get("type") or "duckdb"
     if kind == "duckdb":
         from airflow_pg_replication.destination.duckdb.table import DuckDbTableDestination
@@ -22,6 +23,10 @@ def destination_class(spec: Mapping[str, Any] | None) -> type[TableDestination]:
         from airflow_pg_replication.destination.postgres.table import PostgresTableDestination
 
         return PostgresTableDestination
+    if kind == "filesystem":
+        from airflow_pg_replication.destination.filesystem.table import FilesystemTableDestination
+
+        return FilesystemTableDestination
     from airflow_pg_replication.destination.dlt_table import DltTableDestination
 
     return DltTableDestination
@@ -36,10 +41,11 @@ def table_destination(
     read_only: bool = False,
 ) -> TableDestination:
     """The destination of one table: native DuckDB for ``type: duckdb`` (the default), native PostgreSQL for
-    ``type: postgres``, dlt for every other type.
+    ``type: postgres``, Delta tables or Parquet files for ``type: filesystem`` (with ``table_format``), dlt for
+    every other type.
 
-    ``spec`` holds type, credentials and dataset; an Airflow ``conn_id`` must already be resolved
-    into credentials (the Airflow shells do it).
+    ``spec`` holds type, credentials and dataset (and ``table_format`` for filesystem); an Airflow ``conn_id``
+    must already be resolved into credentials (the Airflow shells do it).
     """
     spec = {"type": "duckdb", **dict(spec or {})}
     return destination_class(spec)(

@@ -148,6 +148,9 @@ class DestinationConfig(_Model):
     credentials: Annotated[str, _passes(_check_no_password)] | None = None
     conn_id: ConnId | None = None
     dataset: Annotated[str, _named("dataset name")] = "replica"
+    #: type filesystem only: ``delta`` (a Delta table per source table, merged in place) or ``parquet``
+    #: (plain Parquet files, an append-only change layout read through its current-state query).
+    table_format: Literal["delta", "parquet"] | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -165,12 +168,31 @@ class DestinationConfig(_Model):
     def _exclusive(self) -> DestinationConfig:
         if self.credentials is not None and self.conn_id is not None:
             raise KeyedProblems([("conn_id", "set either credentials or conn_id, not both")])
+        if self.type == "filesystem" and self.table_format is None:
+            raise KeyedProblems(
+                [
+                    (
+                        "table_format",
+                        "destination type filesystem needs table_format: delta (a Delta table per source table, "
+                        "merged in place) or parquet (plain Parquet files, an append-only change layout)",
+                    )
+                ]
+            )
+        if self.type != "filesystem" and self.table_format is not None:
+            raise KeyedProblems(
+                [("table_format", f"table_format is for destination type filesystem only, not {self.type!r}")]
+            )
         return self
 
     def as_dict(self) -> dict[str, Any]:
-        """The ``destination`` mapping operators take: type, credentials, dataset (and conn_id when set)."""
-        result = {"type": self.type, "credentials": self.credentials, "dataset": self.dataset}
-        return {**result, "conn_id": self.conn_id} if self.conn_id is not None else result
+        """The ``destination`` mapping operators take: type, credentials, dataset (and conn_id, table_format when
+        set)."""
+        result: dict[str, Any] = {"type": self.type, "credentials": self.credentials, "dataset": self.dataset}
+        if self.conn_id is not None:
+            result["conn_id"] = self.conn_id
+        if self.table_format is not None:
+            result["table_format"] = self.table_format
+        return result
 
 
 class SlotGroupConfig(_Model):

@@ -390,11 +390,16 @@ def _missing_message(
 
 
 def _as_arrow_value(value: object, typ: pa.DataType) -> object:
-    """A value read back from the destination, shaped for ``typ`` (lists may come back as JSON text)."""
+    """A value read back from the destination, shaped for ``typ`` (lists may come back as JSON text, times as
+    ISO text: Delta has no time type)."""
     import pyarrow as pa
 
     if isinstance(value, str) and (pa.types.is_list(typ) or pa.types.is_large_list(typ)):
         import json
 
         return json.loads(value)
+    if isinstance(value, str) and pa.types.is_time(typ):
+        import datetime
+
+        return datetime.time.fromisoformat(value)
     return value

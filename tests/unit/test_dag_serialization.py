@@ -169,10 +169,11 @@ def test_dags_of_every_dlt_destination_type_load_and_serialize(kind: str, tmp_pa
     """Asset URIs are ours (``pg-replication://``) for every type: a provider's scheme (``postgres://``,
     ``s3://``, ...) would be validated by its rules and take every DAG of the file down."""
     path = tmp_path / "tables.yaml"
+    extra = ", table_format: delta" if kind == "filesystem" else ""  # filesystem: Delta tables or Parquet files
     path.write_text(
         textwrap.dedent(f"""
             source: {{conn_id: pg_source}}
-            destination: {{type: {kind}, conn_id: warehouse, dataset: replica}}
+            destination: {{type: {kind}, conn_id: warehouse, dataset: replica{extra}}}
             tables:
               - {{table: public.customers, schedule: "*/5 * * * *"}}
               - {{table: public.orders, mode: full_refresh, schedule: "@daily"}}

@@ -97,7 +97,7 @@ def test_deferred_commits_stay_in_the_wal_until_the_next_unit_checkpoints_them(t
 
 def test_a_dlt_destination_opens_on_the_callers_thread_and_fails_at_once(tmp_path: Path) -> None:
     dest = table_destination(
-        {"type": "filesystem", "credentials": str(tmp_path), "dataset": "replica"},
+        {"type": "filesystem", "credentials": str(tmp_path), "dataset": "replica", "table_format": "parquet"},
         table_name="public.t",
         destination_table="t",
         pipeline_name="test_opening",
