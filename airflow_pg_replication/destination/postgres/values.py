@@ -162,19 +162,30 @@ def _timestamps(values: pa.Array) -> pa.Array:
 
     raw = values.view(pa.int64())
     tz = values.type.tz is not None
-    return _with_outliers(values, raw, _FIRST_US, _AFTER_LAST_US, lambda v: _timestamp_text(v, tz))
+    suffix = ""
+    if values.type.tz in _UTC_NAMES:  # Arrow's time zone aware cast to text is ~10x slower: UTC wall time + "Z"
+        values, suffix = values.cast(pa.timestamp(values.type.unit)), "Z"
+    return _with_outliers(values, raw, _FIRST_US, _AFTER_LAST_US, lambda v: _timestamp_text(v, tz), suffix)
 
 
-def _with_outliers(values: pa.Array, raw: pa.Array, low: int, high: int, one: object) -> pa.Array:
-    """Arrow's ISO text for values in years 1..9999 (``Z`` for UTC timestamps), ``one(raw)`` for the others."""
+#: Time zone names of UTC as Arrow types carry them.
+_UTC_NAMES = frozenset({"UTC", "utc", "Etc/UTC", "+00:00", "Z"})
+
+
+def _with_outliers(values: pa.Array, raw: pa.Array, low: int, high: int, one: object, suffix: str = "") -> pa.Array:
+    """Arrow's ISO text for values in years 1..9999 (then ``suffix``), ``one(raw)`` for the others."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
+    def as_text(arr: pa.Array) -> pa.Array:
+        text = pc.cast(arr, pa.string())
+        return pc.binary_join_element_wise(text, suffix, "") if suffix else text
+
     ordinary = pc.and_(pc.greater_equal(raw, low), pc.less(raw, high))
     if pc.all(pc.fill_null(ordinary, True)).as_py():
-        return pc.cast(values, pa.string())
+        return as_text(values)
     inside = pc.if_else(ordinary, values, pa.nulls(len(values), values.type))
-    texts = pc.cast(inside, pa.string()).to_pylist()
+    texts = as_text(inside).to_pylist()
     flags = ordinary.to_pylist()
     for i, (ok, v) in enumerate(zip(flags, raw.to_pylist())):
         if ok is False:

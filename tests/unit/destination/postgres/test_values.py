@@ -87,6 +87,8 @@ def test_dates_and_timestamps_past_arrow_and_iso_range():
     assert pg_text(pa.array([dt.datetime(2024, 1, 2, 3, 4, 5, 6)], pa.timestamp("us"))).to_pylist() == [
         "2024-01-02 03:04:05.000006"
     ]
+    ordinary = pa.array([dt.datetime(2024, 1, 2, 3, 4, 5, 6, tzinfo=dt.timezone.utc), None], pa.timestamp("us", "UTC"))
+    assert pg_text(ordinary).to_pylist() == ["2024-01-02 03:04:05.000006Z", None]  # UTC: the fast path
     days = pa.array([0, DATE_INFINITY, DATE_NEG_INFINITY, -719_163, 2_932_897], pa.int32()).view(pa.date32())
     assert pg_text(days).to_pylist() == ["1970-01-01", "infinity", "-infinity", "0001-12-31 BC", "10000-01-01"]
 
