@@ -48,6 +48,7 @@ def snapshot_table(
         CopyProgress,
         begin_snapshot,
         copy_batches,
+        estimated_rows,
         prefetched,
         snapshot_schema,
     )
@@ -64,7 +65,7 @@ def snapshot_table(
             require_key(info, mode="cdc")
         hints = destination_columns(info.columns, soft_deletes=t.soft_deletes)
         schema = snapshot_schema(info)
-        progress = CopyProgress(t.qualified_name)
+        progress = CopyProgress(t.qualified_name, expected_rows=estimated_rows(conn, t.schema, t.name))
 
         def rows(copy_conn: psycopg.Connection, lsn: int) -> Iterator[pa.RecordBatch]:
             return prefetched(copy_batches(copy_conn, info, lsn=lsn, block_bytes=chunk_bytes, progress=progress))

@@ -108,3 +108,16 @@ def test_snapshot_is_the_callers(pg_db):
         pg_db.execute("INSERT INTO snap SELECT generate_series(101, 200)")
         rows = sum(b.num_rows for b in copy_batches(conn, info, lsn=None))
     assert rows == 100
+
+
+def test_estimated_rows_is_the_planners_count(pg_db):
+    from airflow_pg_replication.source.snapshot_reads import estimated_rows
+
+    pg_db.execute("CREATE TABLE est (id int PRIMARY KEY)")
+    with pg_db.connect() as conn:
+        assert estimated_rows(conn, "public", "est") is None  # never analyzed
+        assert estimated_rows(conn, "public", "no_such_table") is None
+    pg_db.execute("INSERT INTO est SELECT generate_series(1, 5000)")
+    pg_db.execute("ANALYZE est")
+    with pg_db.connect() as conn:
+        assert estimated_rows(conn, "public", "est") == 5000
