@@ -177,13 +177,16 @@ def require_key(info: TableInfo, *, mode: str) -> None:
         return
     if mode == "cdc" and info.replica_identity == "f":
         return
+    from psycopg import sql
+
     reason = _KEY_NEEDED_BY.get(mode, f"{mode} cannot tell its rows apart")
+    full = sql.SQL("ALTER TABLE {}.{} REPLICA IDENTITY FULL").format(
+        sql.Identifier(info.schema), sql.Identifier(info.name)
+    )
     raise NeedsAttentionError(
         f"{info.qualified_name} has no primary key, so {reason}. Fix: add a "
         f"primary_key entry to the table in the registry (columns that identify a row), or add a primary key "
-        f"to the table"
-        + (f", or run ALTER TABLE {info.schema}.{info.name} REPLICA IDENTITY FULL" if mode == "cdc" else "")
-        + "."
+        f"to the table" + (f", or run {full.as_string(None)}" if mode == "cdc" else "") + "."
     )
 
 

@@ -124,9 +124,12 @@ class SourceDatabase:
                 (publication, schema, table),
             ).fetchone()
             if not in_pub:
+                add = sql.SQL("ALTER PUBLICATION {} ADD TABLE {}.{};").format(
+                    sql.Identifier(publication), sql.Identifier(schema), sql.Identifier(table)
+                )
                 raise NeedsAttentionError(
                     f"publication {publication!r} exists but does not publish {schema}.{table}. Fix: "
-                    f"ALTER PUBLICATION {publication} ADD TABLE {schema}.{table}; or drop the publication."
+                    f"{add.as_string(conn)} or drop the publication."
                 )
             return
         stmt = sql.SQL("CREATE PUBLICATION {} FOR TABLE {}.{} WITH (publish_via_partition_root = true)").format(
@@ -137,8 +140,7 @@ class SourceDatabase:
         except Exception as exc:  # psycopg.errors.InsufficientPrivilege and friends
             raise NeedsAttentionError(
                 f"cannot create publication {publication!r} for {schema}.{table}: {exc}. Fix: let the table's "
-                f"owner run: CREATE PUBLICATION {publication} FOR TABLE {schema}.{table} "
-                "WITH (publish_via_partition_root = true);"
+                f"owner run: {stmt.as_string(conn)};"
             ) from exc
         log.info("created publication %s for %s.%s", publication, schema, table)
 

@@ -43,12 +43,12 @@ def add_table(conn: psycopg.Connection, publication: str, schema: str, table: st
         return False
     if members is None:
         stmt = sql.SQL("CREATE PUBLICATION {} FOR TABLE {}.{} " + _OPTIONS)
-        fix = f"CREATE PUBLICATION {publication} FOR TABLE {schema}.{table} {_OPTIONS};"
     else:
         stmt = sql.SQL("ALTER PUBLICATION {} ADD TABLE {}.{}")
-        fix = f"ALTER PUBLICATION {publication} ADD TABLE {schema}.{table};"
+    change = stmt.format(sql.Identifier(publication), sql.Identifier(schema), sql.Identifier(table))
+    fix = change.as_string(conn) + ";"  # the very statement, for the owner to run
     try:
-        conn.execute(stmt.format(sql.Identifier(publication), sql.Identifier(schema), sql.Identifier(table)))
+        conn.execute(change)
     except Exception as exc:  # psycopg.errors.InsufficientPrivilege and friends
         raise NeedsAttentionError(
             f"cannot add {schema}.{table} to publication {publication!r}: {exc}. Fix: let the table's owner (or "

@@ -270,7 +270,7 @@ def _checked_slot(source: SourceDatabase, conn: psycopg.Connection, group: SlotG
         raise SlotLostError(
             f"slot {group.slot} of slot group {group.name} was invalidated (wal_status=lost): changes of the group's "
             "tables since the last capture are gone. Set on_slot_lost: resync to re-create it and snapshot every "
-            f"table of the group again, or drop it by hand: SELECT pg_drop_replication_slot('{group.slot}');"
+            f"table of the group again, or drop it by hand: {_drop_slot_sql(group.slot)}"
         )
     log.warning(
         "slot group %s: slot %s was invalidated; on_slot_lost=resync: re-creating it, and every table of the "
@@ -325,3 +325,10 @@ def _confirmed(slot: Any) -> int:
     from airflow_pg_replication.source.pgoutput import parse_lsn
 
     return parse_lsn(slot.confirmed_flush_lsn) if slot.confirmed_flush_lsn else 0
+
+
+def _drop_slot_sql(slot: str) -> str:
+    """The statement that drops ``slot``, for a person to run."""
+    from psycopg import sql
+
+    return sql.SQL("SELECT pg_drop_replication_slot({});").format(sql.Literal(slot)).as_string(None)

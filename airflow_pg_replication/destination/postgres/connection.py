@@ -81,14 +81,15 @@ def describe(credentials: Any) -> str:
 def connect(credentials: Any, *, read_only: bool = False) -> psycopg.Connection:
     """An autocommit connection in the session settings of :data:`SESSION` (read only when asked)."""
     import psycopg
+    from psycopg import sql
 
     kw = connect_kwargs(credentials)
     kw.setdefault("application_name", "airflow_pg_replication")
     conn = psycopg.connect(autocommit=True, **kw)
     try:
         settings = {**SESSION, **({"default_transaction_read_only": "on"} if read_only else {})}
-        calls = ", ".join(["set_config(%s, %s, false)"] * len(settings))
-        conn.execute(f"SELECT {calls}", [v for item in settings.items() for v in item])  # placeholders only
+        calls = sql.SQL(", ").join([sql.SQL("set_config(%s, %s, false)")] * len(settings))
+        conn.execute(sql.SQL("SELECT {}").format(calls), [v for item in settings.items() for v in item])
     except BaseException:
         conn.close()
         raise
