@@ -138,9 +138,20 @@ def anti_join(rows: pa.Table, skip: pa.Table | None, key_columns: Sequence[str] 
     """``rows`` whose key (``key_columns``, default: ``rows``' columns) is not among ``skip``'s keys."""
     if skip is None or not skip.num_rows or not rows.num_rows:
         return rows
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
     keys = list(key_columns or rows.column_names)
-    seen = set(zip(*[skip.column(k).to_pylist() for k in keys]))
-    return rows.filter([key not in seen for key in zip(*[rows.column(k).to_pylist() for k in keys])])
+    if any(rows.column(k).null_count or skip.column(k).null_count for k in keys):
+        # NULL keys (a table without a key matches rows whole) are equal here; a join never matches them
+        seen = set(zip(*[skip.column(k).to_pylist() for k in keys]))
+        return rows.filter([key not in seen for key in zip(*[rows.column(k).to_pylist() for k in keys])])
+    # only the key columns go into the join: the rows' other columns may be lists, which joins cannot carry
+    position = "__pg_replication_row"
+    left = rows.select(keys).append_column(position, pa.array(range(rows.num_rows), pa.int64()))
+    right = skip.select(keys).group_by(keys).aggregate([])
+    kept = left.join(right, keys=keys, join_type="left anti").column(position)
+    return rows.take(pc.take(kept, pc.sort_indices(kept)))  # in the rows' own order
 
 
 def read_current_state(bucket_url: str, dataset: str, table: str, key_columns: Sequence[str]) -> pa.Table:

@@ -101,3 +101,21 @@ def test_tombstones_leave_out_keys_the_same_write_upserts():
         {"id": 3, "_pg_tombstone": True},
     ]
     assert pc.tombstones(pa.table({"id": pa.array([2], pa.int32())}), upserts) is None
+
+
+def test_anti_join_keeps_order_other_columns_and_null_keys() -> None:
+    import pyarrow as pa
+
+    from airflow_pg_replication.destination.filesystem import parquet_changes as pc
+
+    rows = pa.table(
+        {"id": pa.array([5, 1, 4, 2, 3], pa.int64()), "tags": pa.array([["a"], None, ["b", "c"], [], ["d"]])}
+    )
+    skip = pa.table({"id": pa.array([4, 1, 4, 9], pa.int64())})
+    out = pc.anti_join(rows, skip, ["id"])
+    assert out.column("id").to_pylist() == [5, 2, 3]
+    assert out.column("tags").to_pylist() == [["a"], [], ["d"]]
+    # whole-row keys with NULLs (a table without a key): NULL matches NULL
+    whole = pa.table({"a": [1, None, 2], "b": ["x", "y", None]})
+    gone = pa.table({"a": [None, 2], "b": ["y", None]})
+    assert pc.anti_join(whole, gone).to_pylist() == [{"a": 1, "b": "x"}]
