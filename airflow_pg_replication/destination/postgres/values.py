@@ -185,12 +185,9 @@ def _with_outliers(values: pa.Array, raw: pa.Array, low: int, high: int, one: ob
     if pc.all(pc.fill_null(ordinary, True)).as_py():
         return as_text(values)
     inside = pc.if_else(ordinary, values, pa.nulls(len(values), values.type))
-    texts = as_text(inside).to_pylist()
-    flags = ordinary.to_pylist()
-    for i, (ok, v) in enumerate(zip(flags, raw.to_pylist())):
-        if ok is False:
-            texts[i] = one(v)  # type: ignore[operator]
-    return pa.array(texts, pa.string())
+    outside = pc.invert(pc.fill_null(ordinary, True))  # only the outliers take Python, one by one
+    texts = [one(v) for v in raw.filter(outside).to_pylist()]  # type: ignore[operator]
+    return pc.replace_with_mask(as_text(inside), outside, pa.array(texts, pa.string()))
 
 
 def to_csv(data: pa.Table | pa.RecordBatch) -> pa.Buffer:
