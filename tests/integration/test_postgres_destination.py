@@ -235,7 +235,7 @@ def test_crash_between_data_and_state_reruns_to_the_same_table(pg_db, pg_warehou
     full, apply, verify = ops(wh, "orders", slot="pgrepl_orders")
     cols = ["id", "total", "items", "placed"]
     real = PostgresTableDestination._write_state
-    crashes = []
+    crashes: list = []
 
     def crash_once_at(status):
         def write_state(self, state):
@@ -346,3 +346,66 @@ def test_schema_changes_and_a_table_without_a_key(pg_db, pg_warehouse):
     lapply.execute({})
     assert_same(pg_db, wh, "log", ["at", "what", "n"], key=("n",))
     assert wh.query("SELECT count(*) FROM replica.log") == [(1,)]
+
+
+def _table_stats(conn) -> tuple[int, int, int, int]:
+    """(inserted, updated, HOT-updated, deleted) rows of replica.t so far, this session's included (not
+    necessarily another's yet)."""
+    conn.execute("SELECT pg_stat_force_next_flush()")
+    row = conn.execute(
+        "SELECT n_tup_ins, n_tup_upd, n_tup_hot_upd, n_tup_del FROM pg_stat_user_tables "
+        "WHERE schemaname = 'replica' AND relname = 't'"
+    ).fetchone()
+    return tuple(row)
+
+
+def test_upserts_update_rows_in_place_and_a_repeated_key_ends_as_one_row(pg_warehouse):
+    """A CDC batch's upserts into a replica keyed by its index: one MERGE updates the rows there (HOT, on pages
+    with room: the table's fill factor) and inserts the others, deleting nothing; a column the rows do not carry
+    gets its default, as an insert gives it. A key the replica holds twice, or the batch, (a key the source does
+    not enforce) is written as a delete and an insert always wrote it."""
+    import pyarrow as pa
+
+    from airflow_pg_replication.replica_columns import LSN_COLUMN
+
+    wh = pg_warehouse
+    spec = {"type": "postgres", "credentials": wh.cluster.conn_uri(wh.dbname), "dataset": "replica"}
+    columns = [
+        {"name": "id", "data_type": "bigint"},
+        {"name": "v", "data_type": "text"},
+        {"name": LSN_COLUMN, "data_type": "bigint"},
+    ]
+
+    def apply(dest, ids, v, lsn, deleted=()):
+        upserts = pa.table({"id": pa.array(ids, pa.int64()), "v": [v] * len(ids), LSN_COLUMN: [lsn] * len(ids)})
+        keys = pa.table({"id": pa.array(deleted, pa.int64())}) if deleted else None
+        dest.apply_batch(
+            upserts=upserts, delete_keys=keys, truncate=None, columns=columns, key_columns=["id"], state=None
+        )
+
+    def rows():
+        return wh.query("SELECT id, v, extra, _pg_lsn FROM replica.t ORDER BY id, v")
+
+    with PostgresTableDestination(spec, table_name="public.t", destination_table="t", pipeline_name="p") as dest:
+        apply(dest, [1, 2, 3], "a", 1)
+        assert wh.query("SELECT reloptions FROM pg_class WHERE oid = 'replica.t'::regclass") == [(["fillfactor=90"],)]
+        dest.conn.execute("ALTER TABLE replica.t ADD COLUMN extra text DEFAULT 'dflt'")
+        dest.conn.execute("UPDATE replica.t SET extra = 'old'")  # on this session: its statistics are flushed next
+        before = _table_stats(dest.conn)
+        apply(dest, [2, 4, 1], "b", 2, deleted=[3])
+        after = _table_stats(dest.conn)
+        assert [a - b for a, b in zip(after, before)] == [1, 2, 2, 1]  # 4 inserted, 1 and 2 updated (HOT), 3 deleted
+        assert rows() == [(1, "b", "dflt", 2), (2, "b", "dflt", 2), (4, "b", "dflt", 2)]
+
+        with wh.connect() as conn:
+            conn.execute("INSERT INTO replica.t (id, v, extra, _pg_lsn) VALUES (1, 'twice', 'x', 0)")
+        apply(dest, [1, 5], "c", 3)
+        assert rows() == [(1, "c", "dflt", 3), (2, "b", "dflt", 2), (4, "b", "dflt", 2), (5, "c", "dflt", 3)]
+        apply(dest, [2, 2], "d", 4)  # never from the fold, which keeps one row per key
+        assert rows() == [
+            (1, "c", "dflt", 3),
+            (2, "d", "dflt", 4),
+            (2, "d", "dflt", 4),
+            (4, "b", "dflt", 2),
+            (5, "c", "dflt", 3),
+        ]

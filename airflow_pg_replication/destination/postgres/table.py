@@ -6,10 +6,10 @@
   travel as the source's text output (:func:`.type_map.text_transport`), so NaN, ±Infinity, any
   precision, ``24:00:00`` and any array arrive as they are; ±infinity dates and timestamps too.
 * **One transaction per load.** A snapshot (``DELETE`` of the old rows, ``COPY`` of the new ones),
-  a CDC batch (truncate, deletes, upserts through a temporary table) or an incremental merge
-  commits together with its state row: a crash leaves both or neither, and readers see the table
-  before or after, never half of it. New columns are added and changed types altered in the same
-  transaction.
+  a CDC batch (truncate, deletes, upserts through a temporary table: a ``MERGE`` where it can, see
+  :mod:`.upsert`) or an incremental merge commits together with its state row: a crash leaves both
+  or neither, and readers see the table before or after, never half of it. New columns are added
+  and changed types altered in the same transaction.
 * **No dlt.** Credentials are a libpq URI or mapping, with or without a password
   (:mod:`.connection`); names are always quoted by :class:`psycopg.sql.Identifier`.
 """
@@ -18,15 +18,22 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from airflow_pg_replication.destination.base import TableDestination
 from airflow_pg_replication.destination.postgres import connection
-from airflow_pg_replication.destination.postgres.types import hint_type, matched_as_text
+from airflow_pg_replication.destination.postgres.types import hint_type
+from airflow_pg_replication.destination.postgres.upsert import (
+    FILLFACTOR,
+    Columns,
+    KeyedTable,
+    copy_rows,
+    staged,
+)
 from airflow_pg_replication.destination.state_table import STATE_TABLE, ReplicationState
-from airflow_pg_replication.phase_timing import phase, timed_iter
+from airflow_pg_replication.phase_timing import phase
 from airflow_pg_replication.replica_columns import DELETED_AT_COLUMN, LSN_COLUMN
 from airflow_pg_replication.table_state import STATE_COLUMNS
 
@@ -36,9 +43,6 @@ if TYPE_CHECKING:
     from psycopg import sql
 
 log = logging.getLogger(__name__)
-
-#: A table's columns as the catalog has them: name -> (type oid, typmod, type name of it or its elements).
-Columns = dict[str, tuple[int, int, str]]
 
 _COLUMNS_SQL = """
 SELECT a.attname::text, a.atttypid::int8, a.atttypmod, COALESCE(e.typname, t.typname)::text
@@ -53,14 +57,14 @@ SELECT a.attname::text, a.atttypid::int8, a.atttypmod, COALESCE(e.typname, t.typ
 
 _DELETED_AT_HINT = {"name": DELETED_AT_COLUMN, "data_type": "timestamp", "timezone": True}
 
-#: Whether the table has an index on exactly these columns, in this order (the key index made with the table).
+#: Whether the table has an index on exactly these columns, in this order, of all rows (the key index made with it).
 _KEY_INDEX_SQL = """
 SELECT EXISTS (
   SELECT 1
     FROM pg_catalog.pg_index i
     JOIN pg_catalog.pg_class c ON c.oid = i.indrelid
     JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-   WHERE n.nspname = %s AND c.relname = %s
+   WHERE n.nspname = %s AND c.relname = %s AND i.indpred IS NULL
      AND ARRAY(SELECT a.attname::text
                  FROM unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, ord)
                  JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
@@ -82,7 +86,7 @@ class PostgresTableDestination(TableDestination):
         super().__init__(spec, **kwargs)
         self._conn: psycopg.Connection | None = None
         self._checked: set[tuple] = set()  # column sets already found in the table's shape, in this unit
-        self._key_index: dict[tuple[str, ...], bool] = {}  # key columns -> indexed (see _match)
+        self._key_index: dict[tuple[str, ...], bool] = {}  # key columns -> indexed (see _keyed)
 
     def describe(self) -> str:
         return f"{self.spec['dataset']}.{self.destination_table} in {connection.describe(self.spec.get('credentials'))}"
@@ -200,8 +204,10 @@ class PostgresTableDestination(TableDestination):
         if not have:
             self._create_schema()
             self._execute(
-                sql.SQL("CREATE TABLE {} ({})").format(
-                    self._name(), sql.SQL(", ").join(sql.SQL("{} {}").format(sql.Identifier(n), t) for n, t in wanted)
+                sql.SQL("CREATE TABLE {} ({}) WITH (fillfactor = {})").format(
+                    self._name(),
+                    sql.SQL(", ").join(sql.SQL("{} {}").format(sql.Identifier(n), t) for n, t in wanted),
+                    sql.Literal(FILLFACTOR),
                 )
             )
             if primary_key:  # not unique: a registry's key is not checked by the source either
@@ -267,7 +273,7 @@ class PostgresTableDestination(TableDestination):
             self._shape(columns, primary_key, replacing=True)
             if self._has_rows():  # DELETE, not TRUNCATE: readers keep the old rows until the commit
                 self._execute(sql.SQL("DELETE FROM {}").format(self._name()))
-            self._copy(self._name(), schema.names, batches)
+            copy_rows(self.conn, self._name(), schema.names, batches)
             if state is not None:
                 self._write_state(state)
 
@@ -285,9 +291,10 @@ class PostgresTableDestination(TableDestination):
         from psycopg import sql
 
         with phase("postgres.apply"), self.conn.transaction():
-            have = self._columns()
-            if upserts is not None and upserts.num_rows:
-                have = self._shape(columns, key_columns, replacing=False)
+            with phase("postgres.shape"):
+                have = self._columns()
+                if upserts is not None and upserts.num_rows:
+                    have = self._shape(columns, key_columns, replacing=False)
             if truncate is not None and have:
                 at, lsn, soft = truncate
                 if soft:
@@ -302,62 +309,26 @@ class PostgresTableDestination(TableDestination):
                 else:
                     self._execute(sql.SQL("DELETE FROM {}").format(self._name()))
             if have and delete_keys is not None and delete_keys.num_rows:
-                with self._staged(delete_keys.column_names, [delete_keys]) as keys:
-                    self._delete_matching(keys, key_columns, have)
+                self._keyed(key_columns, have).delete(delete_keys)
             if upserts is not None and upserts.num_rows:
-                self._upsert([upserts], upserts.column_names, key_columns, have)
+                self._keyed(key_columns, have).upsert(upserts)
             if state is not None:
-                self._write_state(state)
+                with phase("postgres.state"):
+                    self._write_state(state)
 
     def merge(self, tables: Iterable[pa.Table], columns: list[dict], primary_key: Sequence[str]) -> None:
         """Upsert rows by key (incremental refresh), in one transaction."""
         with phase("postgres.merge"), self.conn.transaction():
             have = self._shape(columns, primary_key, replacing=False)
             names = [c["name"] for c in columns if c["name"] != DELETED_AT_COLUMN]
-            self._upsert(tables, names, primary_key, have)
+            keyed = self._keyed(primary_key, have)
+            with staged(self.conn, self._name(), names, tables, in_memory=False) as (rows, _):  # keys may repeat
+                if primary_key:
+                    keyed.delete_matching(rows)
+                keyed.insert(rows, names)
 
-    def _upsert(self, tables: Iterable[Any], names: Sequence[str], key_columns: Sequence[str], have: Columns) -> None:
-        from psycopg import sql
-
-        with self._staged(names, tables) as rows:
-            if key_columns:
-                self._delete_matching(rows, key_columns, have)
-            cols = sql.SQL(", ").join(map(sql.Identifier, names))
-            with phase("postgres.insert"):
-                self._execute(sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {}").format(self._name(), cols, cols, rows))
-
-    @contextlib.contextmanager
-    def _staged(self, names: Sequence[str], tables: Iterable[Any]) -> Iterator[sql.Identifier]:
-        """A temporary table of the table's ``names`` columns (same types) holding ``tables``' rows."""
-        from psycopg import sql
-
-        staging = sql.Identifier("pg_replication_staged")
-        self._execute(
-            sql.SQL("CREATE TEMPORARY TABLE {} ON COMMIT DROP AS SELECT {} FROM {} WITH NO DATA").format(
-                staging, sql.SQL(", ").join(map(sql.Identifier, names)), self._name()
-            )
-        )
-        self._copy(staging, names, tables)
-        yield staging
-        self._execute(sql.SQL("DROP TABLE {}").format(staging))  # on an error, the rollback drops it
-
-    def _match(self, other: sql.Identifier, key_columns: Sequence[str], have: Columns) -> sql.Composable:
-        """``t.k = o.k AND …``; on text output for types without equality; NULL-safe for a table without a key
-        (its rows are matched whole, and their values may be NULL): one whose key is all its columns, unindexed."""
-        from psycopg import sql
-
-        whole_rows = set(key_columns) >= {
-            n for n in have if n not in (LSN_COLUMN, DELETED_AT_COLUMN)
-        } and not self._indexed(key_columns)
-        parts = []
-        for k in key_columns:
-            left = sql.SQL("t.{}").format(sql.Identifier(k))
-            right = sql.SQL("{}.{}").format(other, sql.Identifier(k))
-            if matched_as_text(have[k][2] if k in have else ""):
-                left, right = sql.SQL("{}::text").format(left), sql.SQL("{}::text").format(right)
-            op = sql.SQL("IS NOT DISTINCT FROM" if whole_rows else "=")
-            parts.append(sql.SQL("{} {} {}").format(left, op, right))
-        return sql.SQL(" AND ").join(parts)
+    def _keyed(self, key_columns: Sequence[str], have: Columns) -> KeyedTable:
+        return KeyedTable(self.conn, self._name(), have, key_columns, bool(key_columns) and self._indexed(key_columns))
 
     def _indexed(self, key_columns: Sequence[str]) -> bool:
         """Whether the table has an index on ``key_columns`` (made with it from its key), read once per unit."""
@@ -368,33 +339,6 @@ class PostgresTableDestination(TableDestination):
             ).fetchone()
             self._key_index[key] = bool(row and row[0])
         return self._key_index[key]
-
-    def _delete_matching(self, rows: sql.Identifier, key_columns: Sequence[str], have: Columns) -> None:
-        from psycopg import sql
-
-        with phase("postgres.delete"):
-            self._execute(
-                sql.SQL("DELETE FROM {} AS t USING {} WHERE {}").format(
-                    self._name(), rows, self._match(rows, key_columns, have)
-                )
-            )
-
-    def _copy(self, target: sql.Composable, names: Sequence[str], tables: Iterable[Any]) -> None:
-        """``COPY`` Arrow tables or record batches of columns ``names`` into ``target`` as CSV."""
-        from psycopg import sql
-
-        from airflow_pg_replication.destination.postgres.values import to_csv
-
-        cols = sql.SQL(", ").join(map(sql.Identifier, names))
-        with (
-            self.conn.cursor() as cur,
-            cur.copy(sql.SQL("COPY {} ({}) FROM STDIN (FORMAT csv)").format(target, cols)) as copy,
-        ):
-            for data in timed_iter("postgres.wait_rows", tables):
-                if not data.num_rows:
-                    continue
-                with phase("postgres.copy"):
-                    copy.write(to_csv(data.select(list(names))))
 
     def _has_rows(self) -> bool:
         from psycopg import sql
@@ -435,7 +379,7 @@ class PostgresTableDestination(TableDestination):
                         sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(c)) for c in columns),
                         self._name(),
                         wanted,
-                        self._match(sql.Identifier("w"), key_columns, have),
+                        self._keyed(key_columns, have).match(sql.Identifier("w")),
                     )
                 )
                 for row in cur:
