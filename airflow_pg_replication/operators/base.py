@@ -98,6 +98,10 @@ def resolved_destination(spec: Mapping[str, Any] | None) -> dict[str, Any]:
     if conn_id:
         from airflow.sdk import BaseHook
 
+        if spec.get("type") == "filesystem":  # credentials is the lake's URL; the connection holds its keys
+            from airflow_pg_replication.destination.filesystem.object_storage import with_connection
+
+            return with_connection(spec, conn_id, BaseHook.get_connection)
         spec["credentials"] = BaseHook.get_connection(conn_id).get_uri()
     return spec
 

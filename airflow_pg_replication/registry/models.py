@@ -166,7 +166,8 @@ class DestinationConfig(_Model):
 
     @model_validator(mode="after")
     def _exclusive(self) -> DestinationConfig:
-        if self.credentials is not None and self.conn_id is not None:
+        # type filesystem: credentials is the lake's folder or URL, conn_id the Airflow connection with its keys
+        if self.credentials is not None and self.conn_id is not None and self.type != "filesystem":
             raise KeyedProblems([("conn_id", "set either credentials or conn_id, not both")])
         if self.type == "filesystem" and self.table_format is None:
             raise KeyedProblems(

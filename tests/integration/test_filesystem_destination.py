@@ -112,9 +112,9 @@ def raw_rows(lake: dict, table: str) -> list[str]:
 
 def state_row(lake: dict, table: str) -> dict:
     """The table's state row, read from the dataset's state files."""
-    rows = duckdb.sql(
+    rows = duckdb.execute(
         "SELECT table_name, status, slot, snapshot_lsn, applied_lsn FROM read_parquet(?) WHERE table_name = ?",
-        params=[str(lake_dir(lake, "_pg_replication_state", "*.parquet")), f"public.{table}"],
+        [str(lake_dir(lake, "_pg_replication_state", "*.parquet")), f"public.{table}"],
     ).fetchall()
     assert len(rows) == 1
     return dict(zip(["table_name", "status", "slot", "snapshot_lsn", "applied_lsn"], rows[0]))
@@ -263,7 +263,7 @@ def test_crash_between_data_and_state_reruns_to_the_same_table(pg_db, lake, monk
     full, apply, verify = ops(lake, "orders", slot="pgrepl_orders")
     cols = ["id", "total", "items", "placed"]
     real = FilesystemTableDestination.write_state
-    crashes = []
+    crashes: list = []
 
     def write_state(self, state):
         if str(state.status) == "ready" and not crashes:

@@ -5,7 +5,8 @@ whatever it held, a delete of a missing key does nothing, and a truncate leaves 
 marked) table. So a batch re-applied after a crash anywhere in it gives the same table.
 
 Keys and rows travel as Arrow tables (the merge's source), never as SQL literals; the predicates
-name columns only, quoted.
+name columns only, quoted. ``storage_options`` are deltalake's (the bucket's keys on object storage, see
+:mod:`.object_storage`); None on a local disk.
 """
 
 from __future__ import annotations
@@ -23,13 +24,13 @@ if TYPE_CHECKING:
     from deltalake import DeltaTable
 
 
-def open_table(url: str) -> DeltaTable | None:
+def open_table(url: str, storage_options: dict[str, str] | None = None) -> DeltaTable | None:
     """The Delta table at ``url``, or None when there is none."""
     from deltalake import DeltaTable
     from deltalake.exceptions import TableNotFoundError
 
     try:
-        return DeltaTable(url)
+        return DeltaTable(url, storage_options=storage_options)
     except TableNotFoundError:
         return None
 
@@ -56,14 +57,14 @@ def compatible(table: pa.Table, target: DeltaTable | None) -> pa.Table:
     return table.cast(pa.schema(fields))
 
 
-def upsert(url: str, rows: pa.Table, key_columns: Sequence[str]) -> None:
+def upsert(url: str, rows: pa.Table, key_columns: Sequence[str], storage_options: dict[str, str] | None = None) -> None:
     """Insert or update ``rows`` by key; columns new to the table are added (rows before them hold NULL)."""
     from deltalake import write_deltalake
 
-    target = open_table(url)
+    target = open_table(url, storage_options)
     data = compatible(rows, target)
     if target is None:  # an empty snapshot left no table behind: this is its first row
-        write_deltalake(url, data, mode="append", schema_mode="merge")
+        write_deltalake(url, data, mode="append", schema_mode="merge", storage_options=storage_options)
         return
     (
         target.merge(data, key_predicate(key_columns), source_alias="source", target_alias="target", merge_schema=True)
@@ -73,9 +74,9 @@ def upsert(url: str, rows: pa.Table, key_columns: Sequence[str]) -> None:
     )
 
 
-def delete_keys(url: str, keys: pa.Table) -> None:
+def delete_keys(url: str, keys: pa.Table, storage_options: dict[str, str] | None = None) -> None:
     """Delete the rows whose key is one of ``keys`` (a table of the key columns, typed)."""
-    target = open_table(url)
+    target = open_table(url, storage_options)
     if target is None or not keys.num_rows:
         return
     (
@@ -87,9 +88,11 @@ def delete_keys(url: str, keys: pa.Table) -> None:
     )
 
 
-def truncate(url: str, *, soft_at: datetime | None, lsn: int | None) -> None:
+def truncate(
+    url: str, *, soft_at: datetime | None, lsn: int | None, storage_options: dict[str, str] | None = None
+) -> None:
     """Delete every row; with ``soft_at``, mark every live row deleted at that time (and ``lsn``) instead."""
-    target = open_table(url)
+    target = open_table(url, storage_options)
     if target is None:
         return
     if soft_at is None:

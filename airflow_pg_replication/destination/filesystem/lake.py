@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from airflow_pg_replication.destination.filesystem.object_storage import StorageCredentials, is_s3_url
 from airflow_pg_replication.destination.state_table import STATE_TABLE, ReplicationState
 
 if TYPE_CHECKING:
@@ -54,18 +55,32 @@ def quote_literal(text: str) -> str:
 
 @dataclass
 class Lake:
-    """A dataset's folder under a bucket URL (a local path, ``file://…``, or an fsspec URL such as ``s3://…``)."""
+    """A dataset's folder under a bucket URL (a local path, ``file://…``, or an fsspec URL such as ``s3://…``).
+
+    ``storage``: an ``s3://`` bucket's keys (:mod:`.object_storage`); without them the worker's environment's
+    (:meth:`.StorageCredentials.from_environment`). Not used for a local folder."""
 
     bucket_url: str
     dataset: str
+    storage: StorageCredentials | None = field(default=None, repr=False)
     fs: Any = field(init=False, repr=False)
     root: str = field(init=False)
 
     def __post_init__(self) -> None:
         from fsspec.core import url_to_fs
 
-        self.fs, root = url_to_fs(self.bucket_url)
+        options: dict[str, Any] = {}
+        if is_s3_url(self.bucket_url):
+            if self.storage is None:
+                self.storage = StorageCredentials.from_environment()
+            options = self.storage.fsspec_options()
+        self.fs, root = url_to_fs(self.bucket_url, **options)
         self.root = root.rstrip("/")
+
+    @property
+    def delta_options(self) -> dict[str, str] | None:
+        """``storage_options`` for deltalake on S3 (None elsewhere: its own environment lookup)."""
+        return self.storage.delta_options() if self.storage is not None and is_s3_url(self.bucket_url) else None
 
     @property
     def local(self) -> bool:

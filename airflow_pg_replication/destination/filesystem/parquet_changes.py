@@ -35,6 +35,8 @@ if TYPE_CHECKING:
     import duckdb
     import pyarrow as pa
 
+    from airflow_pg_replication.destination.filesystem.object_storage import StorageCredentials
+
 #: A hard-delete marker (change files only; never a column of the current state).
 TOMBSTONE_COLUMN = "_pg_tombstone"
 #: The column a read adds: the file each row comes from (the order of writes).
@@ -154,12 +156,19 @@ def anti_join(rows: pa.Table, skip: pa.Table | None, key_columns: Sequence[str] 
     return rows.take(pc.take(kept, pc.sort_indices(kept)))  # in the rows' own order
 
 
-def read_current_state(bucket_url: str, dataset: str, table: str, key_columns: Sequence[str]) -> pa.Table:
+def read_current_state(
+    bucket_url: str,
+    dataset: str,
+    table: str,
+    key_columns: Sequence[str],
+    storage: StorageCredentials | None = None,
+) -> pa.Table:
     """The current rows of a Parquet change-layout table, as Arrow (for people and scripts), e.g.
-    ``read_current_state("/data/lake", "replica", "customers", ["customer_id"])``."""
+    ``read_current_state("/data/lake", "replica", "customers", ["customer_id"])``. On S3, ``storage`` gives the
+    bucket's keys (default: the worker's environment, see :mod:`.object_storage`)."""
     import duckdb
 
-    lake = Lake(bucket_url, dataset)
+    lake = Lake(bucket_url, dataset, storage)
     with duckdb.connect() as con:
         con.execute("SET TimeZone = 'UTC'")
         if not define_current_view(con, lake, table, table, key_columns):

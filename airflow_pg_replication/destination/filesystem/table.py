@@ -8,6 +8,10 @@
 * ``table_format: parquet`` -- plain Parquet files: dlt writes the snapshot, and each batch appends one
   file of row versions and tombstones (:mod:`.parquet_changes`); the current state is a query.
 
+On object storage (``credentials: s3://bucket/lake``) the bucket's keys come from an Airflow connection
+(``conn_id``, resolved by the operators) or the worker's environment, and reach dlt, fsspec, DuckDB and
+deltalake alike (:mod:`.object_storage`).
+
 The state row lives in a small file per table (:mod:`.lake`), written after the data. There are no
 transactions on a lake, so every write is idempotent: a batch re-applied after a crash between its
 data and its state row gives the same table (Delta: merges by key; Parquet: the crashed attempt's
@@ -27,6 +31,7 @@ from airflow_pg_replication.destination.columns import dlt_hints
 from airflow_pg_replication.destination.dlt_table import DltTableDestination
 from airflow_pg_replication.destination.filesystem import delta, parquet_changes
 from airflow_pg_replication.destination.filesystem.lake import Lake, LakeSqlClient, StateFile, quote_identifier
+from airflow_pg_replication.destination.filesystem.object_storage import storage_credentials
 from airflow_pg_replication.destination.sql import compose
 from airflow_pg_replication.errors import NeedsAttentionError
 from airflow_pg_replication.replica_columns import DELETED_AT_COLUMN, LSN_COLUMN
@@ -53,7 +58,10 @@ def check_table_format(spec: dict[str, Any]) -> str:
 
 
 def bucket_url(spec: dict[str, Any]) -> str:
-    """The spec's ``credentials`` as dlt's ``bucket_url``: a URL as given, a local path made absolute."""
+    """The spec's ``credentials`` as dlt's ``bucket_url``: a URL as given, a local path made absolute.
+
+    A URL holding a user or password (say an Airflow connection's URI put there in place of the lake's URL)
+    is refused without being repeated: it is the place of the lake, the keys come from ``conn_id``."""
     url = spec.get("credentials")
     if not url:
         raise NeedsAttentionError(
@@ -61,7 +69,20 @@ def bucket_url(spec: dict[str, Any]) -> str:
             "(e.g. /data/lake, file:///data/lake or s3://bucket/lake)"
         )
     url = str(url)
-    return url if "://" in url else os.path.abspath(url)
+    if "://" not in url:
+        return os.path.abspath(url)
+    scheme, rest = url.split("://", 1)
+    if "@" in rest.split("/", 1)[0] or scheme.lower() in _CONNECTION_SCHEMES:
+        raise NeedsAttentionError(
+            f"destination type filesystem: credentials must be the lake's URL (e.g. s3://bucket/lake), not a "
+            f"{scheme}:// URL with a user or password (not repeated here); give the bucket's keys through an Airflow "
+            "connection (conn_id) or the worker's environment"
+        )
+    return url
+
+
+#: Schemes of Airflow connection URIs that are no lake URL (what a conn_id resolved into ``credentials`` looks like).
+_CONNECTION_SCHEMES = frozenset({"aws", "google-cloud-platform", "google_cloud_platform", "wasb", "adls"})
 
 
 class _Counted:
@@ -84,7 +105,8 @@ class FilesystemTableDestination(DltTableDestination):
         super().__init__(*args, **kwargs)
         self.table_format = check_table_format(self.spec)
         self.bucket_url = bucket_url(self.spec)
-        self.lake = Lake(self.bucket_url, self.spec["dataset"])
+        self.storage = storage_credentials(self.spec, self.bucket_url)  # None: a local folder, or not S3
+        self.lake = Lake(self.bucket_url, self.spec["dataset"], self.storage)
         self._reader: LakeSqlClient | None = None
         self._primary_key: list[str] | None = None  # given by the unit's replace or batch; else the state file's
         self._writing: int | None = None  # the generation this unit's data files take (Parquet), once it writes
@@ -111,6 +133,7 @@ class FilesystemTableDestination(DltTableDestination):
         # hold the layout's separators ('/', '.'), so its warning about them does not apply.
         return filesystem(
             bucket_url=self.bucket_url,
+            credentials=self.storage.dlt_credentials() if self.storage is not None else None,
             replace_strategy="insert-from-staging" if self.delta else "truncate-and-insert",
             warn_unsafe_layout_separators=False,
         )
@@ -126,7 +149,7 @@ class FilesystemTableDestination(DltTableDestination):
         if name != self.destination_table:
             return False
         if self.delta:
-            table = delta.open_table(self.table_url)
+            table = delta.open_table(self.table_url, self.lake.delta_options)
             if table is None:
                 return False
             con.register(name, table.to_pyarrow_dataset())
@@ -227,7 +250,7 @@ class FilesystemTableDestination(DltTableDestination):
             )
         )
         if not counted.rows and self.delta:  # dlt loads nothing for no rows: the old rows must still go
-            delta.truncate(self.table_url, soft_at=None, lsn=None)
+            delta.truncate(self.table_url, soft_at=None, lsn=None, storage_options=self.lake.delta_options)
         self._forget_reads()
         if state is not None:
             self.write_state(state)
@@ -249,13 +272,14 @@ class FilesystemTableDestination(DltTableDestination):
         if delete_keys is not None and not delete_keys.num_rows:
             delete_keys = None
         if self.delta:
+            options = self.lake.delta_options
             if truncate is not None:
                 at, lsn, soft = truncate
-                delta.truncate(self.table_url, soft_at=at if soft else None, lsn=lsn)
+                delta.truncate(self.table_url, soft_at=at if soft else None, lsn=lsn, storage_options=options)
             if delete_keys is not None:
-                delta.delete_keys(self.table_url, delete_keys)
+                delta.delete_keys(self.table_url, delete_keys, options)
             if upserts is not None:
-                delta.upsert(self.table_url, upserts, key_columns)
+                delta.upsert(self.table_url, upserts, key_columns, options)
         else:
             self._append_changes(upserts, delete_keys, truncate, key_columns)
         self._forget_reads()
@@ -273,7 +297,7 @@ class FilesystemTableDestination(DltTableDestination):
             if not table.num_rows:
                 continue
             if self.delta:
-                delta.upsert(self.table_url, table, primary_key)
+                delta.upsert(self.table_url, table, primary_key, self.lake.delta_options)
             else:
                 self._write_changes(table)
         self._forget_reads()
