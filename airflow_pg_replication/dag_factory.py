@@ -134,7 +134,12 @@ def table_dag(registry: Registry, cfg: TableConfig) -> DAG:
     with dag:
         if cfg.mode == "full_refresh":
             PgFullRefreshOperator(
-                task_id="full_refresh", mode="full_refresh", outlets=[asset], back_off_after_failed_runs=True, **common
+                task_id="full_refresh",
+                mode="full_refresh",
+                outlets=[asset],
+                back_off_after_failed_runs=True,
+                snapshot_parallelism=cfg.snapshot_parallelism,
+                **common,
             )
         elif cfg.mode == "incremental":
             from airflow_pg_replication.operators.incremental import PgIncrementalOperator
@@ -180,7 +185,9 @@ def _cdc_tasks(registry: Registry, cfg: TableConfig, common: dict[str, Any], ass
         **_group_kwargs(registry, cfg),
         **RETRIES,
     )
-    full = PgFullRefreshOperator(task_id="full_refresh", mode="cdc", outlets=[asset], **common)
+    full = PgFullRefreshOperator(
+        task_id="full_refresh", mode="cdc", outlets=[asset], snapshot_parallelism=cfg.snapshot_parallelism, **common
+    )
     # deferrable: waits in the triggerer, holding no worker slot; else reschedule mode (a task
     # process per poke). Unset in the registry: Airflow's [operators] default_deferrable.
     deferrable: dict[str, Any] = {} if cfg.deferrable is None else {"deferrable": cfg.deferrable}

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import pyarrow as pa
 
+    from airflow_pg_replication.destination.snapshot_progress import StoredProgress
     from airflow_pg_replication.destination.state_table import ReplicationState
 
 
@@ -44,6 +45,9 @@ class TableDestination(abc.ABC):
     #: :meth:`fetch_rows` returns PostgreSQL's text output of every value, and reconciliation selects
     #: key ranges there with the source's own predicate.
     keeps_postgres_types = False
+    #: True when :meth:`replace` takes ``progress=`` (a :class:`.snapshot_progress.SnapshotProgress`),
+    #: recording how far a copy got with its rows, and :meth:`read_snapshot_progress` reads it back.
+    resumable_snapshots = False
 
     def __init__(
         self,
@@ -137,6 +141,10 @@ class TableDestination(abc.ABC):
         """A SQL client whose cursors stream Arrow (``execute_query`` / ``iter_arrow``), for reconciliation."""
 
     # -- a destination that is a local file (DuckDB) lets it go between uses; others hold nothing --
+
+    def read_snapshot_progress(self) -> StoredProgress | None:
+        """How far an interrupted copy of the table got (never recorded, here)."""
+        return None
 
     def defer_checkpoints(self) -> None:  # noqa: B027  deliberately a no-op hook: only DuckDB overrides it
         """Commits of this unit may stay in a write-ahead log until :meth:`checkpoint` (a no-op here)."""

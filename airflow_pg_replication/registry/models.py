@@ -248,6 +248,7 @@ class TableDefaults(_Model):
     poke_interval: PositiveInt = 30
     deferrable: bool | None = None  # None: Airflow's [operators] default_deferrable
     slot_group: GroupName = DEFAULT_GROUP  # CDC tables without a dedicated ``slot`` share their group's slot
+    snapshot_parallelism: PositiveInt | None = None  # connections reading a big table's page ranges (None: auto)
 
     @model_validator(mode="after")
     def _cross_checks(self) -> TableDefaults:

@@ -137,6 +137,8 @@ class BinaryCopyReader:
 
     Use as a context manager. ``conn`` must be inside a repeatable-read transaction: its snapshot
     is exported and imported by the ADBC connection, so the rows are exactly what ``conn`` sees.
+    With ``snapshot`` (an exported snapshot's name) that snapshot is imported instead, and ``conn``
+    only gives the connection parameters: readers of several ranges run at once on threads.
     """
 
     def __init__(
@@ -146,8 +148,10 @@ class BinaryCopyReader:
         *,
         where: sql.Composable | None = None,
         block_bytes: int = 8 << 20,
+        snapshot: str | None = None,
     ) -> None:
         self.conn = conn
+        self.snapshot = snapshot
         self.info = info
         self.where = where
         self.block_bytes = block_bytes
@@ -199,17 +203,18 @@ class BinaryCopyReader:
 
         from airflow_pg_replication.source.catalog import one_value
 
-        snapshot = one_value(self.conn, "SELECT pg_export_snapshot()")
+        snapshot = self.snapshot or one_value(self.conn, "SELECT pg_export_snapshot()")
         params = self.conn.info.get_parameters()
         if self.conn.info.password:
             params["password"] = self.conn.info.password
+        ctx = None if self.snapshot else self.conn  # on a reader's thread: no use of the shared connection
         self._adbc = adbc_connect(params)  # not autocommit: one transaction
         try:
             self._cursor = cur = self._adbc.cursor()  # the reader lives while its cursor does
             cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-            cur.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)).as_string(self.conn))
+            cur.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)).as_string(ctx))
             cur.adbc_statement.set_options(**{"adbc.postgresql.batch_size_hint_bytes": str(self.block_bytes)})
-            cur.execute(self.query().as_string(self.conn))
+            cur.execute(self.query().as_string(ctx))
             self._reader = cur.fetch_record_batch()
         except BaseException:
             self.__exit__()

@@ -30,6 +30,7 @@ import time
 import uuid
 from typing import TYPE_CHECKING, Any
 
+from airflow_pg_replication.sync.table_copy import CopyOptions
 from airflow_pg_replication.table_state import ReplicationState, TablePhase, full_copy_state
 
 if TYPE_CHECKING:
@@ -54,6 +55,7 @@ def join_group(
     full_refresh_asked: bool = False,
     chunk_bytes: int = 8 << 20,
     max_parallel_snapshots: int = MAX_PARALLEL_SNAPSHOTS,
+    options: CopyOptions | None = None,
 ) -> dict[str, Any]:
     """Bring ``table`` into its slot group: move it from its old dedicated slot if it can, else snapshot it."""
     from airflow_pg_replication.source import publications
@@ -93,7 +95,9 @@ def join_group(
             what="a turn to snapshot",
             wait_seconds=SNAPSHOT_TURN_WAIT_SECONDS,
         ):
-            result = _snapshot_into_group(source, t, info, chunk_bytes, started)
+            result = _snapshot_into_group(
+                source, t, conn, info, options or CopyOptions(chunk_bytes=chunk_bytes), started
+            )
         if old_slot:
             _drop_old_slot(source, conn, t, old_slot)
     return result
@@ -117,42 +121,99 @@ def _ensure_group_slot(source: SourceDatabase, conn: psycopg.Connection, t: Repl
 
 
 def _snapshot_into_group(
-    source: SourceDatabase, t: ReplicatedTable, info: Any, chunk_bytes: int, started: float
+    source: SourceDatabase,
+    t: ReplicatedTable,
+    conn: psycopg.Connection,
+    info: Any,
+    options: CopyOptions,
+    started: float,
 ) -> dict[str, Any]:
-    """Copy the table under a temporary slot's snapshot; state ready at X, applied X - 1."""
+    """Copy the table under a temporary slot's snapshot; state ready at X, applied X - 1.
+
+    A big table is read in page ranges at once under a snapshot a keeper process holds (the
+    temporary slot lives in it), and an interrupted copy goes on while the keeper lives.
+    """
     from airflow_pg_replication.destination.columns import destination_columns
+    from airflow_pg_replication.source import snapshot_keeper as keeper
     from airflow_pg_replication.source.snapshot_reads import (
         CopyProgress,
         begin_snapshot,
         copy_batches,
+        estimated_rows,
         prefetched,
         snapshot_schema,
     )
     from airflow_pg_replication.sync.arrow_memory import use_jemalloc
+    from airflow_pg_replication.sync.table_copy import ranged_load, resumable_copy, stored_ranges
 
     use_jemalloc()
     assert t.change_log is not None
     hints = destination_columns(info.columns, soft_deletes=t.soft_deletes)
     schema = snapshot_schema(info)
-    progress = CopyProgress(t.qualified_name)
-    with t.open_destination() as dest, source.connect(autocommit=False) as copy_conn:
-        log.info(
-            "%s: snapshot into %s, joining slot group %s (slot %s)", t.qualified_name, dest.describe(), t.group, t.slot
-        )
-        # First say the copy is not usable, so a crash anywhere below leads to a new snapshot.
+    progress = CopyProgress(t.qualified_name, expected_rows=estimated_rows(conn, t.schema, t.name))
+    ranges = options.ranges(conn, t.schema, t.name)
+
+    def ready(x: int) -> ReplicationState:
+        return full_copy_state(t.qualified_name, TablePhase.READY, slot=t.slot, snapshot_lsn=x, applied_lsn=x - 1)
+
+    def prepare(dest: TableDestination) -> None:  # first say the copy is not usable: a crash leads to a new one
         dest.prepare_replace(
             full_copy_state(t.qualified_name, TablePhase.SNAPSHOTTING, slot=t.slot),
             schema=schema,
             columns=hints,
             primary_key=info.primary_key,
         )
-        with source.create_slot_with_snapshot(_temporary_slot_name(), temporary=True) as created:
-            x = created.consistent_lsn
-            begin_snapshot(copy_conn, created.snapshot_name)
-            state = full_copy_state(t.qualified_name, TablePhase.READY, slot=t.slot, snapshot_lsn=x, applied_lsn=x - 1)
-            rows = prefetched(copy_batches(copy_conn, info, lsn=x, block_bytes=chunk_bytes, progress=progress))
-            dest.replace(rows, hints, info.primary_key, schema=schema, state=state)
-            copy_conn.rollback()
+
+    with t.open_destination() as dest, source.connect(autocommit=False) as copy_conn:
+        log.info(
+            "%s: snapshot into %s, joining slot group %s (slot %s)%s",
+            t.qualified_name,
+            dest.describe(),
+            t.group,
+            t.slot,
+            f", {len(ranges)} page ranges" if ranges else "",
+        )
+        if ranges is not None:
+            resume = resumable_copy(dest, conn, t.qualified_name)
+            if resume is None:
+                spawned = keeper.start_keeper()  # its start-up overlaps with the preparation
+                try:
+                    prepare(dest)
+                except BaseException:
+                    keeper.dismiss(spawned)
+                    raise
+                held = keeper.hold_snapshot(
+                    source, _temporary_slot_name(), temporary=True, keeper=spawned, **options.hold()
+                )
+                snapshot, x = held.snapshot_name, held.consistent_lsn
+            else:
+                snapshot, x, ranges = resume.snapshot, resume.snapshot_lsn, stored_ranges(resume)
+            keeper.use_snapshot(conn, snapshot)
+            ranged_load(
+                dest,
+                conn,
+                info,
+                ranges,
+                snapshot=snapshot,
+                lsn=x,
+                state=ready(x),
+                hints=hints,
+                schema=schema,
+                progress=progress,
+                options=options,
+                resume=resume,
+            )
+            keeper.release(conn, snapshot)  # only once the copy is in: a failed one keeps it for the retry
+        else:
+            prepare(dest)
+            with source.create_slot_with_snapshot(_temporary_slot_name(), temporary=True) as created:
+                x = created.consistent_lsn
+                begin_snapshot(copy_conn, created.snapshot_name)
+                rows = prefetched(
+                    copy_batches(copy_conn, info, lsn=x, block_bytes=options.chunk_bytes, progress=progress)
+                )
+                dest.replace(rows, hints, info.primary_key, schema=schema, state=ready(x))
+                copy_conn.rollback()
     # The log's transactions of this table before X are in the copy; a resync marker for them is done with.
     t.change_log.clear_resync(t.qualified_name, snapshot_lsn=x)
     dropped = t.change_log.delete_applied(t.qualified_name, x - 1)

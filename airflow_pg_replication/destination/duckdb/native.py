@@ -23,6 +23,8 @@ MEMORY_LIMIT_MB = 64  # DuckDB's buffer pool (set by TableDestination when it op
 if TYPE_CHECKING:
     import pyarrow as pa
 
+    from airflow_pg_replication.destination.snapshot_progress import SnapshotProgress
+
 
 def duckdb_type(typ: pa.DataType) -> str | None:
     """The DuckDB column type dlt creates for an Arrow type (None: no fast path for it)."""
@@ -93,28 +95,55 @@ class NativeDuckDb:
                 return False
         return True
 
-    def replace(self, batches: Iterable[pa.RecordBatch], schema: pa.Schema, after: Sequence[tuple]) -> None:
+    def replace(
+        self,
+        batches: Iterable[pa.RecordBatch],
+        schema: pa.Schema,
+        after: Sequence[tuple],
+        *,
+        progress: SnapshotProgress | None = None,
+    ) -> None:
         """Swap the table's content for ``batches``, then run ``after``; readers see old or new only.
 
         Batches land in a staging table, committed every ``COMMIT_ROWS`` rows so memory stays
         bounded (DuckDB holds an open transaction's Arrow input until it commits); one transaction
         then swaps the staged rows in and runs ``after``. An empty table (a first snapshot) is
         loaded in place. Batches are pushed from this thread: DuckDB never calls back into Python.
+
+        ``progress``: every commit of rows also records how far the copy got (see
+        :mod:`..snapshot_progress`), and the staging table outlives a failure, so a later copy
+        under the same snapshot goes on where this one stopped; with ``resume_target`` set, this
+        is that later copy, and the rows go on into the target that holds the committed ones.
         """
-        empty = not self.con.execute(compose("SELECT count(*) FROM (SELECT 1 FROM", self.table, "LIMIT 1)")).fetchone()[
-            0
-        ]
+        from airflow_pg_replication.destination import snapshot_progress as sp
+
         self._read_columns()  # before the transactions below: _json_as_is needs them
-        if empty:
-            self._load_committing(self.table, batches, schema)
-            self._transaction(lambda: None, after)
-            return
         staging_schema = self.client.escape_column_name(self.client.dataset_name + "_staging")
         staging = staging_schema + "." + self.client.escape_column_name(self.table_name + "__pg_replace")
-        self.con.execute(compose("CREATE SCHEMA IF NOT EXISTS", staging_schema))
-        self.con.execute(compose("CREATE OR REPLACE TABLE", staging, "AS SELECT * FROM", self.table, "LIMIT 0"))
+        if progress is not None and progress.resume_target is not None:
+            target = progress.resume_target
+        else:
+            first = self.con.execute(compose("SELECT count(*) FROM (SELECT 1 FROM", self.table, "LIMIT 1)"))
+            target = sp.STAGING if first.fetchone()[0] else sp.IN_PLACE
+            if target == sp.STAGING:
+                self.con.execute(compose("CREATE SCHEMA IF NOT EXISTS", staging_schema))
+                self.con.execute(compose("CREATE OR REPLACE TABLE", staging, "AS SELECT * FROM", self.table, "LIMIT 0"))
+        record: Callable[[], list[tuple]] | None = None
+        if progress is not None:
+            self.con.execute(sp.create_statement(self.client))
+            after = [*after, sp.clear_statement(self.client, progress.table_name)]
+
+            def record() -> list[tuple]:
+                progress.commits += 1
+                return list(sp.record_statements(self.client, progress, target))
+
+        if target == sp.IN_PLACE:
+            self._load_committing(self.table, batches, schema, record)
+            self._transaction(lambda: None, after)
+            return
+        ok = False
         try:
-            self._load_committing(staging, batches, schema)
+            self._load_committing(staging, batches, schema, record)
             self._transaction(
                 lambda: (
                     self.con.execute(compose("DELETE FROM", self.table)),
@@ -122,11 +151,19 @@ class NativeDuckDb:
                 ),
                 after,
             )
+            ok = True
         finally:
-            self.con.execute(compose("DROP TABLE IF EXISTS", staging))
+            if ok or progress is None:  # a resumable copy keeps its staged rows for the next try
+                self.con.execute(compose("DROP TABLE IF EXISTS", staging))
 
-    def _load_committing(self, target: str, batches: Iterable[pa.RecordBatch], schema: pa.Schema) -> None:
-        """Insert ``batches`` into ``target``, committing every ``COMMIT_ROWS`` rows."""
+    def _load_committing(
+        self,
+        target: str,
+        batches: Iterable[pa.RecordBatch],
+        schema: pa.Schema,
+        record: Callable[[], list[tuple]] | None = None,
+    ) -> None:
+        """Insert ``batches`` into ``target``, committing every ``COMMIT_ROWS`` rows (and ``record()``'s rows)."""
         import pyarrow as pa
 
         insert = self._insert_statement(target, "pg_replication_src", schema.names)
@@ -135,6 +172,13 @@ class NativeDuckDb:
         # every commit past 16 MB of WAL would checkpoint (rewrite) the table so far.
         before = self.con.execute("SELECT current_setting('wal_autocheckpoint')").fetchone()[0]
         self.con.execute("SET wal_autocheckpoint = '1TB'")
+
+        def commit() -> None:
+            with phase("duckdb.commit"):
+                for stmt in record() if record is not None else ():
+                    self.con.execute(*stmt)
+                self.con.execute("COMMIT")
+
         self.con.execute("BEGIN TRANSACTION")
         try:
             for batch in timed_iter("duckdb.wait_rows", batches):  # the rows' reader not keeping up
@@ -146,12 +190,10 @@ class NativeDuckDb:
                     )
                 pending += batch.num_rows
                 if pending >= COMMIT_ROWS:
-                    with phase("duckdb.commit"):
-                        self.con.execute("COMMIT")
+                    commit()
                     self.con.execute("BEGIN TRANSACTION")
                     pending = 0
-            with phase("duckdb.commit"):
-                self.con.execute("COMMIT")
+            commit()
         except BaseException:
             self.con.execute("ROLLBACK")
             raise

@@ -28,6 +28,8 @@ from airflow_pg_replication.replica_columns import DELETED_AT_COLUMN, LSN_COLUMN
 if TYPE_CHECKING:
     import pyarrow as pa
 
+    from airflow_pg_replication.destination.snapshot_progress import SnapshotProgress, StoredProgress
+
 
 def wal_bytes(path: str) -> int:
     """Bytes in a DuckDB file's WAL: commits not yet checkpointed into the file (0: none)."""
@@ -48,6 +50,7 @@ class DuckDbTableDestination(DltTableDestination):
     #: False: every load takes dlt's generic path, as another destination would (tests use it to
     #: exercise that path on a real database).
     native = True
+    resumable_snapshots = True
 
     def __init__(self, spec: Mapping[str, Any], **kwargs: Any) -> None:
         spec = dict(spec)
@@ -90,6 +93,9 @@ class DuckDbTableDestination(DltTableDestination):
                 con = file_lock.connect(self.path, read_only=self.read_only, what=what)
             self._file.callback(con.close)
             if not self.read_only:
+                # dlt's SQL client turns checkpoint-on-shutdown back on for the whole database when it
+                # borrows the connection; turned off again right before the close (callbacks run last first)
+                self._file.callback(con.execute, "PRAGMA disable_checkpoint_on_shutdown")
                 # Commits are durable in the WAL; DuckDB checkpoints it once it passes 16 MB (or when
                 # told to: see defer_checkpoints), not at every close.
                 con.execute("PRAGMA disable_checkpoint_on_shutdown")
@@ -196,9 +202,10 @@ class DuckDbTableDestination(DltTableDestination):
         *,
         schema: pa.Schema,
         state: ReplicationState | None = None,
+        progress: SnapshotProgress | None = None,
     ) -> None:
         """dlt creates or evolves the table (with no rows), then the rows stream in and the state row
-        is written in one transaction."""
+        is written in one transaction. ``progress``: a resumable copy (see :meth:`.NativeDuckDb.replace`)."""
         if self.native and not self._fits(schema):
             self.merge([schema.empty_table()], columns, primary_key)  # dlt creates / evolves the table
         if not (self.native and self._fits(schema)):
@@ -207,7 +214,7 @@ class DuckDbTableDestination(DltTableDestination):
         with self.sql_client() as client:
             after, later = self._native_state(client, state)
             NativeDuckDb(client, self.destination_table, json_columns=json_column_names(columns)).replace(
-                batches, schema, after
+                batches, schema, after, progress=progress
             )
         if later is not None:
             self.write_state(later)
@@ -242,6 +249,12 @@ class DuckDbTableDestination(DltTableDestination):
             key_columns=key_columns,
             state=state,
         )
+
+    def read_snapshot_progress(self) -> StoredProgress | None:
+        from airflow_pg_replication.destination.snapshot_progress import read_progress
+
+        with self.sql_client() as client:
+            return read_progress(client.native_connection, client, self.table_name)
 
     def _fits(self, schema: pa.Schema) -> bool:
         with self.sql_client() as client:

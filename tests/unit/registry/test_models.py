@@ -85,6 +85,7 @@ DEFAULT_KNOBS = {
     "poke_interval": 30,
     "deferrable": None,
     "slot_group": "default",
+    "snapshot_parallelism": None,
 }
 
 
@@ -837,3 +838,30 @@ def test_long_table_names_get_bounded_distinct_slots():
     assert slots[0] != slots[1]
     assert all(len(s.encode()) <= 63 for s in slots)
     assert [t.names.publication for t in registry.tables] == slots
+
+
+def test_snapshot_parallelism_is_a_positive_count():
+    registry = parse_registry(
+        yaml_text(
+            """
+            source: {conn_id: pg_source}
+            defaults: {snapshot_parallelism: 3}
+            tables:
+              - table: public.big
+                snapshot_parallelism: 2
+              - table: public.other
+            """
+        ),
+        "tables.yaml",
+    )
+    assert [t.snapshot_parallelism for t in registry.tables] == [2, 3]
+    assert "snapshot_parallelism" in only_error(
+        yaml_text(
+            """
+            source: {conn_id: pg_source}
+            tables:
+              - table: public.big
+                snapshot_parallelism: 0
+            """
+        )
+    )
