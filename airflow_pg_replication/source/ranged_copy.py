@@ -4,7 +4,7 @@ The data flow::
 
     ranges [0, 1, 2, …] ──► reader threads (each: ADBC binary COPY of one range at a time,
                             SET TRANSACTION SNAPSHOT S, typed like copy_batches) ──►
-    one queue bounded in bytes ──► the consumer (the destination's one writer), batches of any
+    one queue bounded in bytes (two batches a reader) ──► the consumer (the destination's one writer), batches of any
     range interleaved; the ledger counts each range's rows handed over and the ranges finished
 
 Every reader imports the same snapshot, so the union of the ranges is the table exactly as the
@@ -35,8 +35,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: Bytes of read batches waiting for the consumer, all readers together.
-QUEUE_BYTES = 64 << 20
+#: Batches of about ``block_bytes`` that may wait for the consumer, per reader and one more: enough to keep
+#: every reader busy while the writer works, and the process's memory flat whatever the table's size.
+QUEUED_BATCHES_PER_READER = 2
 #: Times one range is read again after its connection broke, before the copy fails.
 RANGE_RETRIES = 2
 
@@ -106,7 +107,7 @@ def ranged_batches(
     progress: CopyProgress,
     committed: Mapping[int, tuple[int, bool]] | None = None,
     block_bytes: int = 8 << 20,
-    queue_bytes: int = QUEUE_BYTES,
+    queue_bytes: int | None = None,
 ) -> Iterator[pa.RecordBatch]:
     """The rows of ``ranges`` under ``snapshot`` as typed batches (``_pg_lsn`` = ``lsn``), ranges interleaved.
 
@@ -122,7 +123,8 @@ def ranged_batches(
         ledger.rows[r.index] = rows
         if done:
             ledger.done.add(r.index)
-    queue = _Queue(queue_bytes)
+    workers = max(1, min(parallelism, len(todo)))
+    queue = _Queue(queue_bytes or block_bytes * (QUEUED_BATCHES_PER_READER * workers + 1))
     pending = list(reversed(todo))
     lock = threading.Lock()
     schema = snapshot_schema(info)
@@ -184,7 +186,6 @@ def ranged_batches(
         except BaseException as exc:  # handed to the consumer
             queue.put((None, (_FAILED, exc)), 0)
 
-    workers = max(1, min(parallelism, len(todo)))
     threads = [threading.Thread(target=work, name=f"pg_replication_range_{i}", daemon=True) for i in range(workers)]
     for t in threads:
         t.start()
