@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -9,6 +10,11 @@ from airflow_pg_replication.operators.base import PgTableOperator, table_task
 
 if TYPE_CHECKING:
     from airflow_pg_replication.sync.table_copy import CopyOptions
+
+#: A worker's defaults for the operator's knobs of the same names (MB, MB, seconds).
+RANGE_MB_ENV = "PG_REPLICATION_SNAPSHOT_RANGE_MB"
+MIN_RANGED_MB_ENV = "PG_REPLICATION_SNAPSHOT_MIN_RANGED_MB"
+HOLD_SECONDS_ENV = "PG_REPLICATION_SNAPSHOT_HOLD_SECONDS"
 
 
 class PgFullRefreshOperator(PgTableOperator):
@@ -27,7 +33,9 @@ class PgFullRefreshOperator(PgTableOperator):
     ``snapshot_range_mb`` (default 64) on ``snapshot_parallelism`` connections at once (default:
     half the machine's CPUs, 1 to 4) under one snapshot. For CDC into DuckDB that copy is
     resumable: a keeper process holds the snapshot for ``snapshot_hold_seconds`` (default 900)
-    after the task dies, and the retry goes on from the last committed rows.
+    after the task dies, and the retry goes on from the last committed rows. The environment
+    variables ``PG_REPLICATION_SNAPSHOT_RANGE_MB``, ``…_MIN_RANGED_MB`` and ``…_HOLD_SECONDS`` set
+    a worker's defaults for those three.
     """
 
     template_fields: Sequence[str] = (*PgTableOperator.template_fields, "mode", "snapshot_parallelism")
@@ -63,12 +71,21 @@ class PgFullRefreshOperator(PgTableOperator):
         def pages(mb: float | None) -> int | None:
             return None if mb is None else max(1, int(float(mb) * (1 << 20) / 8192))  # 8 kB pages
 
+        def setting(value: float | None, env: str) -> float | None:
+            if value is not None:
+                return float(value)
+            text = os.environ.get(env)
+            try:
+                return float(text) if text else None
+            except ValueError:
+                raise ValueError(f"{env}={text!r} is not a number of MB (or seconds): unset it or give one") from None
+
         return CopyOptions(
             chunk_bytes=int(self.chunk_bytes),
             parallelism=int(self.snapshot_parallelism) if self.snapshot_parallelism else None,
-            range_pages=pages(self.snapshot_range_mb),
-            min_ranged_pages=pages(self.snapshot_min_ranged_mb),
-            hold_seconds=self.snapshot_hold_seconds,
+            range_pages=pages(setting(self.snapshot_range_mb, RANGE_MB_ENV)),
+            min_ranged_pages=pages(setting(self.snapshot_min_ranged_mb, MIN_RANGED_MB_ENV)),
+            hold_seconds=setting(self.snapshot_hold_seconds, HOLD_SECONDS_ENV),
         )
 
     @property
