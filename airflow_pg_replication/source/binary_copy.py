@@ -132,13 +132,46 @@ def adbc_connect(params: dict[str, Any], *, autocommit: bool = False) -> Any:
     return adbc.connect(make_conninfo(**params), autocommit=autocommit)
 
 
+def snapshot_session(conn: psycopg.Connection, snapshot: str) -> Any:
+    """An ADBC connection in a read-only repeatable-read transaction at the exported ``snapshot``.
+
+    ``conn`` only gives the connection parameters (it is not used: this may run on another thread).
+    Close it with :func:`end_session`.
+    """
+    from psycopg import sql
+
+    params = conn.info.get_parameters()
+    if conn.info.password:
+        params["password"] = conn.info.password
+    adbc = adbc_connect(params)  # not autocommit: one transaction
+    try:
+        with adbc.cursor() as cur:
+            cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            cur.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)).as_string())
+    except BaseException:
+        end_session(adbc)
+        raise
+    return adbc
+
+
+def end_session(adbc: Any) -> None:
+    """Roll back and close an ADBC connection of :func:`snapshot_session` (a broken one too)."""
+    try:
+        adbc.rollback()
+    except Exception:  # a broken connection: closing is all there is to do
+        pass
+    finally:
+        adbc.close()
+
+
 class BinaryCopyReader:
     """One table's rows as Arrow record batches; :meth:`convert` gives each batch our column types.
 
     Use as a context manager. ``conn`` must be inside a repeatable-read transaction: its snapshot
-    is exported and imported by the ADBC connection, so the rows are exactly what ``conn`` sees.
-    With ``snapshot`` (an exported snapshot's name) that snapshot is imported instead, and ``conn``
-    only gives the connection parameters: readers of several ranges run at once on threads.
+    is exported and imported by an ADBC connection of the reader's own, so the rows are exactly
+    what ``conn`` sees. With ``session`` (a :func:`snapshot_session`, kept open by its owner) the
+    rows are read on it instead: readers of several ranges run at once on threads, each reading
+    range after range on one connection.
     """
 
     def __init__(
@@ -148,15 +181,15 @@ class BinaryCopyReader:
         *,
         where: sql.Composable | None = None,
         block_bytes: int = 8 << 20,
-        snapshot: str | None = None,
+        session: Any = None,
     ) -> None:
         self.conn = conn
-        self.snapshot = snapshot
+        self.session = session
         self.info = info
         self.where = where
         self.block_bytes = block_bytes
         self._kinds = [self._kind(c) for c in info.columns]
-        self._adbc: Any = None
+        self._adbc: Any = None  # our own session, when not given one
         self._reader: Any = None
         self._cursor: Any = None
 
@@ -199,22 +232,14 @@ class BinaryCopyReader:
         )
 
     def __enter__(self) -> BinaryCopyReader:
-        from psycopg import sql
-
         from airflow_pg_replication.source.catalog import one_value
 
-        snapshot = self.snapshot or one_value(self.conn, "SELECT pg_export_snapshot()")
-        params = self.conn.info.get_parameters()
-        if self.conn.info.password:
-            params["password"] = self.conn.info.password
-        ctx = None if self.snapshot else self.conn  # on a reader's thread: no use of the shared connection
-        self._adbc = adbc_connect(params)  # not autocommit: one transaction
         try:
-            self._cursor = cur = self._adbc.cursor()  # the reader lives while its cursor does
-            cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-            cur.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)).as_string(ctx))
+            if self.session is None:
+                self._adbc = snapshot_session(self.conn, one_value(self.conn, "SELECT pg_export_snapshot()"))
+            self._cursor = cur = (self.session or self._adbc).cursor()  # the reader lives while its cursor does
             cur.adbc_statement.set_options(**{"adbc.postgresql.batch_size_hint_bytes": str(self.block_bytes)})
-            cur.execute(self.query().as_string(ctx))
+            cur.execute(self.query().as_string())  # needs no connection (none touched on a reader's thread)
             self._reader = cur.fetch_record_batch()
         except BaseException:
             self.__exit__()
@@ -230,11 +255,9 @@ class BinaryCopyReader:
                 self._reader.close()
             if self._cursor is not None:
                 self._cursor.close()
-            if self._adbc is not None:
-                self._adbc.rollback()
         finally:
             if self._adbc is not None:
-                self._adbc.close()
+                end_session(self._adbc)
             self._reader = self._cursor = self._adbc = None
 
     def convert(self, batch: pa.RecordBatch) -> list[pa.Array]:

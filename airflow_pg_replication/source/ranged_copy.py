@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from airflow_pg_replication.phase_timing import phase
+from airflow_pg_replication.source.binary_copy import BinaryCopyReader, end_session, snapshot_session
 from airflow_pg_replication.source.snapshot_reads import snapshot_schema
 
 if TYPE_CHECKING:
@@ -133,16 +134,20 @@ def ranged_batches(
         with lock:
             return pending.pop() if pending else None
 
-    def read_range(r: PageRange) -> bool:
-        """Hand over the range's rows past those committed; False when the consumer went away."""
-        from airflow_pg_replication.source.binary_copy import BinaryCopyReader
+    def read_range(r: PageRange, sessions: list[Any]) -> bool:
+        """Hand over the range's rows past those committed; False when the consumer went away.
 
+        ``sessions`` holds the reader thread's ADBC connection at the snapshot (opened on first use,
+        dropped when it breaks), so a reader reads range after range on one connection.
+        """
         skip = committed.get(r.index, (0, False))[0]
         handed = 0  # rows of this range put in the queue by this reader, skipped ones included
         for attempt in range(RANGE_RETRIES + 1):
             try:
+                if not sessions:
+                    sessions.append(snapshot_session(conn, snapshot))
                 with BinaryCopyReader(
-                    conn, info, where=r.where(), block_bytes=block_bytes, snapshot=snapshot
+                    conn, info, where=r.where(), block_bytes=block_bytes, session=sessions[0]
                 ) as reader:
                     seen = 0
                     for raw in reader:
@@ -165,6 +170,8 @@ def ranged_batches(
                         )
                 return queue.put((r.index, _END), 0)
             except Exception as exc:
+                if sessions:  # broken, or in an aborted transaction: a retry opens another
+                    end_session(sessions.pop())
                 if attempt == RANGE_RETRIES or not _is_connection_error(exc):
                     raise
                 log.warning(
@@ -178,13 +185,17 @@ def ranged_batches(
         return True
 
     def work() -> None:
+        sessions: list[Any] = []  # this reader's connection at the snapshot
         try:
             while (r := next_range()) is not None:
-                if not read_range(r):
+                if not read_range(r, sessions):
                     return
             queue.put((None, _END), 0)
         except BaseException as exc:  # handed to the consumer
             queue.put((None, (_FAILED, exc)), 0)
+        finally:
+            for session in sessions:
+                end_session(session)
 
     threads = [threading.Thread(target=work, name=f"pg_replication_range_{i}", daemon=True) for i in range(workers)]
     for t in threads:
@@ -232,6 +243,6 @@ def _is_connection_error(exc: BaseException) -> bool:
         return True
     name = type(exc).__name__
     text = str(exc).lower()
-    return name in ("OperationalError", "IOError") and any(
+    return name in ("OperationalError", "IOError", "OSError", "ArrowIOError") and any(
         word in text for word in ("connection", "terminat", "server closed", "broken pipe", "eof")
     )
