@@ -137,12 +137,11 @@ def use_snapshot(conn: psycopg.Connection, snapshot: str) -> None:
     conn.execute("SELECT pg_catalog.set_config('application_name', %s, false)", (user_application_name(snapshot),))
 
 
-def release(conn: psycopg.Connection, held: HeldSnapshot | str) -> None:
-    """End the keeper of a snapshot (from any process): the snapshot, and a temporary slot, go with it.
+def release(conn: psycopg.Connection, snapshot: str) -> None:
+    """End the keeper of ``snapshot`` (from any process): the snapshot, and a temporary slot, go with it.
 
     Returns at once: the keeper's sessions end, and a temporary slot is dropped, a moment later.
     """
-    snapshot = held if isinstance(held, str) else held.snapshot_name
     for pid, app in conn.execute(
         "SELECT pid, application_name FROM pg_catalog.pg_stat_activity WHERE starts_with(application_name, %s)",
         (KEEPER_APP + snapshot + " ",),
@@ -150,12 +149,6 @@ def release(conn: psycopg.Connection, held: HeldSnapshot | str) -> None:
         walsender = app.rsplit(" ", 1)[1]
         for backend in (int(walsender), pid):
             conn.execute("SELECT pg_catalog.pg_terminate_backend(%s)", (backend,))
-    if not isinstance(held, str) and held.process is not None:
-        try:
-            held.process.wait(10)
-        except subprocess.TimeoutExpired:
-            held.process.kill()
-            held.process.wait()
 
 
 def _users(conn: Any, snapshot: str) -> int:

@@ -105,6 +105,8 @@ def join_group(
 
 def _ensure_group_slot(source: SourceDatabase, conn: psycopg.Connection, t: ReplicatedTable) -> None:
     """The group's slot, created (no snapshot) if it is not there yet; a lost one fails with the fix."""
+    from psycopg import sql
+
     from airflow_pg_replication.errors import SlotLostError
 
     slot = source.slot_info(conn, t.slot)
@@ -116,7 +118,7 @@ def _ensure_group_slot(source: SourceDatabase, conn: psycopg.Connection, t: Repl
             f"slot {t.slot} of slot group {t.group} was invalidated (wal_status=lost): the changes of every table of "
             f"the group since their last capture are gone. The group's capture task re-creates it with "
             "on_slot_lost: resync (then every table of the group takes a new snapshot); or drop it by hand: "
-            f"SELECT pg_drop_replication_slot('{t.slot}');"
+            + sql.SQL("SELECT pg_drop_replication_slot({});").format(sql.Literal(t.slot)).as_string()
         )
 
 
@@ -134,7 +136,6 @@ def _snapshot_into_group(
     temporary slot lives in it), and an interrupted copy goes on while the keeper lives.
     """
     from airflow_pg_replication.destination.columns import destination_columns
-    from airflow_pg_replication.source import snapshot_keeper as keeper
     from airflow_pg_replication.source.snapshot_reads import (
         CopyProgress,
         begin_snapshot,
@@ -144,7 +145,7 @@ def _snapshot_into_group(
         snapshot_schema,
     )
     from airflow_pg_replication.sync.arrow_memory import use_jemalloc
-    from airflow_pg_replication.sync.table_copy import ranged_load, resumable_copy, stored_ranges
+    from airflow_pg_replication.sync.table_copy import kept_ranged_copy, resumable_copy
 
     use_jemalloc()
     assert t.change_log is not None
@@ -174,36 +175,22 @@ def _snapshot_into_group(
             f", {len(ranges)} page ranges" if ranges else "",
         )
         if ranges is not None:
-            resume = resumable_copy(dest, conn, t.qualified_name)
-            if resume is None:
-                spawned = keeper.start_keeper()  # its start-up overlaps with the preparation
-                try:
-                    prepare(dest)
-                except BaseException:
-                    keeper.dismiss(spawned)
-                    raise
-                held = keeper.hold_snapshot(
-                    source, _temporary_slot_name(), temporary=True, keeper=spawned, **options.hold()
-                )
-                snapshot, x = held.snapshot_name, held.consistent_lsn
-            else:
-                snapshot, x, ranges = resume.snapshot, resume.snapshot_lsn, stored_ranges(resume)
-            keeper.use_snapshot(conn, snapshot)
-            ranged_load(
+            x = kept_ranged_copy(
+                source,
                 dest,
                 conn,
                 info,
                 ranges,
-                snapshot=snapshot,
-                lsn=x,
-                state=ready(x),
+                slot=_temporary_slot_name(),
+                temporary=True,
+                before_slot=lambda: prepare(dest),
+                state_at=ready,
                 hints=hints,
                 schema=schema,
                 progress=progress,
                 options=options,
-                resume=resume,
+                resume=resumable_copy(dest, conn, t.qualified_name),
             )
-            keeper.release(conn, snapshot)  # only once the copy is in: a failed one keeps it for the retry
         else:
             prepare(dest)
             with source.create_slot_with_snapshot(_temporary_slot_name(), temporary=True) as created:

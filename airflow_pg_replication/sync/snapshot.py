@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from airflow_pg_replication.phase_timing import phase
-from airflow_pg_replication.sync.table_copy import CopyOptions, ranged_load, resumable_copy, stored_ranges
+from airflow_pg_replication.sync.table_copy import CopyOptions, kept_ranged_copy, ranged_load, resumable_copy
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -176,39 +176,29 @@ class _Copy:
             log.warning("%s: slot %s of the interrupted copy is gone; starting over", t.qualified_name, t.slot)
             keeper.release(self.conn, resume.snapshot)
             resume = None
-        if resume is None:
-            spawned = keeper.start_keeper()  # its start-up overlaps with the preparation below
-            try:
-                self.prepare(dest)
-                with phase("snapshot.publication"):
-                    self.source.ensure_publication(self.conn, t.publication, t.schema, t.name)
-                    self.source.drop_slot(self.conn, t.slot)
-            except BaseException:
-                keeper.dismiss(spawned)
-                raise
-            with phase("snapshot.slot"):
-                held = keeper.hold_snapshot(self.source, t.slot, temporary=False, keeper=spawned, **self.options.hold())
-            snapshot, lsn = held.snapshot_name, held.consistent_lsn
-        else:
-            snapshot, lsn, ranges = resume.snapshot, resume.snapshot_lsn, stored_ranges(resume)
-        keeper.use_snapshot(self.conn, snapshot)
-        ranged_load(
+
+        def before_slot() -> None:
+            self.prepare(dest)
+            with phase("snapshot.publication"):
+                self.source.ensure_publication(self.conn, t.publication, t.schema, t.name)
+                self.source.drop_slot(self.conn, t.slot)
+
+        return kept_ranged_copy(
+            self.source,
             dest,
             self.conn,
             self.info,
             ranges,
-            snapshot=snapshot,
-            lsn=lsn,
-            state=self.ready(lsn),
+            slot=t.slot,
+            temporary=False,
+            before_slot=before_slot,
+            state_at=self.ready,
             hints=self.hints,
             schema=self.schema,
             progress=self.progress,
             options=self.options,
             resume=resume,
         )
-        with phase("snapshot.release"):  # only once the copy is in: a failed one keeps it for the retry
-            keeper.release(self.conn, snapshot)
-        return lsn
 
     def replace(self, dest: TableDestination, rows: Iterator[pa.RecordBatch], state: ReplicationState) -> None:
         dest.replace(rows, self.hints, self.info.primary_key, schema=self.schema, state=state)

@@ -17,7 +17,7 @@ once all the same and start over after a failure.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from airflow_pg_replication.destination.base import TableDestination
     from airflow_pg_replication.destination.snapshot_progress import StoredProgress
     from airflow_pg_replication.source.catalog import TableInfo
+    from airflow_pg_replication.source.database import SourceDatabase
     from airflow_pg_replication.source.snapshot_ranges import PageRange
     from airflow_pg_replication.source.snapshot_reads import CopyProgress
     from airflow_pg_replication.table_state import ReplicationState
@@ -106,6 +107,65 @@ def stored_ranges(stored: StoredProgress) -> list[PageRange]:
     from airflow_pg_replication.source.snapshot_ranges import PageRange
 
     return [PageRange(i, first, end) for i, (first, end) in sorted(stored.pages.items())]
+
+
+def kept_ranged_copy(
+    source: SourceDatabase,
+    dest: TableDestination,
+    conn: psycopg.Connection,
+    info: TableInfo,
+    ranges: list[PageRange],
+    *,
+    slot: str,
+    temporary: bool,
+    before_slot: Callable[[], object],
+    state_at: Callable[[int], ReplicationState],
+    hints: list[dict],
+    schema: pa.Schema,
+    progress: CopyProgress,
+    options: CopyOptions,
+    resume: StoredProgress | None,
+) -> int:
+    """Copy ``ranges`` under a snapshot a keeper process holds; returns its consistent point.
+
+    ``resume`` (see :func:`resumable_copy`): go on under its snapshot. Else ``before_slot()`` (the
+    state saying the copy is not usable, the publication) runs while the keeper starts, which then
+    creates ``slot`` with an exported snapshot. The keeper is released once the copy is in: a
+    failed copy leaves it holding the snapshot for the retry.
+    """
+    from airflow_pg_replication.phase_timing import phase
+    from airflow_pg_replication.source import snapshot_keeper as keeper
+
+    if resume is None:
+        spawned = keeper.start_keeper()  # its start-up overlaps with the preparation
+        try:
+            before_slot()
+        except BaseException:
+            keeper.dismiss(spawned)
+            raise
+        with phase("snapshot.slot"):
+            held = keeper.hold_snapshot(source, slot, temporary=temporary, keeper=spawned, **options.hold())
+        snapshot, lsn = held.snapshot_name, held.consistent_lsn
+    else:
+        snapshot, lsn, ranges = resume.snapshot, resume.snapshot_lsn, stored_ranges(resume)
+    keeper.use_snapshot(conn, snapshot)
+    ranged_load(
+        dest,
+        conn,
+        info,
+        ranges,
+        snapshot=snapshot,
+        lsn=lsn,
+        state=state_at(lsn),
+        hints=hints,
+        schema=schema,
+        progress=progress,
+        options=options,
+        resume=resume,
+    )
+    with phase("snapshot.release"):
+        keeper.release(conn, snapshot)
+    return lsn
 
 
 def ranged_load(
